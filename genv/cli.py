@@ -1,0 +1,149 @@
+"""What every Python command shares: parsing, running, the caller's context.
+
+argparse costs about as much as the interpreter's start-up, so commands
+declare their options in a dict and ``parse`` handles ``--opt VALUE``,
+``--opt=VALUE``, flags and ``--``. Errors leave as one ``genv: ...`` line on
+stderr and a non-zero status; a traceback is printed only with GENV_DEBUG=1.
+"""
+
+import os
+import sys
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
+
+from .errors import GenvError, UsageError
+
+Options = Dict[str, bool]  # option -> takes a value
+
+
+def parse(argv: Sequence[str], options: Options, max_positional: int) -> Tuple[Dict[str, Any], List[str]]:
+    values: Dict[str, Any] = {}
+    positional: List[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        index += 1
+        if arg == "--":
+            positional.extend(argv[index:])
+            break
+        if arg.startswith("-") and len(arg) > 1 and not arg[1:].isdigit():
+            name, has_value, value = arg.partition("=")
+            if name not in options:
+                raise UsageError("unknown option %r" % name)
+            if options[name]:
+                if not has_value:
+                    if index >= len(argv):
+                        raise UsageError("option %s needs a value" % name)
+                    value = argv[index]
+                    index += 1
+                if name in values:
+                    raise UsageError("option %s given twice" % name)
+                values[name] = value
+            else:
+                if has_value:
+                    raise UsageError("option %s takes no value" % name)
+                values[name] = True
+            continue
+        positional.append(arg)
+    if len(positional) > max_positional:
+        raise UsageError("unexpected argument %r" % positional[max_positional])
+    return values, positional
+
+
+def out(text: str) -> None:
+    """Write text to stdout, passing undecodable bytes through unchanged."""
+    sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
+
+
+def err(text: str) -> None:
+    sys.stderr.buffer.write(("genv: %s\n" % text).encode("utf-8", "backslashreplace"))
+    sys.stderr.flush()
+
+
+def run(command: Callable[[List[str]], Optional[int]], complete: Optional[Callable[[List[str]], List[str]]] = None) -> NoReturn:
+    argv = sys.argv[1:]
+    status = 0
+    try:
+        if argv[:1] == ["--complete"]:
+            for candidate in complete(argv[1:]) if complete else []:
+                out(candidate + "\n")
+        else:
+            status = command(argv) or 0
+        sys.stdout.flush()
+    except GenvError as error:
+        err(str(error))
+        status = error.status
+    except KeyboardInterrupt:
+        status = 130
+    except BrokenPipeError:
+        status = 141
+    except Exception as error:  # the promise: no traceback
+        if os.environ.get("GENV_DEBUG"):
+            raise
+        err("internal error: %s: %s (run with GENV_DEBUG=1 for details)" % (type(error).__name__, error))
+        status = 70
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        status = status or 141
+    # Skip interpreter teardown; everything is written and flushed.
+    os._exit(status)
+
+
+class Context:
+    """Who is calling, from which shell, in which environment."""
+
+    def __init__(self) -> None:
+        environ = os.environ
+        self.euid = os.geteuid()
+        self.eid: Optional[str] = environ.get("GENV_ENVIRONMENT_ID")
+        self.root = environ.get("GENV_ROOT") or os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+        self._names: Dict[int, str] = {}
+
+    def shell_pid(self) -> int:
+        text = os.environ.get("GENV_SHELL_PID", "")
+        if text.isascii() and text.isdigit() and int(text) > 0:
+            return int(text)
+        return os.getppid()
+
+    def require_active(self) -> str:
+        if self.eid is None:
+            raise GenvError("this terminal is not in an environment; run 'genv activate' first")
+        return self.eid
+
+    def user(self, uid: int) -> str:
+        if uid not in self._names:
+            import pwd
+
+            try:
+                self._names[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self._names[uid] = str(uid)
+        return self._names[uid]
+
+    def describe(self, uid: int) -> str:
+        return "%s(%d)" % (self.user(uid), uid)
+
+
+def complete_options(words: List[str], options: Options, values: Dict[str, Callable[[], List[str]]]) -> List[str]:
+    """Candidates after ``words``: an option's values, or the unused options."""
+    if words and words[-1] in options and options[words[-1]]:
+        supplier = values.get(words[-1])
+        return supplier() if supplier else []
+    used = set(word.partition("=")[0] for word in words)
+    return [option for option in options if option not in used]
+
+
+def env_ids() -> List[str]:
+    """Live environments the caller may join (completion of --id)."""
+    from .procs import Processes
+    from .store import StateDir
+    from . import envs
+
+    folder = StateDir()
+    euid = os.geteuid()
+    try:
+        with folder.transaction() as tx:
+            envs.prune(tx.users, Processes())
+            return [env["id"] for uid, env in tx.all_envs() if euid in (0, uid)]
+    except GenvError:
+        return []

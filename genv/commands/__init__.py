@@ -1,0 +1,1 @@
+"""One module per genv command; ``libexec/genv-<command>`` runs its ``main``."""

@@ -1,0 +1,49 @@
+"""genv deactivate: leave the environment and restore the shell exactly."""
+
+import os
+from typing import List, Optional
+
+from .. import envs
+from ..cli import Context, err, parse
+from ..errors import GenvError
+from ..shell import SAVED, SNAPSHOT, Script, emit, quote, read_snapshot
+from ._session import Session, shims
+
+
+def complete(words: List[str]) -> List[str]:
+    return []
+
+
+def main(argv: List[str]) -> int:
+    parse(argv, {}, 0)
+    ctx = Context()
+    eid = ctx.require_active()
+    problem: Optional[str] = None
+    try:
+        session = Session(ctx)
+        pid = ctx.shell_pid()
+        with session:
+            found = envs.find(session.users, eid)
+            if found is not None:
+                owner, env = found
+                if any(terminal["pid"] == pid for terminal in env["terminals"]):
+                    envs.check_owner(owner, ctx.euid, eid, ctx.describe)
+                    envs.remove_terminal(session.tx.user(owner), env, pid)
+                    session.tx.changed(owner)
+    except GenvError as error:
+        problem = str(error)
+
+    # The shell is restored even when the state could not be updated.
+    saved = read_snapshot(os.environ.get(SNAPSHOT))
+    script = Script()
+    for name in SAVED:
+        script.restore(name, saved[name] if saved else None)
+    script.trusted("_genv_path_remove %s" % quote(shims(ctx)))
+    script.trusted("_genv_prompt_clear")
+    script.unset("GENV_ENVIRONMENT_ID")
+    script.unset(SNAPSHOT)
+    emit(script)
+    if problem is not None:
+        err("left environment %s in this shell, but: %s" % (eid, problem))
+        return 1
+    return 0

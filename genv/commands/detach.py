@@ -1,0 +1,27 @@
+"""genv detach: release the environment's GPUs."""
+
+from typing import List
+
+from ..cli import Context, parse
+from ..shell import Script, emit, sync
+from ._session import Session
+
+
+def complete(words: List[str]) -> List[str]:
+    return []
+
+
+def main(argv: List[str]) -> int:
+    parse(argv, {}, 0)
+    ctx = Context()
+    eid = ctx.require_active()
+    with Session(ctx) as session:
+        owner, env = session.owned_env(eid)
+        if env["devices"]:
+            env["devices"] = []
+            session.tx.changed(owner)
+        session.deliver_warnings(owner, env)
+    script = Script()
+    sync(script, env)
+    emit(script)
+    return 0

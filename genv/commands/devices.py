@@ -1,0 +1,60 @@
+"""genv devices: every GPU, and the environment that holds it."""
+
+from typing import List
+
+from .. import envs, jsonio
+from ..cli import Context, complete_options, out, parse
+from ..table import ago, render
+from ._session import Session
+
+OPTIONS = {"--json": False}
+
+
+def complete(words: List[str]) -> List[str]:
+    return complete_options(words, OPTIONS, {})
+
+
+def main(argv: List[str]) -> int:
+    opts, _ = parse(argv, OPTIONS, 0)
+    ctx = Context()
+    rows = []
+    with Session(ctx, need_devices=True) as session:
+        taken = envs.taken_by_others(session.users, None)
+        for device in session.machine:
+            found = envs.holder(device, taken)
+            attached = None
+            if found is not None:
+                for reserved in found[1]["devices"]:
+                    if reserved["index"] == device["index"]:
+                        attached = reserved["attached"]
+            rows.append((device, found, attached))
+    if "--json" in opts:
+        out(
+            jsonio.dumps(
+                [
+                    {
+                        "index": device["index"],
+                        "uuid": device.get("uuid"),
+                        "name": device.get("name"),
+                        "env": found[1]["id"] if found else None,
+                        "env_name": found[1]["config"].get("name") if found else None,
+                        "user": ctx.user(found[0]) if found else None,
+                        "attached": attached,
+                    }
+                    for device, found, attached in rows
+                ]
+            )
+            + "\n"
+        )
+        return 0
+    table = [
+        (
+            str(device["index"]),
+            found[1]["id"] if found else "",
+            found[1]["config"].get("name", "") if found else "",
+            ago(session.now - attached) if attached is not None else "",
+        )
+        for device, found, attached in rows
+    ]
+    out(render(("ID", "ENV ID", "ENV NAME", "ATTACHED"), table))
+    return 0

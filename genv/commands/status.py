@@ -1,0 +1,36 @@
+"""genv status: which environment this terminal is in, and what it holds."""
+
+from typing import List
+
+from .. import envs
+from ..cli import Context, out, parse
+from ..table import ago
+from ._session import Session
+
+
+def complete(words: List[str]) -> List[str]:
+    return []
+
+
+def main(argv: List[str]) -> int:
+    parse(argv, {}, 0)
+    ctx = Context()
+    if ctx.eid is None:
+        out("not active\n")
+        return 0
+    with Session(ctx) as session:
+        owner, env = session.env(ctx.eid)
+        session.deliver_warnings(owner, env)
+    config = env["config"]
+    attached = envs.indices(env)
+    lines = [
+        "environment: %s" % env["id"],
+        "owner: %s" % ctx.describe(owner),
+        "name: %s" % config.get("name", "(not set)"),
+        "gpus: %s" % (config["gpus"] if "gpus" in config else "(not set)"),
+        "attached: %s" % (",".join(map(str, attached)) if attached else "none"),
+        "terminals: %s" % " ".join(str(terminal["pid"]) for terminal in env["terminals"]),
+        "created: %s" % ago(session.now - env["created"]),
+    ]
+    out("\n".join(lines) + "\n")
+    return 0

@@ -1,0 +1,89 @@
+"""Process identity: is the terminal that activated still the same process?
+
+A PID alone is not an identity: PIDs are reused. A terminal is recorded with
+a token made of the boot and the process's start time, and counts as alive
+only while a process with that PID *and* that token exists.
+
+On Linux the token is read from ``/proc/<pid>/stat`` (the start time, in
+clock ticks since boot, is the field psutil's ``create_time`` is computed
+from) and ``/proc/sys/kernel/random/boot_id``; comparing integer ticks
+instead of psutil's float seconds means that a change of the wall clock
+cannot make a live terminal look dead. Importing psutil costs about three
+interpreter start-ups, so it is used only where ``/proc`` is missing.
+"""
+
+import os
+from typing import Dict, Optional
+
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def _read(path: str) -> Optional[bytes]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _psutil():  # type: ignore[no-untyped-def]
+    try:
+        import psutil
+    except ImportError:
+        # Started with -S: site-packages are not on sys.path yet.
+        import site
+
+        site.main()
+        import psutil
+    return psutil
+
+
+class Processes:
+    """Answers liveness questions; caches the boot id for one command."""
+
+    def __init__(self) -> None:
+        boot = _read(_BOOT_ID)
+        self._boot: Optional[str] = boot.strip().decode("ascii", "replace") if boot else None
+        self._proc = self._boot is not None and os.path.isdir("/proc/self")
+        self._cache: Dict[int, Optional[str]] = {}
+
+    def token(self, pid: int) -> Optional[str]:
+        """The identity token of a running process, None if there is none."""
+        if pid in self._cache:
+            return self._cache[pid]
+        token = self._linux_token(pid) if self._proc else self._psutil_token(pid)
+        self._cache[pid] = token
+        return token
+
+    def alive(self, pid: int, token: str) -> bool:
+        return self.token(pid) == token
+
+    def _linux_token(self, pid: int) -> Optional[str]:
+        if pid <= 0:
+            return None
+        data = _read("/proc/%d/stat" % pid)
+        if not data:
+            return None
+        # The command name (field 2) may hold spaces and parentheses: split
+        # after its closing parenthesis. Then field 3 is the state and field
+        # 22 the start time.
+        fields = data[data.rfind(b")") + 2 :].split()
+        if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+            return None
+        return "linux:%s:%s" % (self._boot, fields[19].decode("ascii"))
+
+    @staticmethod
+    def _psutil_token(pid: int) -> Optional[str]:
+        psutil = _psutil()
+        try:
+            process = psutil.Process(pid)
+            if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                return None
+            return "psutil:%r" % process.create_time()
+        except (psutil.Error, ValueError):
+            return None

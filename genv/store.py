@@ -1,0 +1,451 @@
+"""The state folder: one JSON file per user, one lock, atomic replacement.
+
+Layout of ``$GENV_TMPDIR`` (default ``/var/tmp/genv``), see docs/state.md:
+
+- the folder itself, mode 1777 (sticky, like /tmp) so that every local user
+  can use genv and nobody can remove or rename another user's files;
+- ``user-<uid>.json``: the environments (and device cache) of one user,
+  owned by that user, mode 0644, replaced only by that user (or root);
+- ``.tmp-*``: a write in progress; a leftover one is from a killed writer.
+
+The lock is ``flock`` on the folder itself: there is no lock file that
+could be planted, linked or truncated. Every file is opened relative to the
+locked folder with ``O_NOFOLLOW`` and must be a regular file owned by the
+uid its name says (or root). A change is written to a temporary file in the
+same folder, fsynced and renamed over the old file, so a process killed at
+any instant leaves either the old or the new state.
+"""
+
+import errno
+import fcntl
+import os
+import stat
+import sys
+import time
+from typing import Any, Dict, Iterator, List, Optional, Set
+
+from . import jsonio
+from .errors import GenvError
+
+FORMAT = 2
+"""The version of the user state files this genv writes."""
+
+DEFAULT_DIR = "/var/tmp/genv"
+_PREFIX = "user-"
+_SUFFIX = ".json"
+_TMP = ".tmp-"
+_MAX_BYTES = 64 << 20
+
+
+def warn(message: str) -> None:
+    sys.stderr.write("genv: %s\n" % message)
+
+
+def state_dir() -> str:
+    return os.environ.get("GENV_TMPDIR") or DEFAULT_DIR
+
+
+def empty_user(uid: int) -> Dict[str, Any]:
+    return {"format": FORMAT, "uid": uid, "devices": None, "envs": []}
+
+
+# --- shape checks -----------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(what)
+
+
+def _check_list(value: Any, what: str) -> List[Any]:
+    _check(isinstance(value, list), "%s is not a list" % what)
+    return value  # type: ignore[no-any-return]
+
+
+def validate(data: Any, uid: int) -> Dict[str, Any]:
+    """Check a current-format user state; raise ValueError naming the problem."""
+    _check(isinstance(data, dict), "not an object")
+    _check(data.get("uid") == uid and _is_int(data.get("uid")), "uid does not match the file name")
+    devices = data.get("devices")
+    if devices is not None:
+        _check(isinstance(devices, dict), "devices is not an object")
+        _check(isinstance(devices.get("key"), str), "devices.key is not a string")
+        _check(_is_num(devices.get("checked")), "devices.checked is not a number")
+        for device in _check_list(devices.get("list"), "devices.list"):
+            _check(isinstance(device, dict), "a device is not an object")
+            _check(_is_int(device.get("index")) and device["index"] >= 0, "a device index is invalid")
+            _check(device.get("uuid") is None or isinstance(device["uuid"], str), "a device uuid is invalid")
+            _check(device.get("name") is None or isinstance(device["name"], str), "a device name is invalid")
+    seen: Set[str] = set()
+    for env in _check_list(data.get("envs"), "envs"):
+        _check(isinstance(env, dict), "an environment is not an object")
+        _check(isinstance(env.get("id"), str) and env["id"] != "", "an environment id is invalid")
+        _check(env["id"] not in seen, "environment %r appears twice" % env["id"])
+        seen.add(env["id"])
+        _check(_is_num(env.get("created")), "an environment's creation time is invalid")
+        config = env.get("config")
+        _check(isinstance(config, dict), "an environment's config is not an object")
+        _check("gpus" not in config or (_is_int(config["gpus"]) and config["gpus"] >= 0), "config.gpus is invalid")
+        _check("name" not in config or isinstance(config["name"], str), "config.name is invalid")
+        for terminal in _check_list(env.get("terminals"), "terminals"):
+            _check(isinstance(terminal, dict), "a terminal is not an object")
+            _check(_is_int(terminal.get("pid")) and terminal["pid"] > 0, "a terminal pid is invalid")
+            _check(isinstance(terminal.get("token"), str), "a terminal token is invalid")
+        for device in _check_list(env.get("devices"), "devices"):
+            _check(isinstance(device, dict), "an attached device is not an object")
+            _check(_is_int(device.get("index")) and device["index"] >= 0, "an attached device index is invalid")
+            _check(device.get("uuid") is None or isinstance(device["uuid"], str), "an attached device uuid is invalid")
+            _check(_is_num(device.get("attached")), "an attachment time is invalid")
+        for warning in _check_list(env.get("warnings"), "warnings"):
+            _check(isinstance(warning, str), "a warning is not a string")
+    return data  # type: ignore[no-any-return]
+
+
+# --- format migrations --------------------------------------------------------
+
+
+def _migrate_1(data: Any, uid: int) -> Dict[str, Any]:
+    """Format 1 kept environments in an object keyed by id, terminals as bare
+    PIDs and devices as bare indices. A bare PID is adopted only if a process
+    with it runs now (the best that format allows); its token is recorded from
+    then on."""
+    from .procs import Processes
+
+    _check(isinstance(data, dict) and isinstance(data.get("envs"), dict), "envs is not an object")
+    processes = Processes()
+    envs = []
+    for eid, old in data["envs"].items():
+        _check(isinstance(old, dict), "an environment is not an object")
+        created = old.get("created")
+        _check(_is_num(created), "an environment's creation time is invalid")
+        terminals = []
+        for pid in _check_list(old.get("pids"), "pids"):
+            _check(_is_int(pid), "a pid is invalid")
+            token = processes.token(pid)
+            if token is not None:
+                terminals.append({"pid": pid, "token": token})
+        devices = []
+        for index in _check_list(old.get("devices", []), "devices"):
+            _check(_is_int(index) and index >= 0, "a device index is invalid")
+            devices.append({"index": index, "uuid": None, "attached": created})
+        config = old.get("config", {})
+        _check(isinstance(config, dict), "config is not an object")
+        envs.append(
+            {
+                "id": eid,
+                "created": created,
+                "config": config,
+                "terminals": terminals,
+                "devices": devices,
+                "warnings": [],
+            }
+        )
+    return {"format": 2, "uid": uid, "devices": None, "envs": envs}
+
+
+_MIGRATIONS = {1: _migrate_1}
+
+
+class NewerFormat(GenvError):
+    pass
+
+
+def upgrade(data: Any, uid: int, name: str) -> Dict[str, Any]:
+    """Bring a parsed state file to the current format (or raise)."""
+    _check(isinstance(data, dict), "not an object")
+    version = data.get("format")
+    _check(_is_int(version) and version >= 1, "no valid format version")
+    if version > FORMAT:
+        raise NewerFormat(
+            "state was written by a newer genv: %s has format %d, this genv reads formats up to %d; "
+            "upgrade genv" % (name, version, FORMAT)
+        )
+    while version < FORMAT:
+        data = _MIGRATIONS[version](data, uid)
+        version = data["format"]
+    return validate(data, uid)
+
+
+# --- the folder ---------------------------------------------------------------
+
+
+def _fault(point: str) -> None:
+    """Test hook: GENV_FAULT=<point> kills this process at that point."""
+    if os.environ.get("GENV_FAULT") == point:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StateDir:
+    def __init__(self, path: Optional[str] = None) -> None:
+        self.path = path or state_dir()
+        self.euid = os.geteuid()
+
+    def file_name(self, uid: int) -> str:
+        return "%s%d%s" % (_PREFIX, uid, _SUFFIX)
+
+    def display(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    # The folder is created sticky and world-writable, like /tmp: every user
+    # can create their own file, nobody can replace or remove anybody else's.
+    def ensure(self) -> None:
+        try:
+            info = os.lstat(self.path)
+        except FileNotFoundError:
+            parent = os.path.dirname(os.path.abspath(self.path))
+            try:
+                os.makedirs(parent, exist_ok=True)
+                os.mkdir(self.path, 0o700)
+                os.chmod(self.path, 0o1777, follow_symlinks=False)
+            except FileExistsError:
+                pass
+            except OSError as error:
+                raise GenvError("cannot create the state folder %s: %s" % (self.path, error.strerror)) from None
+            info = os.lstat(self.path)
+        if stat.S_ISLNK(info.st_mode):
+            raise GenvError("refusing to use the state folder %s: it is a symbolic link" % self.path)
+        if not stat.S_ISDIR(info.st_mode):
+            raise GenvError("the state folder %s is not a folder" % self.path)
+        if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+            raise GenvError(
+                "refusing to use the state folder %s: it is writable by everyone without the sticky bit "
+                "(fix: chmod 1777 %s)" % (self.path, self.path)
+            )
+
+    def _open_dir(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise GenvError("refusing to use the state folder %s: it is a symbolic link" % self.path) from None
+            raise GenvError("cannot open the state folder %s: %s" % (self.path, error.strerror)) from None
+
+    def transaction(self) -> "Transaction":
+        self.ensure()
+        return Transaction(self)
+
+    def peek(self, uid: int) -> Optional[Dict[str, Any]]:
+        """Read one user's state without the lock (a consistent snapshot,
+        thanks to atomic renames); None if missing or unusable."""
+        try:
+            dir_fd = self._open_dir()
+        except GenvError:
+            return None
+        try:
+            return _read_user(dir_fd, self.file_name(uid), uid)
+        except (OSError, ValueError, GenvError):
+            return None
+        finally:
+            os.close(dir_fd)
+
+
+def _read_user(dir_fd: int, name: str, uid: int) -> Optional[Dict[str, Any]]:
+    """Open without following links; only a regular file owned by ``uid``
+    counts. Raises OSError (incl. ELOOP), ValueError (damage) or GenvError."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _Untrusted("it is not a regular file")
+        if info.st_uid != uid:
+            raise _Untrusted("it is owned by uid %d, not %d" % (info.st_uid, uid))
+        if info.st_size > _MAX_BYTES:
+            raise ValueError("it is larger than %d bytes" % _MAX_BYTES)
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    try:
+        text = b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("it is not UTF-8 text") from None
+    try:
+        data = jsonio.loads(text)
+    except jsonio.JSONError as error:
+        raise ValueError("it is not valid JSON (%s)" % error) from None
+    return upgrade(data, uid, name)
+
+
+class _Untrusted(ValueError):
+    """A file that is not what genv writes (link, wrong owner, not regular)."""
+
+
+class Transaction:
+    """Everything under one exclusive lock: read all users, change, write.
+
+    Use as a context manager; changes are written only when the block ends
+    without an exception. Never run a subprocess inside the block.
+    """
+
+    def __init__(self, folder: StateDir) -> None:
+        self.folder = folder
+        self.users: Dict[int, Dict[str, Any]] = {}
+        self._dirty: Set[int] = set()
+        self._dir_fd = -1
+
+    def __enter__(self) -> "Transaction":
+        self._dir_fd = self.folder._open_dir()
+        try:
+            fcntl.flock(self._dir_fd, fcntl.LOCK_EX)
+            self._sweep_and_load()
+        except BaseException:
+            os.close(self._dir_fd)
+            raise
+        return self
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        try:
+            if kind is None:
+                for uid in sorted(self._dirty):
+                    self._write(uid)
+                if self._dirty:
+                    _fault("before-unlock")
+        finally:
+            os.close(self._dir_fd)  # releases the lock
+
+    # -- reading --
+
+    def _sweep_and_load(self) -> None:
+        euid = self.folder.euid
+        for name in os.listdir(self._dir_fd):
+            if name.startswith(_TMP):
+                # Writers create temporary files only while holding the lock:
+                # any we see now belongs to a writer that was killed.
+                try:
+                    os.unlink(name, dir_fd=self._dir_fd)
+                except OSError:
+                    pass
+                continue
+            if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
+                continue
+            digits = name[len(_PREFIX) : -len(_SUFFIX)]
+            if not digits.isdigit() or digits != str(int(digits)):
+                continue
+            uid = int(digits)
+            try:
+                data = _read_user(self._dir_fd, name, uid)
+            except _Untrusted as problem:
+                self._untrusted(name, uid, str(problem))
+                continue
+            except OSError as error:
+                if error.errno == errno.ELOOP:
+                    self._untrusted(name, uid, "it is a symbolic link")
+                    continue
+                if error.errno == errno.EACCES:
+                    raise GenvError("cannot read %s: permission denied" % self.folder.display(name)) from None
+                raise
+            except ValueError as problem:
+                self._damaged(name, uid, str(problem))
+                continue
+            if data is not None:
+                self.users[uid] = data
+        if euid not in self.users:
+            self.users[euid] = empty_user(euid)
+
+    def _untrusted(self, name: str, uid: int, why: str) -> None:
+        path = self.folder.display(name)
+        if self.folder.euid in (0, uid):
+            # Ours (or we are root): a link or foreign file in our place is
+            # removed, never followed.
+            try:
+                os.unlink(name, dir_fd=self._dir_fd)
+                warn("removed %s: %s" % (path, why))
+                return
+            except OSError:
+                pass
+        warn("ignoring %s: %s" % (path, why))
+
+    def _damaged(self, name: str, uid: int, why: str) -> None:
+        path = self.folder.display(name)
+        if self.folder.euid in (0, uid):
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            aside = "%s.damaged-%s-%d" % (name, stamp, os.getpid())
+            try:
+                os.rename(name, aside, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+                warn("state file %s was damaged (%s); moved it to %s" % (path, why, self.folder.display(aside)))
+                return
+            except OSError:
+                pass
+        warn("ignoring damaged state file %s (%s); its owner's next genv command moves it aside" % (path, why))
+
+    # -- changing --
+
+    def user(self, uid: int) -> Dict[str, Any]:
+        if uid not in self.users:
+            self.users[uid] = empty_user(uid)
+        return self.users[uid]
+
+    def changed(self, uid: int) -> None:
+        euid = self.folder.euid
+        if euid not in (0, uid):
+            raise GenvError("cannot change the state of uid %d" % uid)
+        self._dirty.add(uid)
+
+    def _write(self, uid: int) -> None:
+        data = self.users[uid]
+        payload = jsonio.dumps(data).encode("ascii") + b"\n"
+        name = self.folder.file_name(uid)
+        tmp = "%s%d-%d-%s" % (_TMP, uid, os.getpid(), os.urandom(4).hex())
+        dir_fd = self._dir_fd
+        try:
+            fd = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o644,
+                dir_fd=dir_fd,
+            )
+        except OSError as error:
+            raise GenvError("cannot write to the state folder %s: %s" % (self.folder.path, error.strerror)) from None
+        try:
+            try:
+                os.fchmod(fd, 0o644)  # whatever the umask: others must read it
+                if uid != self.folder.euid:
+                    os.fchown(fd, uid, -1)  # root writing a user's file
+                _fault("before-write")
+                half = len(payload) // 2
+                os.write(fd, payload[:half])
+                _fault("mid-write")
+                view = memoryview(payload)[half:]
+                while view:
+                    view = view[os.write(fd, view) :]
+                _fault("before-fsync")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fault("before-rename")
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as error:
+            try:
+                os.unlink(tmp, dir_fd=dir_fd)
+            except OSError:
+                pass
+            if error.errno in (errno.EPERM, errno.EACCES):
+                raise GenvError(
+                    "cannot replace %s: it belongs to another user; ask an administrator to remove it"
+                    % self.folder.display(name)
+                ) from None
+            raise GenvError("cannot write %s: %s" % (self.folder.display(name), error.strerror)) from None
+        _fault("after-rename")
+        os.fsync(dir_fd)
+
+    def all_envs(self) -> Iterator[Any]:
+        for uid in sorted(self.users):
+            for env in self.users[uid]["envs"]:
+                yield uid, env
