@@ -1,0 +1,235 @@
+"""Test harness: real bash and zsh processes driving an installed genv.
+
+Every test gets a fresh copy of genv in a world-readable folder (so that a
+second user account can run it), a fresh state folder and a fresh HOME. A
+``Shell`` is one long-lived shell process (one "terminal"): commands are
+written to its stdin and their stdout, stderr and exit status read back up
+to a marker, so several terminals can be open at once.
+"""
+
+import os
+import pwd
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from typing import Dict, List, Optional
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHELLS = ["bash", "zsh"]
+OTHER_USER = "genvtest"
+
+
+def system_python() -> str:
+    """An interpreter every user can run (a pyenv one under /root is not)."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return sys.executable
+
+
+class Result:
+    def __init__(self, out: str, err: str, rc: int) -> None:
+        self.out, self.err, self.rc = out, err, rc
+
+    def __repr__(self) -> str:
+        return "Result(rc=%r, out=%r, err=%r)" % (self.rc, self.out, self.err)
+
+
+class Shell:
+    """One terminal: a bash or zsh process reading commands from a pipe."""
+
+    def __init__(self, kind: str, env: Dict[str, str], cwd: str, user: Optional[pwd.struct_passwd] = None,
+                 init: bool = True) -> None:
+        self.kind = kind
+        argv = ["bash", "--norc", "--noprofile"] if kind == "bash" else ["zsh", "-f"]
+        extra = {}
+        if user is not None:
+            extra = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env, cwd=cwd, start_new_session=True, **extra,
+        )
+        self.pid = self.proc.pid
+        if init:
+            result = self.run('eval "$(genv init -)"')
+            assert result.rc == 0, result
+
+    def run(self, command: str, timeout: float = 60) -> Result:
+        marker = "__GENV_TEST_%s__" % uuid.uuid4().hex
+        script = "%s\n__rc=$?; printf '\\n%s %%s\\n' \"$__rc\"; printf '\\n%s\\n' >&2\n" % (command, marker, marker)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(script.encode("utf-8", "surrogateescape"))
+        self.proc.stdin.flush()
+        return self._collect(marker, timeout)
+
+    def _collect(self, marker: str, timeout: float) -> Result:
+        buffers = {"out": b"", "err": b""}
+        done = {"out": False, "err": False}
+        needle = ("\n" + marker).encode()
+        selector = selectors.DefaultSelector()
+        selector.register(self.proc.stdout, selectors.EVENT_READ, "out")  # type: ignore[arg-type]
+        selector.register(self.proc.stderr, selectors.EVENT_READ, "err")  # type: ignore[arg-type]
+        try:
+            while not all(done.values()):
+                events = selector.select(timeout)
+                if not events:
+                    raise TimeoutError("shell did not answer: %r" % buffers)
+                for key, _ in events:
+                    chunk = os.read(key.fileobj.fileno(), 65536)  # type: ignore[union-attr]
+                    if not chunk:
+                        raise EOFError("shell exited: %r" % buffers)
+                    buffers[key.data] += chunk
+                    if needle in buffers[key.data] and buffers[key.data].endswith(b"\n"):
+                        done[key.data] = True
+        finally:
+            selector.close()
+        out, _, tail = buffers["out"].partition(needle)
+        err = buffers["err"].partition(needle)[0]
+        rc = int(tail.split()[0])
+        return Result(out.decode("utf-8", "surrogateescape"), err.decode("utf-8", "surrogateescape"), rc)
+
+    def ok(self, command: str) -> str:
+        result = self.run(command)
+        assert result.rc == 0, result
+        return result.out
+
+    def var(self, name: str) -> Optional[str]:
+        """A variable's value, None when unset (unset and empty kept apart)."""
+        result = self.run("if [ -n \"${%s+x}\" ]; then printf 'set:%%s' \"$%s\"; else printf unset; fi" % (name, name))
+        assert result.rc == 0, result
+        return None if result.out == "unset" else result.out[len("set:"):]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.kill()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
+
+
+class Genv:
+    """An installed genv, its state folder, and the terminals opened on it."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.root = os.path.join(base, "genv")
+        self.tmpdir = os.path.join(base, "state")
+        self.home = os.path.join(base, "home")
+        self.work = os.path.join(base, "work")
+        for folder in (self.home, self.work):
+            os.makedirs(folder)
+            os.chmod(folder, 0o777)
+        for part in ("bin", "libexec", "shims", "genv", "pyproject.toml", "tests/fake"):
+            source = os.path.join(REPO, part)
+            target = os.path.join(self.root, part)
+            if os.path.isdir(source):
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copy2(source, target)
+        for folder, dirs, files in os.walk(self.root):
+            os.chmod(folder, 0o755)
+        self.shells: List[Shell] = []
+        self.extra: Dict[str, str] = {}
+
+    def environ(self, **overrides: str) -> Dict[str, str]:
+        env = {
+            "PATH": "%s/bin:%s/tests/fake:/usr/local/bin:/usr/bin:/bin" % (self.root, self.root),
+            "HOME": self.home,
+            "GENV_TMPDIR": self.tmpdir,
+            "GENV_PYTHON": system_python(),
+            "LANG": "C.UTF-8",
+            "TERM": "dumb",
+            "FAKE_NVIDIA_SMI_GPUS": "4",
+        }
+        env.update(self.extra)
+        env.update(overrides)
+        return {key: value for key, value in env.items() if value is not None}
+
+    def shell(self, kind: str = "bash", user: Optional[pwd.struct_passwd] = None, init: bool = True,
+              cwd: Optional[str] = None, **overrides: str) -> Shell:
+        env = self.environ(**overrides)
+        if user is not None:
+            env["HOME"] = os.path.join(self.base, "home-" + user.pw_name)
+            os.makedirs(env["HOME"], exist_ok=True)
+            os.chown(env["HOME"], user.pw_uid, user.pw_gid)
+        shell = Shell(kind, env, cwd or self.work, user=user, init=init)
+        self.shells.append(shell)
+        return shell
+
+    def cli(self, *args: str, user: Optional[pwd.struct_passwd] = None, input: Optional[bytes] = None,
+            **overrides: str) -> subprocess.CompletedProcess:
+        """Run ``genv ARGS`` as a plain command (not through the function)."""
+        env = self.environ(**overrides)
+        extra = {}
+        if user is not None:
+            extra = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        return subprocess.run(
+            [os.path.join(self.root, "bin", "genv"), *args], env=env, cwd=self.work,
+            capture_output=True, input=input, timeout=60, **extra,
+        )
+
+    def state(self, uid: int = 0) -> dict:
+        import json
+
+        with open(os.path.join(self.tmpdir, "user-%d.json" % uid)) as handle:
+            return json.load(handle)
+
+    def close(self) -> None:
+        for shell in self.shells:
+            shell.close()
+
+
+@pytest.fixture
+def genv():
+    base = tempfile.mkdtemp(prefix="genv-test-", dir="/tmp")
+    os.chmod(base, 0o755)
+    installed = Genv(base)
+    try:
+        yield installed
+    finally:
+        installed.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=SHELLS)
+def sh(request):
+    """The shell kind; tests that take it run in bash and in zsh."""
+    if shutil.which(request.param) is None:
+        pytest.fail("%s is not installed; .ci/run installs it" % request.param)
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def other_user():
+    """A second real account (created when the tests run as root)."""
+    if os.geteuid() != 0:
+        pytest.skip("multi-user tests create a second account and must run as root")
+    try:
+        return pwd.getpwnam(OTHER_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/bash", OTHER_USER], check=True)
+        return pwd.getpwnam(OTHER_USER)
+
+
+def kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
