@@ -242,7 +242,10 @@ class StateDir:
         except GenvError:
             return None
         try:
-            return _read_user(dir_fd, self.file_name(uid), uid)
+            data = _read_user(dir_fd, self.file_name(uid), uid)
+            if data is not None:
+                data.pop("_migrated", None)
+            return data
         except (OSError, ValueError, GenvError):
             return None
         finally:
@@ -251,7 +254,8 @@ class StateDir:
 
 def _read_user(dir_fd: int, name: str, uid: int) -> Optional[Dict[str, Any]]:
     """Open without following links; only a regular file owned by ``uid``
-    counts. Raises OSError (incl. ELOOP), ValueError (damage) or GenvError."""
+    counts. Raises OSError (incl. ELOOP), ValueError (damage) or GenvError.
+    A file in an older format comes back upgraded, with ``_migrated`` set."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
@@ -280,7 +284,11 @@ def _read_user(dir_fd: int, name: str, uid: int) -> Optional[Dict[str, Any]]:
         data = jsonio.loads(text)
     except jsonio.JSONError as error:
         raise ValueError("it is not valid JSON (%s)" % error) from None
-    return upgrade(data, uid, name)
+    version = data.get("format") if isinstance(data, dict) else None
+    data = upgrade(data, uid, name)
+    if version != FORMAT:
+        data["_migrated"] = True
+    return data
 
 
 class _Untrusted(ValueError):
@@ -355,6 +363,8 @@ class Transaction:
                 self._damaged(name, uid, str(problem))
                 continue
             if data is not None:
+                if data.pop("_migrated", False) and euid in (0, uid):
+                    self._dirty.add(uid)  # written back in the current format
                 self.users[uid] = data
         if euid not in self.users:
             self.users[euid] = empty_user(euid)

@@ -1,0 +1,317 @@
+"""State that never lies (issue 3): atomic, versioned, crash- and damage-proof."""
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import kill_quietly
+
+FAULTS = ["before-write", "mid-write", "before-fsync", "before-rename", "after-rename", "before-unlock"]
+
+
+@pytest.fixture
+def holders():
+    """Long-lived processes standing in for terminals (their PIDs are alive)."""
+    procs = []
+
+    def make():
+        proc = subprocess.Popen(["sleep", "600"])
+        procs.append(proc)
+        return proc.pid
+
+    yield make
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def sh_cli(genv, *args, pid, eid=None, **env):
+    extra = {"GENV_SHELL_PID": str(pid)}
+    if eid is not None:
+        extra["GENV_ENVIRONMENT_ID"] = eid
+    extra.update(env)
+    return genv.cli(*args, **extra)
+
+
+def env_ids(genv, uid=0):
+    return sorted(env["id"] for env in genv.state(uid)["envs"])
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_kill_at_each_step_leaves_old_or_new_state(genv, holders, fault):
+    keep = holders()
+    assert sh_cli(genv, "sh-activate", "--id", "keep", "--gpus", "1", pid=keep, GENV_DEVICES="4").returncode == 0
+    before = genv.state()
+    victim = holders()
+    result = sh_cli(genv, "sh-activate", "--id", "victim", "--gpus", "2", pid=victim, GENV_DEVICES="4",
+                    GENV_FAULT=fault)
+    assert result.returncode == -signal.SIGKILL
+    after = genv.state()  # parses: never a broken file
+    ids = sorted(env["id"] for env in after["envs"])
+    if fault in ("after-rename", "before-unlock"):
+        assert ids == ["keep", "victim"]
+    else:
+        assert after == before
+    assert next(env for env in after["envs"] if env["id"] == "keep") == before["envs"][0]
+    # The next command sweeps what the killed writer left behind.
+    assert genv.cli("envs").returncode == 0
+    assert [name for name in os.listdir(genv.tmpdir) if name.startswith(".tmp")] == []
+
+
+def test_random_kill_loop(genv, holders):
+    keep = holders()
+    assert sh_cli(genv, "sh-activate", "--id", "keep", "--gpus", "1", pid=keep, GENV_DEVICES="4").returncode == 0
+    rng = random.Random(1234)
+    terminals = [holders() for _ in range(4)]
+    for round_ in range(40):
+        pid = rng.choice(terminals)
+        args = rng.choice([
+            ("sh-activate", "--id", "t%d" % pid, "--gpus", str(rng.randint(0, 2))),
+            ("sh-config", "name", "round%d" % round_),
+            ("sh-attach",),
+            ("sh-detach",),
+            ("sh-deactivate",),
+        ])
+        env = dict(genv.environ(GENV_DEVICES="4", GENV_SHELL_PID=str(pid)))
+        if args[0] != "sh-activate":
+            env["GENV_ENVIRONMENT_ID"] = "t%d" % pid
+        proc = subprocess.Popen([os.path.join(genv.root, "bin", "genv"), *args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Kill at a random instant: anywhere from before Python starts to after it exits.
+        deadline = time.monotonic() + rng.random() * 0.05
+        while time.monotonic() < deadline and proc.poll() is None:
+            pass
+        kill_quietly(proc.pid)
+        proc.wait()
+        state = genv.state()
+        assert "keep" in [env["id"] for env in state["envs"]]
+        check = genv.cli("envs", "--json")
+        assert check.returncode == 0 and b"damaged" not in check.stderr, check
+    used = [d["index"] for env in genv.state()["envs"] for d in env["devices"]]
+    assert len(used) == len(set(used))
+
+
+def test_format_1_is_migrated(genv, holders):
+    pid = holders()
+    os.makedirs(genv.tmpdir, mode=0o1777)
+    os.chmod(genv.tmpdir, 0o1777)
+    old = {"format": 1, "envs": {"legacy": {"created": time.time() - 60, "config": {"gpus": 1, "name": "old"},
+                                             "pids": [pid, 999999999], "devices": [2]}}}
+    with open(os.path.join(genv.tmpdir, "user-0.json"), "w") as handle:
+        json.dump(old, handle)
+    result = genv.cli("envs", "--json", GENV_DEVICES="4")
+    assert result.returncode == 0, result
+    rows = json.loads(result.stdout)
+    assert [(row["id"], row["name"], row["pids"], row["devices"]) for row in rows] == [("legacy", "old", [pid], [2])]
+    state = genv.state()
+    assert state["format"] == 2 and state["envs"][0]["terminals"][0]["pid"] == pid
+
+
+def test_newer_format_is_refused(genv):
+    os.makedirs(genv.tmpdir)
+    os.chmod(genv.tmpdir, 0o1777)
+    path = os.path.join(genv.tmpdir, "user-0.json")
+    with open(path, "w") as handle:
+        json.dump({"format": 99, "uid": 0, "whatever": True}, handle)
+    result = genv.cli("envs")
+    assert result.returncode == 1
+    assert result.stderr.decode().strip().startswith("genv: state was written by a newer genv")
+    assert json.load(open(path))["format"] == 99
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"{", b"\x00\xff\xfe", b"[1, 2, 3]", b'{"format": 2, "uid": 0, "devices": null}',
+    b'{"format": 2, "uid": 5, "devices": null, "envs": []}',
+    b'{"format": 2, "uid": 0, "devices": null, "envs": [{"id": 3}]}',
+    b'{"format": "2"}', b"null",
+])
+def test_damaged_file_is_moved_aside(genv, holders, content):
+    os.makedirs(genv.tmpdir)
+    os.chmod(genv.tmpdir, 0o1777)
+    with open(os.path.join(genv.tmpdir, "user-0.json"), "wb") as handle:
+        handle.write(content)
+    result = genv.cli("envs", GENV_DEVICES="4")
+    assert result.returncode == 0
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and "user-0.json" in lines[0] and "damaged" in lines[0], lines
+    assert b"Traceback" not in result.stderr
+    aside = [name for name in os.listdir(genv.tmpdir) if re.match(r"user-0\.json\.damaged-\d{8}T\d{6}Z-\d+$", name)]
+    assert len(aside) == 1
+    with open(os.path.join(genv.tmpdir, aside[0]), "rb") as handle:
+        assert handle.read() == content
+    # genv carries on: a new environment works, the damage is not reported again.
+    pid = holders()
+    assert sh_cli(genv, "sh-activate", "--gpus", "1", pid=pid, GENV_DEVICES="4").returncode == 0
+    assert genv.cli("envs").stderr == b""
+
+
+def test_other_users_files_survive_damage_elsewhere(genv, holders):
+    pid = holders()
+    assert sh_cli(genv, "sh-activate", "--id", "mine", pid=pid).returncode == 0
+    with open(os.path.join(genv.tmpdir, "user-4242.json"), "w") as handle:
+        handle.write("{broken")
+    result = genv.cli("envs", "--json")
+    assert result.returncode == 0
+    assert [row["id"] for row in json.loads(result.stdout)] == ["mine"]
+
+
+def test_reused_pid_does_not_keep_an_environment_alive(genv, holders):
+    pid = holders()
+    assert sh_cli(genv, "sh-activate", "--id", "ghost", "--gpus", "2", pid=pid, GENV_DEVICES="4").returncode == 0
+    state = genv.state()
+    token = state["envs"][0]["terminals"][0]["token"]
+    kind, boot, ticks = token.split(":")
+    # The PID is alive, but it is not the process that activated: it started
+    # at another time (what a reused PID looks like).
+    state["envs"][0]["terminals"][0]["token"] = "%s:%s:%d" % (kind, boot, int(ticks) - 1)
+    with open(os.path.join(genv.tmpdir, "user-0.json"), "w") as handle:
+        json.dump(state, handle)
+    assert genv.cli("envs", "--json").stdout == b"[]\n"
+    assert genv.state()["envs"] == []
+    other = holders()
+    result = sh_cli(genv, "sh-activate", "--gpus", "4", pid=other, GENV_DEVICES="4")
+    assert result.returncode == 0, result
+
+
+def test_zombie_terminal_is_dead(genv):
+    proc = subprocess.Popen(["sleep", "600"])
+    try:
+        assert sh_cli(genv, "sh-activate", "--id", "z", pid=proc.pid).returncode == 0
+        os.kill(proc.pid, signal.SIGKILL)
+        # Not reaped yet: a zombie still has its PID and start time.
+        while open("/proc/%d/stat" % proc.pid).read().rsplit(")", 1)[1].split()[0] != "Z":
+            os.sched_yield()
+        assert genv.cli("envs", "--json").stdout == b"[]\n"
+    finally:
+        proc.wait()
+
+
+def gpu_file(genv, uuids):
+    path = os.path.join(genv.base, "gpus")
+    with open(path, "w") as handle:
+        for uuid in uuids:
+            handle.write("%s 81920 NVIDIA H100 80GB HBM3\n" % uuid)
+    return path
+
+
+def test_devices_rediscovered_and_reservations_kept(genv, holders):
+    path = gpu_file(genv, ["GPU-a", "GPU-b", "GPU-c", "GPU-d"])
+    genv.extra.update(FAKE_NVIDIA_SMI_GPUS=path, GENV_DEVICES_TTL="0")
+    one, two = holders(), holders()
+    assert sh_cli(genv, "sh-activate", "--id", "one", "--gpus", "1", pid=one).returncode == 0
+    assert sh_cli(genv, "sh-activate", "--id", "two", "--gpus", "2", pid=two).returncode == 0
+    devices = {env["id"]: [(d["index"], d["uuid"]) for d in env["devices"]] for env in genv.state()["envs"]}
+    assert devices == {"one": [(0, "GPU-a")], "two": [(1, "GPU-b"), (2, "GPU-c")]}
+    # GPU-b falls off the bus, GPU-e appears: the list is updated, "one"
+    # keeps GPU-a, "two" keeps GPU-c (now index 1) and loses GPU-b.
+    gpu_file(genv, ["GPU-a", "GPU-c", "GPU-d", "GPU-e"])
+    result = genv.cli("devices", "--json")
+    rows = json.loads(result.stdout)
+    assert [(r["index"], r["uuid"], r["env"]) for r in rows] == [
+        (0, "GPU-a", "one"), (1, "GPU-c", "two"), (2, "GPU-d", None), (3, "GPU-e", None)]
+    result = sh_cli(genv, "sh-attach", pid=two, eid="two")
+    warnings = result.stderr.decode().splitlines()
+    assert len(warnings) == 2
+    assert "GPU 1 (GPU-b) is no longer on this machine" in warnings[0]
+    assert "GPU 2 (GPU-c) is now GPU 1" in warnings[1]
+    assert "CUDA_VISIBLE_DEVICES='1,2'" in result.stdout.decode()  # reattached to 2 again
+    assert sh_cli(genv, "sh-attach", pid=two, eid="two").stderr == b""  # told once
+
+
+def test_device_list_is_cached(genv):
+    log = os.path.join(genv.base, "calls")
+    genv.extra.update(FAKE_NVIDIA_SMI_LOG=log)
+    for _ in range(3):
+        assert genv.cli("devices").returncode == 0
+    assert len(open(log).read().splitlines()) == 1
+    assert genv.cli("devices", GENV_DEVICES_TTL="0").returncode == 0
+    assert len(open(log).read().splitlines()) == 2
+
+
+def test_nvidia_smi_failure_is_reported(genv):
+    result = genv.cli("devices", FAKE_NVIDIA_SMI_FAIL="driver")
+    assert result.returncode == 1
+    assert result.stderr.decode().startswith("genv: nvidia-smi failed with exit status 9: NVIDIA-SMI has failed")
+
+
+def test_lock_is_not_held_while_asking_nvidia_smi(genv):
+    """A slow nvidia-smi in one command does not block another command."""
+    ready, go = os.path.join(genv.base, "ready"), os.path.join(genv.base, "go")
+    os.mkfifo(ready)
+    os.mkfifo(go)
+    slow = os.path.join(genv.base, "slow")
+    os.makedirs(slow)
+    with open(os.path.join(slow, "nvidia-smi"), "w") as handle:
+        handle.write('#!/bin/bash\necho started > "%s"\nread -r _ < "%s"\nexec "%s/tests/fake/nvidia-smi" "$@"\n'
+                     % (ready, go, genv.root))
+    os.chmod(os.path.join(slow, "nvidia-smi"), 0o755)
+    path = "%s/bin:%s:/usr/bin:/bin" % (genv.root, slow)
+    assert genv.cli("envs").returncode == 0  # the state folder exists
+    waiting = subprocess.Popen([os.path.join(genv.root, "bin", "genv"), "devices"],
+                               env=genv.environ(PATH=path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with open(ready) as handle:  # blocks until the slow query has started
+        assert handle.read().strip() == "started"
+    quick = genv.cli("envs", "--json")  # would hang if the lock were held
+    assert quick.returncode == 0
+    with open(go, "w") as handle:
+        handle.write("go\n")
+    out, _ = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0 and len(out.splitlines()) == 5
+
+
+@pytest.mark.parametrize("racers", [16, 24])
+def test_racing_attaches_never_share_a_gpu(genv, holders, racers):
+    for round_ in range(3):
+        pids = [holders() for _ in range(racers)]
+        procs = [
+            subprocess.Popen([os.path.join(genv.root, "bin", "genv"), "sh-activate", "--gpus", "1"],
+                             env=genv.environ(GENV_DEVICES="4", GENV_SHELL_PID=str(pid)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for pid in pids
+        ]
+        winners = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=120)
+            match = re.search(r"export CUDA_VISIBLE_DEVICES='(\d*)'", out.decode())
+            assert match, out
+            if proc.returncode == 0:
+                winners.append(match.group(1))
+            else:
+                assert match.group(1) == ""
+        assert sorted(winners) == ["0", "1", "2", "3"]
+        held = sorted(d["index"] for env in genv.state()["envs"] for d in env["devices"])
+        assert held == [0, 1, 2, 3]
+        for pid in pids:
+            kill_quietly(pid)
+        assert genv.cli("envs", "--json").stdout == b"[]\n"
+
+
+def test_state_folder_must_not_be_a_symlink(genv, tmp_path):
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    os.symlink(str(target), genv.tmpdir)
+    result = genv.cli("envs")
+    assert result.returncode == 1 and b"symbolic link" in result.stderr
+    assert list(target.iterdir()) == []
+
+
+def test_insecure_state_folder_is_refused(genv):
+    os.makedirs(genv.tmpdir)
+    os.chmod(genv.tmpdir, 0o777)
+    result = genv.cli("envs")
+    assert result.returncode == 1 and b"sticky" in result.stderr
+
+
+def test_state_folder_is_created_for_everyone(genv):
+    old = os.umask(0o077)
+    try:
+        assert genv.cli("devices", GENV_DEVICES="2").returncode == 0
+    finally:
+        os.umask(old)
+    assert os.stat(genv.tmpdir).st_mode & 0o7777 == 0o1777
