@@ -55,6 +55,10 @@ def out(text: str) -> None:
 
 
 def err(text: str) -> None:
+    """One line on stderr; control characters in it (from a name or an id)
+    are escaped so that they cannot act on the terminal."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     sys.stderr.buffer.write(("genv: %s\n" % text).encode("utf-8", "backslashreplace"))
     sys.stderr.flush()
 

@@ -129,7 +129,12 @@ class Genv:
     def __init__(self, base: str) -> None:
         self.base = base
         self.root = os.path.join(base, "genv")
-        self.tmpdir = os.path.join(base, "state")
+        # Like /var/tmp: sticky and writable by all, so any user may create
+        # the state folder inside it.
+        vartmp = os.path.join(base, "vartmp")
+        os.makedirs(vartmp)
+        os.chmod(vartmp, 0o1777)
+        self.tmpdir = os.path.join(vartmp, "genv")
         self.home = os.path.join(base, "home")
         self.work = os.path.join(base, "work")
         for folder in (self.home, self.work):

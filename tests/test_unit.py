@@ -1,0 +1,184 @@
+"""Unit tests for the pure logic (no shells)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from genv import envs, jsonio, shell, table  # noqa: E402
+from genv.cli import parse  # noqa: E402
+from genv.devices import parse_count, parse_query  # noqa: E402
+from genv.errors import GenvError, UsageError  # noqa: E402
+from genv.procs import Processes  # noqa: E402
+from genv.store import upgrade, validate  # noqa: E402
+
+
+@pytest.mark.parametrize("value", [
+    {"a": [1, 2.5, None, True, False, "x\udc80\n\u00e9\U0001f600"]}, [], "", 0, -3, 1e300, {"": {}},
+])
+def test_json_round_trip(value):
+    assert jsonio.loads(jsonio.dumps(value)) == value
+    assert jsonio.dumps(value).isascii()
+
+
+@pytest.mark.parametrize("text", ["", "{", "[1,]", '{"a":1} x', "NaN", "\x00", '"abc', "[" * 100000, "'x'"])
+def test_json_rejects(text):
+    with pytest.raises(jsonio.JSONError):
+        jsonio.loads(text)
+
+
+def test_json_refuses_nan_and_objects():
+    with pytest.raises((TypeError, ValueError)):
+        jsonio.dumps(float("nan"))
+    with pytest.raises(TypeError):
+        jsonio.dumps({"a": object()})
+
+
+def test_parse_options():
+    options = {"--id": True, "--no-load": False}
+    assert parse(["--id", "x", "--no-load", "a"], options, 1) == ({"--id": "x", "--no-load": True}, ["a"])
+    assert parse(["--id=--y", "--", "--no-load"], options, 1) == ({"--id": "--y"}, ["--no-load"])
+    assert parse(["-1"], options, 1) == ({}, ["-1"])
+    for bad in (["--nope"], ["--id"], ["--no-load=1"], ["--id", "a", "--id", "b"], ["a", "b"]):
+        with pytest.raises(UsageError):
+            parse(bad, options, 1)
+
+
+@pytest.mark.parametrize("text,value", [("0", 0), ("2", 2), ("007", 7), ("1024", 1024)])
+def test_counts(text, value):
+    assert parse_count(text, "n") == value
+
+
+@pytest.mark.parametrize("text", ["", "-1", "1.5", "abc", "1025", " 1", "²", "٣", "1_0"])
+def test_bad_counts(text):
+    with pytest.raises(GenvError):
+        parse_count(text, "n")
+
+
+def test_parse_query_handles_not_available():
+    out = "1, GPU-b, [N/A]\n0, GPU-a, NVIDIA A100\n\n"
+    assert parse_query(out) == [
+        {"index": 0, "uuid": "GPU-a", "name": "NVIDIA A100"},
+        {"index": 1, "uuid": "GPU-b", "name": None},
+    ]
+    with pytest.raises(GenvError):
+        parse_query("garbage")
+
+
+def users_with(*reservations):
+    """users dict: one env per reservation list, for uid 0."""
+    state = {"format": 2, "uid": 0, "devices": None, "envs": []}
+    for number, devices in enumerate(reservations):
+        state["envs"].append(envs.new_env("e%d" % number, 0.0, {}, 100 + number, "t"))
+        state["envs"][-1]["devices"] = [{"index": i, "uuid": u, "attached": 1.0} for i, u in devices]
+    return {0: state}
+
+
+MACHINE = [{"index": i, "uuid": "GPU-%d" % i, "name": None} for i in range(4)]
+
+
+def test_allocate_keeps_current_and_fills_lowest():
+    users = users_with([(1, "GPU-1")], [(3, "GPU-3")])
+    mine = users[0]["envs"][0]
+    envs.allocate(users, mine, MACHINE, 2, 5.0)
+    assert [(d["index"], d["attached"]) for d in mine["devices"]] == [(0, 5.0), (1, 1.0)]
+    envs.allocate(users, mine, MACHINE, 1, 6.0)  # shrinking keeps the lowest
+    assert [(d["index"], d["attached"]) for d in mine["devices"]] == [(0, 5.0)]
+
+
+def test_allocate_all_or_nothing():
+    users = users_with([(0, "GPU-0")], [(3, "GPU-3")])
+    mine = users[0]["envs"][0]
+    with pytest.raises(GenvError, match="only 2 of this machine's 4 are free"):
+        envs.allocate(users, mine, MACHINE, 4, 5.0)
+    assert mine["devices"] == []
+    with pytest.raises(GenvError, match="this machine has 4"):
+        envs.allocate(users, mine, MACHINE, 5, 5.0)
+
+
+def test_mock_reservations_match_by_index():
+    users = users_with([(2, None)], [])
+    mine = users[0]["envs"][1]
+    envs.allocate(users, mine, MACHINE, 3, 1.0)
+    assert [d["index"] for d in mine["devices"]] == [0, 1, 3]
+
+
+def test_reconcile_moves_and_drops():
+    users = users_with([(0, "GPU-0"), (2, "GPU-2")])
+    record = {"key": "k", "checked": 1.0, "list": [{"index": 0, "uuid": "GPU-2", "name": None}]}
+    envs.reconcile(users[0], record)
+    env = users[0]["envs"][0]
+    assert [(d["index"], d["uuid"]) for d in env["devices"]] == [(0, "GPU-2")]
+    assert len(env["warnings"]) == 2
+
+
+def test_prune_uses_tokens():
+    class Fake:
+        def alive(self, pid, token):
+            return token == "good"
+
+    users = users_with([], [])
+    users[0]["envs"][0]["terminals"] = [{"pid": 1, "token": "good"}, {"pid": 2, "token": "bad"}]
+    users[0]["envs"][1]["terminals"] = [{"pid": 3, "token": "bad"}]
+    assert envs.prune(users, Fake()) == {0}
+    assert [(e["id"], [t["pid"] for t in e["terminals"]]) for e in users[0]["envs"]] == [("e0", [1])]
+
+
+def test_token_matches_psutil():
+    psutil = pytest.importorskip("psutil")
+    processes = Processes()
+    token = processes.token(os.getpid())
+    assert token and token.startswith("linux:")
+    ticks = int(token.rsplit(":", 1)[1])
+    created = psutil.boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+    assert abs(created - psutil.Process().create_time()) < 0.05
+    assert processes.token(2 ** 22 + 12345) is None
+    assert Processes().alive(os.getpid(), token)
+
+
+def test_validate_rejects_bad_shapes():
+    good = {"format": 2, "uid": 0, "devices": None, "envs": [envs.new_env("a", 1.0, {"gpus": 1}, 5, "t")]}
+    assert validate(good, 0) is good
+    for broken in ({"envs": []}, {**good, "uid": 1}, {**good, "envs": [{"id": "a"}]},
+                   {**good, "envs": [good["envs"][0], good["envs"][0]]}):
+        with pytest.raises(ValueError):
+            validate(broken, 0)
+    with pytest.raises(GenvError, match="newer genv"):
+        upgrade({"format": 3}, 0, "f")
+
+
+@pytest.mark.parametrize("value", ["", "plain", "it's", "'", "''", "a\\", "$(x)", "`x`", "\n", "!x", "\udcff"])
+def test_quote_round_trips_through_bash_and_zsh(value):
+    for shell_name in ("bash", "zsh"):
+        code = "x=%s; printf '%%s' \"$x\"" % shell.quote(value)
+        out = subprocess.run([shell_name, "-c", code], capture_output=True,
+                             input=None).stdout
+        assert out == value.encode("utf-8", "surrogateescape")
+
+
+def test_snapshot_keeps_unset_and_empty_apart(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    monkeypatch.setenv("GENV_ATTACHED_GPUS", "x'\udc80")
+    saved = shell.read_snapshot(shell.snapshot())
+    assert saved == {"CUDA_VISIBLE_DEVICES": "", "CUDA_DEVICE_ORDER": None, "GENV_ATTACHED_GPUS": "x'\udc80"}
+    assert shell.read_snapshot("!!not base64") is None
+    assert shell.read_snapshot(None) is None
+
+
+def test_script_rejects_bad_variable_names():
+    script = shell.Script()
+    with pytest.raises(ValueError):
+        script.export("A; rm -rf /", "x")
+
+
+def test_printable_and_ago():
+    assert table.printable("a\nb\x1b[31m\\") == "a\\nb\\x1b[31m\\\\"
+    assert table.printable("\udcff") == "\\xff"
+    assert table.ago(0) == "just now"
+    assert table.ago(61) == "1 minute ago"
+    assert table.ago(7 * 3600 + 5) == "7 hours ago"
+    assert table.render(("A", "B"), [("x", "y")]) == "A  B\nx  y\n"
