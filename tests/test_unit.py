@@ -92,7 +92,7 @@ def test_allocate_keeps_current_and_fills_lowest():
 def test_allocate_all_or_nothing():
     users = users_with([(0, "GPU-0")], [(3, "GPU-3")])
     mine = users[0]["envs"][0]
-    with pytest.raises(GenvError, match="only 2 of this machine's 4 are free"):
+    with pytest.raises(GenvError, match="only 3 of this machine's 4 are free"):
         envs.allocate(users, mine, MACHINE, 4, 5.0)
     assert mine["devices"] == []
     with pytest.raises(GenvError, match="this machine has 4"):
