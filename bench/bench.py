@@ -283,7 +283,6 @@ def main() -> int:
 
 
 def report(results, tools, python, env_counts, racer_counts):
-    ours = results["genv"]
     med = {name: {label: median(values) for label, values in data.items() if isinstance(values, list)}
            for name, data in results.items()}
     for name in med:

@@ -5,12 +5,17 @@ Pure functions over the state dictionaries that ``store.Transaction`` holds
 ``Processes`` object passed in, so the logic is unit-testable.
 """
 
-from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+from __future__ import annotations
 
 from .errors import GenvError
 
-Env = Dict[str, Any]
-Users = Dict[int, Dict[str, Any]]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
+    from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+    Env = Dict[str, Any]
+    Users = Dict[int, Dict[str, Any]]
+
+
 MAX_TEXT = 256
 
 
@@ -131,7 +136,7 @@ def reconcile(state: Dict[str, Any], record: Dict[str, Any]) -> None:
         env["devices"] = kept
 
 
-def taken_by_others(users: Users, me: Env) -> Tuple[Dict[str, Tuple[int, Env]], Dict[int, Tuple[int, Env]]]:
+def taken_by_others(users: Users, me: Optional[Env]) -> Tuple[Dict[str, Tuple[int, Env]], Dict[int, Tuple[int, Env]]]:
     """Reservations of every other environment: by UUID, and by index for
     reservations recorded without a UUID (mock GPUs)."""
     by_uuid: Dict[str, Tuple[int, Env]] = {}

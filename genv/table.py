@@ -1,6 +1,11 @@
 """Tables and times for people to read (``genv envs``, ``genv devices``)."""
 
-from typing import List, Sequence
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
+    from typing import Sequence
+
 
 _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
 
@@ -27,7 +32,7 @@ def printable(text: str) -> str:
     return "".join(result)
 
 
-def render(header: Sequence[str], rows: List[Sequence[str]]) -> str:
+def render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     cells = [list(header)] + [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[column]) for row in cells) for column in range(len(header))]
     lines = []

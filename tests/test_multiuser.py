@@ -7,7 +7,6 @@ import json
 import os
 import stat
 
-import pytest
 
 
 def test_first_user_creates_a_folder_everyone_can_use(genv, other_user):

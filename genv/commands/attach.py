@@ -1,12 +1,16 @@
 """genv attach: reserve as many free GPUs as the environment is configured for."""
 
-from typing import List, Optional
+from __future__ import annotations
 
 from .. import envs
 from ..cli import Context, err, parse
 from ..errors import GenvError
 from ..shell import Script, emit, sync
 from ._session import Session
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
+    from typing import List, Optional
 
 
 def complete(words: List[str]) -> List[str]:

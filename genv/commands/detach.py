@@ -1,10 +1,14 @@
 """genv detach: release the environment's GPUs."""
 
-from typing import List
+from __future__ import annotations
 
 from ..cli import Context, parse
 from ..shell import Script, emit, sync
 from ._session import Session
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
+    from typing import List
 
 
 def complete(words: List[str]) -> List[str]:
