@@ -53,6 +53,16 @@ class Tool:
     def reset(self) -> None:
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
+    def terminal(self, script: str, stdout: int) -> subprocess.Popen:
+        """A background bash (a "terminal") that has been sent ``script``;
+        its stdin stays open so that it lives until closed or killed."""
+        shell = subprocess.Popen(["bash", "--norc", "--noprofile"], stdin=subprocess.PIPE, stdout=stdout,
+                                 stderr=subprocess.DEVNULL, env=self.env, cwd=self.base, text=True)
+        assert shell.stdin is not None
+        shell.stdin.write(script)
+        shell.stdin.flush()
+        return shell
+
     def bash(self, body: str, timeout: float = 600) -> List[List[str]]:
         """Run a bash script; lines ``label start end`` are collected."""
         script = 'T() { local l=$1 s e; shift; s=$EPOCHREALTIME; "$@" >/dev/null; e=$EPOCHREALTIME; echo "$l $s $e"; }\n' + body
@@ -121,14 +131,8 @@ def with_live_envs(tool: Tool, count: int, reps: int) -> Dict[str, List[float]]:
     shells = []
     try:
         for _ in range(count):
-            shell = subprocess.Popen(["bash", "--norc", "--noprofile"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=tool.env,
-                                     cwd=tool.base, text=True)
-            assert shell.stdin is not None
-            shell.stdin.write('eval "$(%s)" && genv activate --name bench && echo ok > "%s/ready.$$"\n'
-                              % (tool.init, tool.base))
-            shell.stdin.flush()
-            shells.append(shell)
+            shells.append(tool.terminal('eval "$(%s)" && genv activate --name bench && echo ok > "%s/ready.$$"\n'
+                                        % (tool.init, tool.base), subprocess.DEVNULL))
             # At most a few activations in flight (2 cores).
             while len(shells) - ready_count(tool) > 4:
                 time.sleep(0.005)
@@ -170,18 +174,12 @@ def race(tool: Tool, racers: int) -> Dict[str, object]:
     shells = []
     try:
         for _ in range(racers):
-            shell = subprocess.Popen(["bash", "--norc", "--noprofile"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=tool.env,
-                                     cwd=tool.base, text=True)
-            assert shell.stdin is not None
-            shell.stdin.write(
+            shells.append(tool.terminal(
                 'eval "$(%s)"; genv activate >/dev/null; genv config gpus 1 >/dev/null; echo ready\n'
                 'read -r _ < "%s"; genv attach >/dev/null 2>&1; echo "done $EPOCHREALTIME ${CUDA_VISIBLE_DEVICES-}"\n'
                 # Stay alive (holding the GPUs) until every racer is done.
                 'read -r _\n'
-                % (tool.init, go))
-            shell.stdin.flush()
-            shells.append(shell)
+                % (tool.init, go), subprocess.PIPE))
         for shell in shells:
             assert shell.stdout is not None
             assert shell.stdout.readline().strip() == "ready"

@@ -209,7 +209,7 @@ def test_envs_and_devices_tables(genv, sh):
     assert lines[0].split() == ["ID", "USER", "NAME", "CREATED", "PID(S)"]
     assert lines[1].split("  ")[0] == str(shell.pid)
     assert "root(0)" in lines[1] or "(%d)" % os.geteuid() in lines[1]
-    assert "Norwegian Wood" in lines[1] and "ago" in lines[1] or "just now" in lines[1]
+    assert "Norwegian Wood" in lines[1] and ("ago" in lines[1] or "just now" in lines[1])
     lines = shell.ok("genv devices").splitlines()
     assert lines[0].split() == ["ID", "ENV", "ID", "ENV", "NAME", "ATTACHED"]
     assert len(lines) == 5
