@@ -196,8 +196,7 @@ def race(tool: Tool, racers: int) -> Dict[str, object]:
                 line = shell.stdout.readline().split()
                 assert line and line[0] == "done", line
                 ends.append(float(line[1]))
-                if len(line) > 2 and line[2]:
-                    winners.extend(line[2].split(","))
+                winners.extend(visible(line[2] if len(line) > 2 else ""))
         finally:
             os.close(writer)
         wall = (max(ends) - start) * 1000
@@ -212,6 +211,17 @@ def race(tool: Tool, racers: int) -> Dict[str, object]:
             if shell.poll() is None:
                 shell.kill()
             shell.wait()
+
+
+def visible(value: str) -> List[str]:
+    """The GPUs a CUDA_VISIBLE_DEVICES value exposes, read as CUDA does: the
+    first invalid entry (genv 1.4.3 detaches with -1) ends the list."""
+    gpus = []
+    for entry in value.split(","):
+        if not (entry.isdigit() or entry.startswith("GPU-")):
+            break
+        gpus.append(entry)
+    return gpus
 
 
 def make_venv(path: str, packages: List[str]) -> str:

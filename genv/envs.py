@@ -27,13 +27,18 @@ def check_text(value: str, what: str) -> str:
     return value
 
 
-def prune(users: Users, processes: Any) -> Set[int]:
+def prune(users: Users, processes: Any, holders_only: bool = False) -> Set[int]:
     """Drop terminals that are gone (PID gone, or reused by another process)
-    and environments left without a terminal. Returns the uids changed."""
+    and environments left without a terminal. Returns the uids changed.
+    With ``holders_only``, only environments holding GPUs are checked (what
+    a listing of GPUs needs); the others are left for a later command."""
     changed = set()
     for uid, state in users.items():
         keep = []
         for env in state["envs"]:
+            if holders_only and not env["devices"]:
+                keep.append(env)
+                continue
             live = [t for t in env["terminals"] if processes.alive(t["pid"], t["token"])]
             if len(live) != len(env["terminals"]):
                 env["terminals"] = live

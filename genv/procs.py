@@ -54,15 +54,22 @@ class Processes:
 
     def __init__(self) -> None:
         boot = _read(_BOOT_ID)
-        self._boot: Optional[str] = boot.strip().decode("ascii", "replace") if boot else None
-        self._proc = self._boot is not None and os.path.isdir("/proc/self")
+        # Eight hex digits of the random boot id tell this boot from earlier
+        # ones; the full id would be most of the state file's size.
+        self._boot: Optional[str] = boot.strip().decode("ascii", "replace")[:8] if boot else None
+        self._proc_fd = -1
+        if self._boot is not None:
+            try:
+                self._proc_fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                pass
         self._cache: Dict[int, Optional[str]] = {}
 
     def token(self, pid: int) -> Optional[str]:
         """The identity token of a running process, None if there is none."""
         if pid in self._cache:
             return self._cache[pid]
-        token = self._linux_token(pid) if self._proc else self._psutil_token(pid)
+        token = self._linux_token(pid) if self._proc_fd >= 0 else self._psutil_token(pid)
         self._cache[pid] = token
         return token
 
@@ -72,13 +79,22 @@ class Processes:
     def _linux_token(self, pid: int) -> Optional[str]:
         if pid <= 0:
             return None
-        data = _read("/proc/%d/stat" % pid)
-        if not data:
+        # Relative to an open /proc: one path lookup less per process, which
+        # matters with a thousand environments.
+        try:
+            fd = os.open("%d/stat" % pid, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._proc_fd)
+        except OSError:
             return None
+        try:
+            data = os.read(fd, 1024)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
         # The command name (field 2) may hold spaces and parentheses: split
         # after its closing parenthesis. Then field 3 is the state and field
         # 22 the start time.
-        fields = data[data.rfind(b")") + 2 :].split()
+        fields = data[data.rfind(b")") + 2 :].split(None, 20)
         if len(fields) < 20 or fields[0] in (b"Z", b"X"):
             return None
         return "linux:%s:%s" % (self._boot, fields[19].decode("ascii"))

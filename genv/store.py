@@ -31,7 +31,7 @@ from .errors import GenvError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Dict, Iterator, List, Optional, Set
+    from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 FORMAT = 2
 """The version of the user state files this genv writes."""
@@ -76,42 +76,76 @@ def _check_list(value: Any, what: str) -> List[Any]:
     return value  # type: ignore[no-any-return]
 
 
+def _bad(what: str) -> ValueError:
+    return ValueError(what)
+
+
+# The parser yields exact types, so ``type(x) is int`` (which also excludes
+# bool) is enough; checks are inline and messages built only on failure,
+# since this runs over every environment of every user at every command.
+_NUM = (int, float)
+
+
 def validate(data: Any, uid: int) -> Dict[str, Any]:
     """Check a current-format user state; raise ValueError naming the problem."""
-    _check(isinstance(data, dict), "not an object")
-    _check(data.get("uid") == uid and _is_int(data.get("uid")), "uid does not match the file name")
+    if type(data) is not dict:
+        raise _bad("not an object")
+    if type(data.get("uid")) is not int or data["uid"] != uid:
+        raise _bad("uid does not match the file name")
     devices = data.get("devices")
     if devices is not None:
-        _check(isinstance(devices, dict), "devices is not an object")
-        _check(isinstance(devices.get("key"), str), "devices.key is not a string")
-        _check(_is_num(devices.get("checked")), "devices.checked is not a number")
-        for device in _check_list(devices.get("list"), "devices.list"):
-            _check(isinstance(device, dict), "a device is not an object")
-            _check(_is_int(device.get("index")) and device["index"] >= 0, "a device index is invalid")
-            _check(device.get("uuid") is None or isinstance(device["uuid"], str), "a device uuid is invalid")
-            _check(device.get("name") is None or isinstance(device["name"], str), "a device name is invalid")
+        if type(devices) is not dict or type(devices.get("key")) is not str:
+            raise _bad("devices is invalid")
+        if type(devices.get("checked")) not in _NUM or type(devices.get("list")) is not list:
+            raise _bad("devices is invalid")
+        for device in devices["list"]:
+            if (
+                type(device) is not dict
+                or type(device.get("index")) is not int
+                or device["index"] < 0
+                or type(device.get("uuid")) not in (str, type(None))
+                or type(device.get("name")) not in (str, type(None))
+            ):
+                raise _bad("a device is invalid")
+    envs = data.get("envs")
+    if type(envs) is not list:
+        raise _bad("envs is not a list")
     seen: Set[str] = set()
-    for env in _check_list(data.get("envs"), "envs"):
-        _check(isinstance(env, dict), "an environment is not an object")
-        _check(isinstance(env.get("id"), str) and env["id"] != "", "an environment id is invalid")
-        _check(env["id"] not in seen, "environment %r appears twice" % env["id"])
+    for env in envs:
+        if type(env) is not dict or type(env.get("id")) is not str or not env["id"]:
+            raise _bad("an environment id is invalid")
+        if env["id"] in seen:
+            raise _bad("environment %r appears twice" % env["id"])
         seen.add(env["id"])
-        _check(_is_num(env.get("created")), "an environment's creation time is invalid")
         config = env.get("config")
-        _check(isinstance(config, dict), "an environment's config is not an object")
-        _check("gpus" not in config or (_is_int(config["gpus"]) and config["gpus"] >= 0), "config.gpus is invalid")
-        _check("name" not in config or isinstance(config["name"], str), "config.name is invalid")
-        for terminal in _check_list(env.get("terminals"), "terminals"):
-            _check(isinstance(terminal, dict), "a terminal is not an object")
-            _check(_is_int(terminal.get("pid")) and terminal["pid"] > 0, "a terminal pid is invalid")
-            _check(isinstance(terminal.get("token"), str), "a terminal token is invalid")
-        for device in _check_list(env.get("devices"), "devices"):
-            _check(isinstance(device, dict), "an attached device is not an object")
-            _check(_is_int(device.get("index")) and device["index"] >= 0, "an attached device index is invalid")
-            _check(device.get("uuid") is None or isinstance(device["uuid"], str), "an attached device uuid is invalid")
-            _check(_is_num(device.get("attached")), "an attachment time is invalid")
-        for warning in _check_list(env.get("warnings"), "warnings"):
-            _check(isinstance(warning, str), "a warning is not a string")
+        if type(env.get("created")) not in _NUM or type(config) is not dict:
+            raise _bad("environment %r is invalid" % env["id"])
+        gpus = config.get("gpus", 0)
+        if type(gpus) is not int or gpus < 0 or type(config.get("name", "")) is not str:
+            raise _bad("environment %r has an invalid config" % env["id"])
+        terminals, reserved, warnings = env.get("terminals"), env.get("devices"), env.get("warnings")
+        if type(terminals) is not list or type(reserved) is not list or type(warnings) is not list:
+            raise _bad("environment %r is invalid" % env["id"])
+        for terminal in terminals:
+            if (
+                type(terminal) is not dict
+                or type(terminal.get("pid")) is not int
+                or terminal["pid"] <= 0
+                or type(terminal.get("token")) is not str
+            ):
+                raise _bad("environment %r has an invalid terminal" % env["id"])
+        for device in reserved:
+            if (
+                type(device) is not dict
+                or type(device.get("index")) is not int
+                or device["index"] < 0
+                or type(device.get("uuid")) not in (str, type(None))
+                or type(device.get("attached")) not in _NUM
+            ):
+                raise _bad("environment %r has an invalid device" % env["id"])
+        for warning in warnings:
+            if type(warning) is not str:
+                raise _bad("environment %r has an invalid warning" % env["id"])
     return data  # type: ignore[no-any-return]
 
 
@@ -195,6 +229,7 @@ class StateDir:
     def __init__(self, path: Optional[str] = None) -> None:
         self.path = path or state_dir()
         self.euid = os.geteuid()
+        self.peeked: Dict[int, Tuple[Tuple[int, ...], Dict[str, Any]]] = {}
 
     def file_name(self, uid: int) -> str:
         return "%s%d%s" % (_PREFIX, uid, _SUFFIX)
@@ -250,7 +285,10 @@ class StateDir:
         try:
             data = _read_user(dir_fd, self.file_name(uid), uid)
             if data is not None:
-                data.pop("_migrated", None)
+                identity = data.pop("_identity")
+                if not data.pop("_migrated", False):
+                    # The transaction that follows may reuse this parse.
+                    self.peeked[uid] = (identity, data)
             return data
         except (OSError, ValueError, GenvError):
             return None
@@ -258,10 +296,14 @@ class StateDir:
             os.close(dir_fd)
 
 
-def _read_user(dir_fd: int, name: str, uid: int) -> Optional[Dict[str, Any]]:
+def _read_user(
+    dir_fd: int, name: str, uid: int, known: Optional[Tuple[Tuple[int, ...], Dict[str, Any]]] = None
+) -> Optional[Dict[str, Any]]:
     """Open without following links; only a regular file owned by ``uid``
     counts. Raises OSError (incl. ELOOP), ValueError (damage) or GenvError.
-    A file in an older format comes back upgraded, with ``_migrated`` set."""
+    A file in an older format comes back upgraded, with ``_migrated`` set.
+    ``known`` is an earlier read (identity, data): if the file is still that
+    very file, its data is returned without reading and parsing it again."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
@@ -272,6 +314,9 @@ def _read_user(dir_fd: int, name: str, uid: int) -> Optional[Dict[str, Any]]:
             raise _Untrusted("it is not a regular file")
         if info.st_uid != uid:
             raise _Untrusted("it is owned by uid %d, not %d" % (info.st_uid, uid))
+        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        if known is not None and known[0] == identity:
+            return known[1]
         if info.st_size > _MAX_BYTES:
             raise ValueError("it is larger than %d bytes" % _MAX_BYTES)
         chunks = []
@@ -294,6 +339,7 @@ def _read_user(dir_fd: int, name: str, uid: int) -> Optional[Dict[str, Any]]:
     data = upgrade(data, uid, name)
     if version != FORMAT:
         data["_migrated"] = True
+    data["_identity"] = identity
     return data
 
 
@@ -354,7 +400,7 @@ class Transaction:
                 continue
             uid = int(digits)
             try:
-                data = _read_user(self._dir_fd, name, uid)
+                data = _read_user(self._dir_fd, name, uid, self.folder.peeked.pop(uid, None))
             except _Untrusted as problem:
                 self._untrusted(name, uid, str(problem))
                 continue
@@ -369,6 +415,7 @@ class Transaction:
                 self._damaged(name, uid, str(problem))
                 continue
             if data is not None:
+                data.pop("_identity", None)
                 if data.pop("_migrated", False) and euid in (0, uid):
                     self._dirty.add(uid)  # written back in the current format
                 self.users[uid] = data

@@ -34,13 +34,10 @@ def printable(text: str) -> str:
 
 def render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     cells = [list(header)] + [[printable(cell) for cell in row] for row in rows]
-    widths = [max(len(row[column]) for row in cells) for column in range(len(header))]
-    lines = []
-    for row in cells:
-        parts = [cell.ljust(widths[column]) for column, cell in enumerate(row[:-1])]
-        parts.append(row[-1])
-        lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines) + "\n"
+    columns = len(header)
+    widths = [max(len(row[column]) for row in cells) for column in range(columns - 1)]
+    template = "  ".join("%%-%ds" % width for width in widths) + "  %s"
+    return "".join((template % tuple(row)).rstrip() + "\n" for row in cells)
 
 
 def ago(seconds: float) -> str:

@@ -21,8 +21,9 @@ class Session:
     """Discover devices (if needed) *before* the lock, then, inside
     ``with``: hold the lock, drop dead terminals, store a new device list."""
 
-    def __init__(self, ctx: Context, need_devices: bool = False) -> None:
+    def __init__(self, ctx: Context, need_devices: bool = False, holders_only: bool = False) -> None:
         self.ctx = ctx
+        self.holders_only = holders_only
         self.now = time.time()
         self.folder = StateDir()
         self.processes = Processes()
@@ -45,7 +46,7 @@ class Session:
         self.tx: Transaction = self.folder.transaction().__enter__()
         try:
             euid = self.ctx.euid
-            if euid in envs.prune(self.tx.users, self.processes):
+            if euid in envs.prune(self.tx.users, self.processes, self.holders_only):
                 self.tx.changed(euid)
             if self._store_record and self.record is not None:
                 envs.reconcile(self.tx.user(euid), self.record)

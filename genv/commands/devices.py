@@ -22,7 +22,9 @@ def main(argv: List[str]) -> int:
     opts, _ = parse(argv, OPTIONS, 0)
     ctx = Context()
     rows = []
-    with Session(ctx, need_devices=True) as session:
+    # Only environments that hold a GPU matter here: checking the liveness
+    # of every other one would make the listing grow with their number.
+    with Session(ctx, need_devices=True, holders_only=True) as session:
         taken = envs.taken_by_others(session.users, None)
         for device in session.machine:
             found = envs.holder(device, taken)
