@@ -12,7 +12,8 @@ from conftest import SHELLS
 READY = "READY>"
 
 
-def spawn(genv, kind, promptsubst=False):
+def spawn(genv, kind, promptsubst=True):
+    """promptsubst: zsh's PROMPT_SUBST, or bash's promptvars (on by default)."""
     env = genv.environ()
     if kind == "bash":
         argv = ["bash", "--norc", "--noprofile", "-i"]
@@ -23,6 +24,8 @@ def spawn(genv, kind, promptsubst=False):
     child.sendline("PS1='%s '; eval \"$(genv init -)\"" % READY)
     if kind == "zsh" and promptsubst:
         child.sendline("setopt PROMPT_SUBST")
+    if kind == "bash" and not promptsubst:
+        child.sendline("shopt -u promptvars")  # the prompt is then shown literally
     child.sendline("echo SYNC1")
     child.expect("SYNC1\r\n")
     child.expect_exact(READY)
@@ -46,7 +49,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("kind,promptsubst", [("bash", False), ("zsh", False), ("zsh", True)])
+@pytest.mark.parametrize("kind,promptsubst", [("bash", True), ("bash", False), ("zsh", False), ("zsh", True)])
 @pytest.mark.parametrize("name,shown", CASES)
 def test_prompt_shows_name_and_runs_nothing(genv, kind, promptsubst, name, shown):
     child = spawn(genv, kind, promptsubst)
@@ -70,7 +73,7 @@ def test_prompt_shows_name_and_runs_nothing(genv, kind, promptsubst, name, shown
 
 @pytest.mark.parametrize("kind", SHELLS)
 def test_plain_prompt(genv, kind):
-    child = spawn(genv, kind)
+    child = spawn(genv, kind, promptsubst=False)
     try:
         assert command(child, "genv activate") == "(genv) " + READY
         assert command(child, "genv deactivate") == READY
