@@ -1,0 +1,23 @@
+# genv's shell integration, zsh only (printed after common.sh).
+# Sets the caller's _genv_prefix. Without PROMPT_SUBST only % is special;
+# with it, the name is referenced, not pasted, and its % signs are doubled
+# at display time.
+_genv_prompt_prefix() {
+  if [[ -o promptsubst ]]; then
+    _genv_prefix='(genv${_GENV_PROMPT_NAME:+:${_GENV_PROMPT_NAME//\%/%%}}) '
+  elif [ -n "${_GENV_PROMPT_NAME-}" ]; then
+    _genv_prefix="(genv:${_GENV_PROMPT_NAME//\%/%%}) "
+  else
+    _genv_prefix='(genv) '
+  fi
+}
+
+_genv_complete() {
+  local -a _genv_candidates
+  _genv_candidates=("${(@f)$(command genv completions "${(@)words[2,CURRENT-1]}" 2>/dev/null)}")
+  _genv_candidates=("${(@)_genv_candidates:#}")
+  compadd -a _genv_candidates
+}
+if (( ${+functions[compdef]} )); then
+  compdef _genv_complete genv
+fi
