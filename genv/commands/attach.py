@@ -28,11 +28,13 @@ def main(argv: List[str]) -> int:
         gpus = env["config"].get("gpus")
         if gpus is None:
             raise GenvError("environment %s has no GPU count; run 'genv config gpus <count>' first" % eid)
+        before = list(env["devices"])
         try:
             envs.allocate(session.users, env, session.machine, gpus, session.now)
         except GenvError as error:
             failure = str(error)
-        session.tx.changed(owner)
+        if env["devices"] != before:  # another terminal may just pick them up
+            session.tx.changed(owner)
         session.deliver_warnings(owner, env)
     script = Script()
     sync(script, env)
