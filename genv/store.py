@@ -45,6 +45,7 @@ _MAX_BYTES = 64 << 20
 
 def warn(message: str) -> None:
     sys.stderr.write("genv: %s\n" % message)
+    sys.stderr.flush()  # commands end with os._exit, which flushes nothing
 
 
 def state_dir() -> str:
