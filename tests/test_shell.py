@@ -333,3 +333,30 @@ def test_genv_devices_without_nvidia_smi(genv):
 
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
+
+
+def test_a_broken_python_first_on_path_does_not_matter(genv, sh):
+    """Like `conda activate` or any environment switch: whatever python3 is
+    first on PATH later, genv runs on the interpreter pinned at init."""
+    broken = os.path.join(genv.base, "broken-env", "bin")
+    os.makedirs(broken)
+    with open(os.path.join(broken, "python3"), "w") as handle:
+        handle.write("#!/bin/sh\necho 'this python must not run genv' >&2\nexit 3\n")
+    os.chmod(os.path.join(broken, "python3"), 0o755)
+    shell = genv.shell(sh, GENV_PYTHON=None)
+    shell.ok('PATH="%s:$PATH"' % broken)
+    shell.ok("genv activate --gpus 2 && genv config name c && genv envs >/dev/null && genv status >/dev/null")
+    assert shell.var("CUDA_VISIBLE_DEVICES") == "0,1"
+    shell.ok("genv deactivate")
+
+
+def test_genv_python_is_the_interpreter_used(genv, sh):
+    log = os.path.join(genv.base, "python.log")
+    wrapper = os.path.join(genv.base, "logging-python")
+    with open(wrapper, "w") as handle:
+        handle.write('#!/bin/sh\necho "$@" >> "%s"\nexec "%s" "$@"\n' % (log, __import__("conftest").system_python()))
+    os.chmod(wrapper, 0o755)
+    shell = genv.shell(sh, GENV_PYTHON=wrapper)
+    shell.ok("genv activate && genv envs >/dev/null")
+    calls = open(log).read().splitlines()
+    assert len(calls) == 2 and all(call.startswith("-I -S ") for call in calls)
