@@ -31,7 +31,6 @@ class _ScanContext:
     object_pairs_hook = None
     parse_float = float
     parse_int = int
-    memo: dict = {}
 
     @staticmethod
     def parse_constant(name: str) -> Any:
@@ -61,8 +60,6 @@ def loads(text: str) -> Any:
         # The accelerator reports errors through json.decoder, which is not
         # loaded here; errors are rare (a damaged file), so let json explain.
         _explain(text)
-    finally:
-        _ScanContext.memo.clear()
     while end < length and text[end] in _WHITESPACE:
         end += 1
     if end != length:

@@ -15,6 +15,7 @@ import sys
 
 
 from . import jsonio
+from .envs import indices
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -102,7 +103,7 @@ def read_snapshot(text: Optional[str]) -> Optional[Dict[str, Optional[str]]]:
 
 def sync(script: Script, env: Optional[dict]) -> None:
     """Point this shell at the environment's current GPUs and name."""
-    gpus = ",".join(str(device["index"]) for device in sorted(env["devices"], key=lambda d: d["index"])) if env else ""
+    gpus = ",".join(map(str, indices(env))) if env else ""
     script.export("CUDA_VISIBLE_DEVICES", gpus)
     script.export("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     script.export("GENV_ATTACHED_GPUS", gpus)

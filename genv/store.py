@@ -77,10 +77,6 @@ def _check_list(value: Any, what: str) -> List[Any]:
     return value  # type: ignore[no-any-return]
 
 
-def _bad(what: str) -> ValueError:
-    return ValueError(what)
-
-
 # The parser yields exact types, so ``type(x) is int`` (which also excludes
 # bool) is enough; checks are inline and messages built only on failure,
 # since this runs over every environment of every user at every command.
@@ -90,15 +86,15 @@ _NUM = (int, float)
 def validate(data: Any, uid: int) -> Dict[str, Any]:
     """Check a current-format user state; raise ValueError naming the problem."""
     if type(data) is not dict:
-        raise _bad("not an object")
+        raise ValueError("not an object")
     if type(data.get("uid")) is not int or data["uid"] != uid:
-        raise _bad("uid does not match the file name")
+        raise ValueError("uid does not match the file name")
     devices = data.get("devices")
     if devices is not None:
         if type(devices) is not dict or type(devices.get("key")) is not str:
-            raise _bad("devices is invalid")
+            raise ValueError("devices is invalid")
         if type(devices.get("checked")) not in _NUM or type(devices.get("list")) is not list:
-            raise _bad("devices is invalid")
+            raise ValueError("devices is invalid")
         for device in devices["list"]:
             if (
                 type(device) is not dict
@@ -107,26 +103,26 @@ def validate(data: Any, uid: int) -> Dict[str, Any]:
                 or type(device.get("uuid")) not in (str, type(None))
                 or type(device.get("name")) not in (str, type(None))
             ):
-                raise _bad("a device is invalid")
+                raise ValueError("a device is invalid")
     envs = data.get("envs")
     if type(envs) is not list:
-        raise _bad("envs is not a list")
+        raise ValueError("envs is not a list")
     seen: Set[str] = set()
     for env in envs:
         if type(env) is not dict or type(env.get("id")) is not str or not env["id"]:
-            raise _bad("an environment id is invalid")
+            raise ValueError("an environment id is invalid")
         if env["id"] in seen:
-            raise _bad("environment %r appears twice" % env["id"])
+            raise ValueError("environment %r appears twice" % env["id"])
         seen.add(env["id"])
         config = env.get("config")
         if type(env.get("created")) not in _NUM or type(config) is not dict:
-            raise _bad("environment %r is invalid" % env["id"])
+            raise ValueError("environment %r is invalid" % env["id"])
         gpus = config.get("gpus", 0)
         if type(gpus) is not int or gpus < 0 or type(config.get("name", "")) is not str:
-            raise _bad("environment %r has an invalid config" % env["id"])
+            raise ValueError("environment %r has an invalid config" % env["id"])
         terminals, reserved, warnings = env.get("terminals"), env.get("devices"), env.get("warnings")
         if type(terminals) is not list or type(reserved) is not list or type(warnings) is not list:
-            raise _bad("environment %r is invalid" % env["id"])
+            raise ValueError("environment %r is invalid" % env["id"])
         for terminal in terminals:
             if (
                 type(terminal) is not dict
@@ -134,7 +130,7 @@ def validate(data: Any, uid: int) -> Dict[str, Any]:
                 or terminal["pid"] <= 0
                 or type(terminal.get("token")) is not str
             ):
-                raise _bad("environment %r has an invalid terminal" % env["id"])
+                raise ValueError("environment %r has an invalid terminal" % env["id"])
         for device in reserved:
             if (
                 type(device) is not dict
@@ -143,10 +139,10 @@ def validate(data: Any, uid: int) -> Dict[str, Any]:
                 or type(device.get("uuid")) not in (str, type(None))
                 or type(device.get("attached")) not in _NUM
             ):
-                raise _bad("environment %r has an invalid device" % env["id"])
+                raise ValueError("environment %r has an invalid device" % env["id"])
         for warning in warnings:
             if type(warning) is not str:
-                raise _bad("environment %r has an invalid warning" % env["id"])
+                raise ValueError("environment %r has an invalid warning" % env["id"])
     return data  # type: ignore[no-any-return]
 
 

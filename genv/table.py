@@ -19,7 +19,7 @@ def printable(text: str) -> str:
     for char in text:
         if char in _ESCAPES:
             result.append(_ESCAPES[char])
-        elif not char.isprintable() or "\udc80" <= char <= "\udcff":
+        elif not char.isprintable():
             code = ord(char)
             if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte
                 result.append("\\x%02x" % (code - 0xDC00))

@@ -55,7 +55,8 @@ def main(argv: List[str]) -> int:
     if token is None:
         raise GenvError("cannot find this terminal's shell process (pid %d)" % pid)
 
-    may_attach = "--no-attach" not in opts and (eid is not None or "gpus" in flags or "gpus" in loaded)
+    # Only a new environment with a GPU count attaches (joining never does).
+    may_attach = "--no-attach" not in opts and ("gpus" in flags or "gpus" in loaded)
     discovery_error: Optional[str] = None
     if may_attach:
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import jsonio
+from .. import envs, jsonio
 from ..cli import Context, complete_options, out, parse
 from ..table import ago, render
 from ._session import Session
@@ -36,7 +36,7 @@ def main(argv: List[str]) -> int:
                         "gpus": env["config"].get("gpus"),
                         "created": env["created"],
                         "pids": [terminal["pid"] for terminal in env["terminals"]],
-                        "devices": sorted(device["index"] for device in env["devices"]),
+                        "devices": envs.indices(env),
                     }
                     for uid, env in rows
                 ]
