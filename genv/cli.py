@@ -62,9 +62,9 @@ def out(text: str) -> None:
 def err(text: str) -> None:
     """One line on stderr; control characters in it (from a name or an id)
     are escaped so that they cannot act on the terminal."""
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    sys.stderr.buffer.write(("genv: %s\n" % text).encode("utf-8", "backslashreplace"))
+    from .text import printable
+
+    sys.stderr.buffer.write(("genv: %s\n" % printable(text)).encode("utf-8", "backslashreplace"))
     sys.stderr.flush()
 
 
@@ -114,6 +114,20 @@ class Context:
             return int(text)
         return os.getppid()
 
+    def in_subshell(self) -> bool:
+        """Run by the ``genv`` function from a subshell, a pipeline or
+        ``$(...)``, where the shell it would change is not the user's."""
+        return os.environ.get("GENV_SUBSHELL") == "1"
+
+    def refuse_in_subshell(self, command: str) -> None:
+        """Commands that change the state or the shell call this before
+        changing anything."""
+        if self.in_subshell():
+            raise GenvError(
+                "'genv %s' changes your shell, so it must run in the shell itself, not in a subshell, "
+                "a pipeline or $(...); nothing was changed" % command
+            )
+
     def require_active(self) -> str:
         if self.eid is None:
             raise GenvError("this terminal is not in an environment; run 'genv activate' first")
@@ -142,17 +156,20 @@ def complete_options(words: List[str], options: Options, values: Dict[str, Calla
     return [option for option in options if option not in used]
 
 
+COMPLETION_LOCK_TIMEOUT = 0.2
+"""Tab completion never waits longer than this for the state lock."""
+
+
 def env_ids() -> List[str]:
     """Live environments the caller may join (completion of --id)."""
-    from .procs import Processes
+    from .environments import prune
+    from .procs import processes
     from .store import StateDir
-    from . import envs
 
-    folder = StateDir()
     euid = os.geteuid()
     try:
-        with folder.transaction() as tx:
-            envs.prune(tx.users, Processes())
+        with StateDir().transaction(COMPLETION_LOCK_TIMEOUT, listing=True) as tx:
+            prune(tx.users, processes())
             return [env["id"] for uid, env in tx.all_envs() if euid in (0, uid)]
     except GenvError:
         return []

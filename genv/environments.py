@@ -1,29 +1,34 @@
-"""Environments: liveness, ownership, and handing out GPUs.
+"""Environment records: liveness, ownership, terminals, GPUs that moved.
 
 Pure functions over the state dictionaries that ``store.Transaction`` holds
-(``users``: uid -> user state). No I/O here except through the
-``Processes`` object passed in, so the logic is unit-testable.
+(``users``: uid -> user state). No I/O here except through the process
+facts object passed in, so the logic is unit-testable. Which GPUs an
+environment gets is decided in ``allocate``.
 """
 
 from __future__ import annotations
 
 from .errors import GenvError
+from .limits import MAX_TEXT
+from .text import encodable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+
     Env = Dict[str, Any]
     Users = Dict[int, Dict[str, Any]]
 
 
-MAX_TEXT = 256
-
-
 def check_text(value: str, what: str) -> str:
+    """A name or an id given by a user: not empty, not too long, and
+    printable to a shell (no lone surrogates)."""
     if value == "":
         raise GenvError("invalid %s: it must not be empty" % what)
     if len(value) > MAX_TEXT:
         raise GenvError("invalid %s: longer than %d characters" % (what, MAX_TEXT))
+    if not encodable(value):
+        raise GenvError("invalid %s: it holds characters that cannot be written out" % what)
     return value
 
 
@@ -59,7 +64,7 @@ def find(users: Users, eid: str) -> Optional[Tuple[int, Env]]:
     return None
 
 
-def check_owner(owner: int, euid: int, eid: str, describe: Any) -> None:
+def check_owner(owner: int, euid: int, eid: str, describe: Callable[[int], str]) -> None:
     if euid != 0 and euid != owner:
         raise GenvError(
             "environment %s belongs to %s; only its owner or root can use it" % (eid, describe(owner))
@@ -106,10 +111,33 @@ def remove_terminal(state: Dict[str, Any], env: Env, pid: int) -> bool:
 
 
 def indices(env: Env) -> List[int]:
+    """The environment's GPUs, as nvidia-smi indices, in order."""
     return sorted(device["index"] for device in env["devices"])
 
 
-# --- devices -----------------------------------------------------------------
+def holdings(users: Users, machine: Sequence[Dict[str, Any]],
+             exclude: Optional[Env] = None) -> Dict[int, List[Tuple[int, Env, Dict[str, Any]]]]:
+    """Who holds each GPU of the machine: index -> [(uid, env, reservation)].
+    A reservation is on a GPU by UUID when both sides know UUIDs, else by
+    index; one on a GPU that is not on the machine is on none."""
+    by_index = {device["index"]: device for device in machine}
+    by_uuid = {device["uuid"]: device for device in machine if device.get("uuid")}
+    result: Dict[int, List[Tuple[int, Env, Dict[str, Any]]]] = {index: [] for index in by_index}
+    for uid in sorted(users):
+        for env in users[uid]["envs"]:
+            if env is exclude:
+                continue
+            for reserved in env["devices"]:
+                uuid = reserved.get("uuid")
+                if uuid and by_uuid:
+                    device = by_uuid.get(uuid)
+                else:
+                    device = by_index.get(reserved["index"])
+                    if device is not None and uuid and device.get("uuid") and device["uuid"] != uuid:
+                        device = None
+                if device is not None:
+                    result[device["index"]].append((uid, env, reserved))
+    return result
 
 
 def _same(reserved: Dict[str, Any], device: Dict[str, Any]) -> bool:
@@ -137,71 +165,5 @@ def reconcile(state: Dict[str, Any], record: Dict[str, Any]) -> None:
                 env["warnings"].append(
                     "%s is now GPU %d; run 'genv attach' in each terminal to use the new index" % (label, match["index"])
                 )
-            kept.append({"index": match["index"], "uuid": match.get("uuid"), "attached": reserved["attached"]})
+            kept.append({**reserved, "index": match["index"], "uuid": match.get("uuid")})
         env["devices"] = kept
-
-
-def taken_by_others(users: Users, me: Optional[Env]) -> Tuple[Dict[str, Tuple[int, Env]], Dict[int, Tuple[int, Env]]]:
-    """Reservations of every other environment: by UUID, and by index for
-    reservations recorded without a UUID (mock GPUs)."""
-    by_uuid: Dict[str, Tuple[int, Env]] = {}
-    by_index: Dict[int, Tuple[int, Env]] = {}
-    for uid in users:
-        for env in users[uid]["envs"]:
-            if env is me:
-                continue
-            for reserved in env["devices"]:
-                if reserved.get("uuid"):
-                    by_uuid[reserved["uuid"]] = (uid, env)
-                by_index.setdefault(reserved["index"], (uid, env))
-    return by_uuid, by_index
-
-
-def holder(
-    device: Dict[str, Any], taken: Tuple[Dict[str, Tuple[int, Env]], Dict[int, Tuple[int, Env]]]
-) -> Optional[Tuple[int, Env]]:
-    by_uuid, by_index = taken
-    if device.get("uuid") and device["uuid"] in by_uuid:
-        return by_uuid[device["uuid"]]
-    found = by_index.get(device["index"])
-    if found is None:
-        return None
-    # An index match counts unless both sides know UUIDs and they differ.
-    for reserved in found[1]["devices"]:
-        if reserved["index"] == device["index"]:
-            if reserved.get("uuid") and device.get("uuid") and reserved["uuid"] != device["uuid"]:
-                return None
-    return found
-
-
-def allocate(users: Users, env: Env, machine: Iterable[Dict[str, Any]], count: int, now: float) -> None:
-    """Attach exactly ``count`` GPUs to ``env`` (keeping those it already has
-    where possible), or raise GenvError and leave it with none."""
-    machine = sorted(machine, key=lambda device: device["index"])
-    if count > len(machine):
-        env["devices"] = []
-        raise GenvError(
-            "cannot attach %d GPU%s: this machine has %d; the environment is now detached"
-            % (count, "" if count == 1 else "s", len(machine))
-        )
-    taken = taken_by_others(users, env)
-    mine = {(d.get("uuid") or "", d["index"]): d for d in env["devices"]}
-    keep = []
-    free = []
-    for device in machine:
-        key = (device.get("uuid") or "", device["index"])
-        if holder(device, taken) is not None:
-            continue
-        if key in mine:
-            keep.append({"index": device["index"], "uuid": device.get("uuid"), "attached": mine[key]["attached"]})
-        else:
-            free.append({"index": device["index"], "uuid": device.get("uuid"), "attached": now})
-    if count > len(keep) + len(free):
-        env["devices"] = []
-        raise GenvError(
-            "cannot attach %d GPU%s: only %d of this machine's %d %s free; the environment is now detached"
-            % (count, "" if count == 1 else "s", len(keep) + len(free), len(machine),
-               "is" if len(keep) + len(free) == 1 else "are")
-        )
-    chosen = keep[:count] + free[: max(0, count - len(keep))]
-    env["devices"] = sorted(chosen, key=lambda device: device["index"])

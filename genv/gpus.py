@@ -1,12 +1,16 @@
-"""Which GPUs this machine has.
+"""GPU facts: which GPUs this machine has, and how big they are.
 
-Two sources: ``GENV_DEVICES=N`` (N mock GPUs, for machines without
-nvidia-smi) or the real ``nvidia-smi`` found on PATH (genv's own shim is
-skipped). Asking nvidia-smi costs tens to hundreds of milliseconds, so its
-answer is cached in the user's state file under a key (nvidia-smi's path and
-identity, the driver's GPU list in /proc, the boot) and asked again when the
-key changes or the answer is older than ``GENV_DEVICES_TTL`` seconds
-(default 60). The query runs before the state lock is taken, never under it.
+Two sources: ``GENV_DEVICES=N`` (N mock GPUs of ``GENV_DEVICES_MEMORY``
+each, default 80g, for machines without nvidia-smi) or the real
+``nvidia-smi`` found on PATH (genv's own shim is skipped). All parsing of
+nvidia-smi's output lives in this module, behind small functions, so that an
+NVML backend could replace it.
+
+Asking nvidia-smi costs tens to hundreds of milliseconds, so the GPU list is
+cached in the user's state file under a key (nvidia-smi's path and identity,
+the driver's GPU list in /proc, the boot) and asked again when the key
+changes or the answer is older than ``GENV_DEVICES_TTL`` seconds (default
+60). The query runs before the state lock is taken, never under it.
 """
 
 from __future__ import annotations
@@ -14,18 +18,22 @@ from __future__ import annotations
 import os
 import time
 
-
 from .errors import GenvError
+from .limits import MAX_GPUS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Any, Dict, List, Optional, Tuple
+
     Record = Dict[str, Any]
 
 
-MAX_GPUS = 1024
 DEFAULT_TTL = 60.0
-QUERY = ("--query-gpu=index,uuid,name", "--format=csv,noheader,nounits")
+DEFAULT_MOCK_MEMORY = "80g"
+GPU_FIELDS = "index,uuid,name,memory.total"
+QUERY = ("--query-gpu=" + GPU_FIELDS, "--format=csv,noheader,nounits")
+# Bumped when the cached record's shape changes, so old caches are not used.
+_KEY_VERSION = "2"
 
 
 def parse_count(text: str, what: str) -> int:
@@ -46,7 +54,7 @@ def _ttl() -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value >= 0:
+    if not 0 <= value < 1e9:
         raise GenvError("invalid GENV_DEVICES_TTL %r: expected a number of seconds" % text)
     return value
 
@@ -54,10 +62,10 @@ def _ttl() -> float:
 def find_nvidia_smi() -> Optional[str]:
     """The first nvidia-smi on PATH that is not genv's shim."""
     root = os.environ.get("GENV_ROOT", "")
-    shims = os.path.join(root, "shims") if root else None
+    shims = os.path.realpath(os.path.join(root, "shims")) if root else None
     for entry in os.environ.get("PATH", "").split(os.pathsep):
         entry = entry or "."
-        if shims and os.path.realpath(entry) == os.path.realpath(shims):
+        if shims and os.path.realpath(entry) == shims:
             continue
         candidate = os.path.join(entry, "nvidia-smi")
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
@@ -66,58 +74,72 @@ def find_nvidia_smi() -> Optional[str]:
 
 
 def _key(path: str) -> str:
+    from .procs import boot_id
+
     info = os.stat(path)
     try:
         listing = ",".join(sorted(os.listdir("/proc/driver/nvidia/gpus")))
     except OSError:
         listing = "-"
-    try:
-        with open("/proc/sys/kernel/random/boot_id", "rb") as handle:
-            boot = handle.read().strip().decode("ascii", "replace")
-    except OSError:
-        boot = "-"
-    return "nvidia-smi:%s:%d:%d:%d:%s:%s" % (
+    return "nvidia-smi/%s:%s:%d:%d:%d:%s:%s" % (
+        _KEY_VERSION,
         os.path.realpath(path),
         info.st_ino,
         info.st_mtime_ns,
         info.st_size,
         listing,
-        boot,
+        boot_id() or "-",
     )
 
 
-def _value(text: str) -> Optional[str]:
+def value(text: str) -> Optional[str]:
+    """A CSV cell: None for an empty one and for ``[N/A]``, ``[Not
+    Supported]`` and the like."""
     text = text.strip()
-    if not text or (text.startswith("[") and text.endswith("]")):  # [N/A], [Not Supported]
+    if not text or (text.startswith("[") and text.endswith("]")):
         return None
     return text
 
 
+def mib_value(text: str) -> Optional[int]:
+    """A MiB cell (``nounits``) as bytes; None if unknown."""
+    cell = value(text)
+    if cell is None or not cell.isascii() or not cell.isdigit() or len(cell) > 12:
+        return None
+    return int(cell) << 20
+
+
 def parse_query(output: str) -> List[Record]:
-    """Parse ``--query-gpu=index,uuid,name --format=csv,noheader,nounits``."""
+    """Parse ``--query-gpu=index,uuid,name,memory.total --format=csv,noheader,nounits``.
+    The name may hold ", " itself: the fields around it are split off first."""
     devices: List[Record] = []
     seen = set()
     for line in output.splitlines():
         if not line.strip():
             continue
-        parts = line.split(", ", 2)
-        if len(parts) != 3 or not parts[0].strip().isdigit():
+        head = line.split(", ", 2)
+        if len(head) != 3 or not head[0].strip().isdigit() or ", " not in head[2]:
             raise GenvError("unexpected output from nvidia-smi: %r" % line[:200])
-        index = int(parts[0])
+        name, _, total = head[2].rpartition(", ")
+        index = int(head[0])
+        if index >= MAX_GPUS:
+            raise GenvError("unexpected output from nvidia-smi: GPU index %d" % index)
         if index in seen:
             raise GenvError("nvidia-smi listed GPU %d twice" % index)
         seen.add(index)
-        devices.append({"index": index, "uuid": _value(parts[1]), "name": _value(parts[2])})
+        devices.append({"index": index, "uuid": value(head[1]), "name": value(name), "total": mib_value(total)})
     devices.sort(key=lambda device: device["index"])
     return devices
 
 
-def _query(path: str) -> List[Record]:
+def run_nvidia_smi(path: str, args: Tuple[str, ...]) -> str:
+    """Run nvidia-smi; its output, or GenvError with its first line. Exit 6
+    with 'No devices were found' is an empty answer, not an error."""
     import subprocess
 
     try:
         done = subprocess.run(
-            [path, *QUERY],
+            [path, *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -128,14 +150,20 @@ def _query(path: str) -> List[Record]:
         raise GenvError("cannot run %s: %s" % (path, error)) from None
     out = done.stdout.decode("utf-8", "replace")
     if done.returncode == 6 and "No devices were found" in out:
-        return []
+        return ""
     if done.returncode != 0:
         said = (done.stderr or done.stdout).decode("utf-8", "replace").strip().splitlines()
         raise GenvError(
             "nvidia-smi failed with exit status %d%s"
             % (done.returncode, (": " + said[0][:200]) if said else "")
         )
-    return parse_query(out)
+    return out
+
+
+def mock_memory() -> int:
+    from .sizes import parse_size
+
+    return parse_size(os.environ.get("GENV_DEVICES_MEMORY") or DEFAULT_MOCK_MEMORY, "GENV_DEVICES_MEMORY")
 
 
 def discover(cached: Optional[Record], now: Optional[float] = None) -> Tuple[Record, bool]:
@@ -148,10 +176,11 @@ def discover(cached: Optional[Record], now: Optional[float] = None) -> Tuple[Rec
     mock = os.environ.get("GENV_DEVICES")
     if mock is not None and mock != "":
         count = parse_count(mock, "GENV_DEVICES")
-        key = "GENV_DEVICES=%d" % count
+        total = mock_memory()
+        key = "GENV_DEVICES=%d:%d" % (count, total)
         if cached is not None and cached.get("key") == key:
             return cached, False
-        devices = [{"index": index, "uuid": None, "name": None} for index in range(count)]
+        devices = [{"index": index, "uuid": None, "name": None, "total": total} for index in range(count)]
         return {"key": key, "checked": now, "list": devices}, True
     path = find_nvidia_smi()
     if path is None:
@@ -162,5 +191,5 @@ def discover(cached: Optional[Record], now: Optional[float] = None) -> Tuple[Rec
     key = _key(path)
     if cached is not None and cached.get("key") == key and 0 <= now - cached.get("checked", 0) < _ttl():
         return cached, False
-    devices = _query(path)
+    devices = parse_query(run_nvidia_smi(path, QUERY))
     return {"key": key, "checked": now, "list": devices}, True

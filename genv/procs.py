@@ -1,15 +1,22 @@
-"""Process identity: is the terminal that activated still the same process?
+"""Process facts: identity, liveness, parent, owner, environment, command line.
 
-A PID alone is not an identity: PIDs are reused. A terminal is recorded with
-a token made of the boot and the process's start time, and counts as alive
+This module is the one place that asks the system about processes. A PID
+alone is not an identity (PIDs are reused), so a process is recorded with a
+*token* made of the boot and its start time, and counts as the same process
 only while a process with that PID *and* that token exists.
 
-On Linux the token is read from ``/proc/<pid>/stat`` (the start time, in
-clock ticks since boot, is the field psutil's ``create_time`` is computed
-from) and ``/proc/sys/kernel/random/boot_id``; comparing integer ticks
-instead of psutil's float seconds means that a change of the wall clock
-cannot make a live terminal look dead. Importing psutil costs about three
-interpreter start-ups, so it is used only where ``/proc`` is missing.
+Two backends answer the same questions:
+
+- ``ProcFS`` reads ``/proc`` directly (Linux). The start time is field 22 of
+  ``/proc/<pid>/stat`` in clock ticks since boot, the field psutil's
+  ``create_time`` is computed from; comparing integer ticks means a step of
+  the wall clock cannot make a live terminal look dead. ``import psutil``
+  costs about three interpreter start-ups, so the commands a shell runs use
+  this backend.
+- ``Psutil`` asks psutil: where ``/proc`` is missing, when
+  ``GENV_PROCESS_BACKEND=psutil`` is set (tests and CI run the suite that way
+  too), and in long-running commands that may pay for it. On Linux it builds
+  the very same tokens, so both backends agree on who is alive.
 """
 
 from __future__ import annotations
@@ -18,26 +25,39 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Dict, Optional
-
+    from typing import Any, Dict, List, Optional, Tuple
 
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
+ENV_VAR_LIMIT = 4 << 20  # read at most this much of /proc/<pid>/environ
 
 
-def _read(path: str) -> Optional[bytes]:
+def _read(path: str, limit: int = 4096, dir_fd: Optional[int] = None) -> Optional[bytes]:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return None
     try:
-        return os.read(fd, 4096)
+        chunks = []
+        while limit > 0:
+            chunk = os.read(fd, min(limit, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            limit -= len(chunk)
+        return b"".join(chunks)
     except OSError:
         return None
     finally:
         os.close(fd)
 
 
-def _psutil():  # type: ignore[no-untyped-def]
+def boot_id() -> Optional[str]:
+    """This boot's random id (Linux), None elsewhere."""
+    raw = _read(_BOOT_ID)
+    return raw.strip().decode("ascii", "replace") if raw else None
+
+
+def _psutil() -> Any:
     try:
         import psutil
     except ImportError:
@@ -49,63 +69,225 @@ def _psutil():  # type: ignore[no-untyped-def]
     return psutil
 
 
-class Processes:
-    """Answers liveness questions; caches the boot id for one command."""
+def processes() -> "ProcFS":
+    """The backend for this system (see the module's docstring)."""
+    if os.environ.get("GENV_PROCESS_BACKEND") == "psutil" or not os.path.isdir("/proc/self"):
+        return Psutil()
+    return ProcFS()
+
+
+class ProcFS:
+    """Answers questions about processes for one command, from /proc, and
+    remembers the answers (a command sees one consistent picture)."""
 
     def __init__(self) -> None:
-        boot = _read(_BOOT_ID)
+        boot = boot_id()
         # Eight hex digits of the random boot id tell this boot from earlier
         # ones; the full id would be most of the state file's size.
-        self._boot: Optional[str] = boot.strip().decode("ascii", "replace")[:8] if boot else None
+        self._boot: Optional[str] = boot[:8] if boot else None
         self._proc_fd = -1
-        if self._boot is not None:
-            try:
-                self._proc_fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError:
-                pass
-        self._cache: Dict[int, Optional[str]] = {}
+        try:
+            self._proc_fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            pass
+        self._stat: Dict[int, Optional[Tuple[str, int, float]]] = {}
+        self._uid: Dict[int, Optional[int]] = {}
+
+    # -- identity and liveness --
+
+    def _stat_of(self, pid: int) -> Optional[Tuple[str, int, float]]:
+        """(state, parent pid, start ticks) of a process, None if there is none."""
+        if pid in self._stat:
+            return self._stat[pid]
+        result = None
+        if pid > 0 and self._proc_fd >= 0:
+            # Relative to an open /proc: one path lookup less per process,
+            # which matters with a thousand environments.
+            data = _read("%d/stat" % pid, 1024, self._proc_fd)
+            if data:
+                # The command name (field 2) may hold spaces and parentheses:
+                # split after its closing parenthesis. Then field 3 is the
+                # state, field 4 the parent and field 22 the start time.
+                fields = data[data.rfind(b")") + 2 :].split(None, 20)
+                if len(fields) >= 20:
+                    try:
+                        result = (fields[0].decode("ascii"), int(fields[1]), int(fields[19]))
+                    except ValueError:
+                        result = None
+        self._stat[pid] = result
+        return result
 
     def token(self, pid: int) -> Optional[str]:
         """The identity token of a running process, None if there is none."""
-        if pid in self._cache:
-            return self._cache[pid]
-        token = self._linux_token(pid) if self._proc_fd >= 0 else self._psutil_token(pid)
-        self._cache[pid] = token
-        return token
+        found = self._stat_of(pid)
+        if found is None or found[0] in ("Z", "X"):
+            return None
+        return "linux:%s:%d" % (self._boot, found[2])
 
     def alive(self, pid: int, token: str) -> bool:
         return self.token(pid) == token
 
-    def _linux_token(self, pid: int) -> Optional[str]:
-        if pid <= 0:
-            return None
-        # Relative to an open /proc: one path lookup less per process, which
-        # matters with a thousand environments.
-        try:
-            fd = os.open("%d/stat" % pid, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._proc_fd)
-        except OSError:
-            return None
-        try:
-            data = os.read(fd, 1024)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        # The command name (field 2) may hold spaces and parentheses: split
-        # after its closing parenthesis. Then field 3 is the state and field
-        # 22 the start time.
-        fields = data[data.rfind(b")") + 2 :].split(None, 20)
-        if len(fields) < 20 or fields[0] in (b"Z", b"X"):
-            return None
-        return "linux:%s:%s" % (self._boot, fields[19].decode("ascii"))
+    def started(self, pid: int) -> Optional[float]:
+        """When the process started, in the units of ``clock``."""
+        found = self._stat_of(pid)
+        return None if found is None else found[2] / _ticks_per_second()
 
     @staticmethod
-    def _psutil_token(pid: int) -> Optional[str]:
-        psutil = _psutil()
-        try:
-            process = psutil.Process(pid)
-            if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
-                return None
-            return "psutil:%r" % process.create_time()
-        except (psutil.Error, ValueError):
+    def clock() -> float:
+        """Now, comparable with ``started``: seconds since boot."""
+        import time
+
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+    # -- relations and owner --
+
+    def parent(self, pid: int) -> Optional[int]:
+        found = self._stat_of(pid)
+        return None if found is None else found[1]
+
+    def uid(self, pid: int) -> Optional[int]:
+        """The real uid (``Uid:`` in /proc/<pid>/status), None if unknown."""
+        if pid in self._uid:
+            return self._uid[pid]
+        result = None
+        if pid > 0 and self._proc_fd >= 0:
+            data = _read("%d/status" % pid, 8192, self._proc_fd)
+            if data:
+                for line in data.split(b"\n"):
+                    if line.startswith(b"Uid:"):
+                        parts = line.split()
+                        if len(parts) > 1 and parts[1].isdigit():
+                            result = int(parts[1])
+                        break
+        self._uid[pid] = result
+        return result
+
+    # -- what the process was started with --
+
+    def environ(self, pid: int, name: str) -> Optional[str]:
+        """The value of ``name`` in the environment the process was started
+        with; None if unset or unreadable (another user's process)."""
+        if pid <= 0 or self._proc_fd < 0:
             return None
+        data = _read("%d/environ" % pid, ENV_VAR_LIMIT, self._proc_fd)
+        return _find_var(data, name) if data else None
+
+    def command(self, pid: int) -> Optional[str]:
+        """The command line, arguments joined by spaces; None if unreadable."""
+        if pid <= 0 or self._proc_fd < 0:
+            return None
+        data = _read("%d/cmdline" % pid, 4096, self._proc_fd)
+        if not data:
+            return None
+        return " ".join(part.decode("utf-8", "surrogateescape") for part in data.rstrip(b"\0").split(b"\0"))
+
+
+def _find_var(data: bytes, name: str) -> Optional[str]:
+    key = name.encode("ascii") + b"="
+    for entry in data.split(b"\0"):
+        if entry.startswith(key):
+            return entry[len(key) :].decode("utf-8", "surrogateescape")
+    return None
+
+
+_TICKS: List[int] = []
+
+
+def _ticks_per_second() -> int:
+    if not _TICKS:
+        _TICKS.append(os.sysconf("SC_CLK_TCK"))
+    return _TICKS[0]
+
+
+class Psutil(ProcFS):
+    """The same answers from psutil (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self._psutil = _psutil()
+        self._boot = None
+        boot = boot_id()
+        if boot is not None:
+            self._boot = boot[:8]
+        self._boot_time = self._psutil.boot_time()
+        self._stat = {}
+        self._uid = {}
+        self._proc_fd = -1
+        self._processes: Dict[int, Any] = {}
+
+    def _process(self, pid: int) -> Any:
+        if pid not in self._processes:
+            try:
+                self._processes[pid] = self._psutil.Process(pid) if pid > 0 else None
+            except (self._psutil.Error, ValueError, OverflowError):
+                self._processes[pid] = None
+        return self._processes[pid]
+
+    def _stat_of(self, pid: int) -> Optional[Tuple[str, int, float]]:
+        if pid in self._stat:
+            return self._stat[pid]
+        result = None
+        process = self._process(pid)
+        if process is not None:
+            psutil = self._psutil
+            try:
+                with process.oneshot():
+                    status, ppid, created = process.status(), process.ppid(), process.create_time()
+                state = "Z" if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD) else "R"
+                result = (state, ppid, created)
+            except (psutil.Error, ValueError):
+                result = None
+        self._stat[pid] = result
+        return result
+
+    def token(self, pid: int) -> Optional[str]:
+        found = self._stat_of(pid)
+        if found is None or found[0] == "Z":
+            return None
+        created = found[2]
+        if self._boot is not None:
+            # psutil computes create_time as boot time + ticks / CLK_TCK:
+            # recover the ticks, so that the token is /proc's very token.
+            return "linux:%s:%d" % (self._boot, round((created - self._boot_time) * _ticks_per_second()))
+        return "psutil:%r" % created
+
+    def started(self, pid: int) -> Optional[float]:
+        found = self._stat_of(pid)
+        return None if found is None else float(found[2])
+
+    @staticmethod
+    def clock() -> float:
+        import time
+
+        return time.time()
+
+    def uid(self, pid: int) -> Optional[int]:
+        if pid in self._uid:
+            return self._uid[pid]
+        result = None
+        process = self._process(pid)
+        if process is not None:
+            try:
+                result = int(process.uids().real)
+            except (self._psutil.Error, ValueError):
+                result = None
+        self._uid[pid] = result
+        return result
+
+    def environ(self, pid: int, name: str) -> Optional[str]:
+        process = self._process(pid)
+        if process is None:
+            return None
+        try:
+            return process.environ().get(name)  # type: ignore[no-any-return]
+        except (self._psutil.Error, ValueError, OSError):
+            return None
+
+    def command(self, pid: int) -> Optional[str]:
+        process = self._process(pid)
+        if process is None:
+            return None
+        try:
+            parts = process.cmdline()
+        except (self._psutil.Error, ValueError, OSError):
+            return None
+        return " ".join(parts) if parts else None

@@ -2,28 +2,37 @@
 
 Commands build a ``Script`` of a few primitives (export, unset, local
 assignment, printing, and calls of the fixed helper functions that
-``genv init -`` defined); ``render`` turns it into text for bash and zsh.
+``genv init -`` defined); ``encode`` turns it into bytes for bash and zsh.
 Every value is single-quoted, each ``'`` written as ``'\\''``, so a value is
-always data. Nothing reaches stdout until the whole script is built.
+always data; helper names come from a fixed list. Commands encode the script
+*before* they commit their state change and print it after, so a script that
+cannot be written means no change at all.
+
+The code works whatever options the user set: an assignment and its
+``export`` are separate commands (with ``set -k``, ``export X=1`` would be an
+assignment *to* ``export``, which then prints the environment), and nothing
+relies on word splitting, globbing or aliases.
 """
 
 from __future__ import annotations
 
 import binascii
 import os
-import sys
-
 
 from . import jsonio
-from .envs import indices
+from .text import printable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Dict, List, Optional
+    from typing import Any, Dict, List, Optional, Sequence
 
 SNAPSHOT = "_GENV_SAVED"
 # Variables genv sets in an active shell and restores on deactivate.
 SAVED = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "GENV_ATTACHED_GPUS")
+
+# The functions `genv init -` defines (libexec/init/*.sh) that scripts call.
+HELPERS = frozenset(("_genv_path_add", "_genv_path_remove", "_genv_prompt_set", "_genv_prompt_clear",
+                     "_genv_prompt_name"))
 
 
 def quote(value: str) -> str:
@@ -41,13 +50,14 @@ class Script:
         self.lines: List[str] = []
 
     def export(self, name: str, value: str) -> None:
-        self.lines.append("export %s=%s" % (_check_name(name), quote(value)))
+        self.assign(name, value)
+        self.lines.append("export %s" % name)
 
     def unset(self, name: str) -> None:
         self.lines.append("unset %s" % _check_name(name))
 
     def assign(self, name: str, value: str) -> None:
-        """A shell variable that is not exported."""
+        """A shell variable (exported only if it already was)."""
         self.lines.append("%s=%s" % (_check_name(name), quote(value)))
 
     def restore(self, name: str, value: Optional[str]) -> None:
@@ -59,19 +69,19 @@ class Script:
     def echo(self, text: str) -> None:
         self.lines.append("printf '%%s\\n' %s" % quote(text))
 
-    def trusted(self, code: str) -> None:
-        """A fixed snippet written in genv's source, never built from data."""
-        self.lines.append(code)
+    def call(self, helper: str, *args: str) -> None:
+        """Call one of genv's shell helpers with quoted arguments."""
+        if helper not in HELPERS:
+            raise ValueError("not a genv shell helper: %r" % helper)
+        self.lines.append(" ".join([helper] + [quote(arg) for arg in args]))
 
     def render(self) -> str:
         return "".join(line + "\n" for line in self.lines)
 
-
-def emit(script: Script) -> None:
-    data = script.render().encode("utf-8", "surrogateescape")
-    out = sys.stdout.buffer
-    out.write(data)
-    out.flush()
+    def encode(self) -> bytes:
+        """The script as bytes; raises UnicodeEncodeError for a value that
+        cannot be written (a lone surrogate)."""
+        return self.render().encode("utf-8", "surrogateescape")
 
 
 def snapshot() -> str:
@@ -101,16 +111,29 @@ def read_snapshot(text: Optional[str]) -> Optional[Dict[str, Optional[str]]]:
     return result
 
 
-def sync(script: Script, env: Optional[dict]) -> None:
+def gpu_list(env: Optional[Dict[str, Any]]) -> str:
+    from .environments import indices
+
+    return ",".join(map(str, indices(env))) if env else ""
+
+
+def sync(script: Script, env: Optional[Dict[str, Any]]) -> None:
     """Point this shell at the environment's current GPUs and name."""
-    gpus = ",".join(map(str, indices(env))) if env else ""
+    gpus = gpu_list(env)
     script.export("CUDA_VISIBLE_DEVICES", gpus)
     script.export("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     script.export("GENV_ATTACHED_GPUS", gpus)
+    prompt_name(script, env, "_genv_prompt_name")
+
+
+def prompt_name(script: Script, env: Optional[Dict[str, Any]], helper: str, *first: str) -> None:
+    """The name as the prompt shows it: escaped, like everywhere else."""
     name = env["config"].get("name") if env else None
-    if name is None:
-        script.trusted('if [ -n "${_GENV_PS1_SET+x}" ]; then unset _GENV_PROMPT_NAME; _genv_prompt_set; fi')
-    else:
-        script.trusted(
-            'if [ -n "${_GENV_PS1_SET+x}" ]; then _GENV_PROMPT_NAME=%s; _genv_prompt_set; fi' % quote(name)
-        )
+    script.call(helper, *(first + ((printable(name),) if name is not None else ())))
+
+
+def lines(values: Sequence[str]) -> Script:
+    script = Script()
+    for value in values:
+        script.echo(value)
+    return script

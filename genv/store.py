@@ -6,32 +6,33 @@ Layout of ``$GENV_TMPDIR`` (default ``/var/tmp/genv``), see docs/state.md:
   can use genv and nobody can remove or rename another user's files;
 - ``user-<uid>.json``: the environments (and device cache) of one user,
   owned by that user, mode 0644, replaced only by that user (or root);
-- ``.tmp-*``: a write in progress; a leftover one is from a killed writer.
+- ``.tmp-<uid>-<pid>-<8 hex digits>``: a write in progress; a leftover one
+  is from a killed writer.
 
 The lock is ``flock`` on the folder itself: there is no lock file that
 could be planted, linked or truncated. Every file is opened relative to the
 locked folder with ``O_NOFOLLOW`` and must be a regular file owned by the
-uid its name says (or root). A change is written to a temporary file in the
-same folder, fsynced and renamed over the old file, so a process killed at
-any instant leaves either the old or the new state.
+uid its name says. genv touches only names that are exactly its own, and a
+file under such a name that genv did not write is left alone.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import stat
-import sys
 import time
 
-
-from . import jsonio
+from . import files, jsonio, locking
 from .errors import GenvError
+from .limits import MAX_GPUS, MAX_PID, MAX_TEXT, MAX_TIME
+from .text import encodable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+    from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+
+    Identity = Tuple[int, ...]
 
 FORMAT = 2
 """The version of the user state files this genv writes."""
@@ -43,44 +44,76 @@ _TMP = ".tmp-"
 _MAX_BYTES = 64 << 20
 
 
+def _signed(raw: bytes) -> bool:
+    """Whether the content starts as genv's state does (``{"format"``,
+    whitespace allowed): a file under genv's name that does not is somebody
+    else's, and is never moved aside or replaced."""
+    head = raw[:256].lstrip()
+    return head[:1] == b"{" and head[1:].lstrip().startswith(b'"format"')
+
+
+
 def warn(message: str) -> None:
-    sys.stderr.write("genv: %s\n" % message)
-    sys.stderr.flush()  # commands end with os._exit, which flushes nothing
+    from .cli import err
+
+    err(message)
 
 
 def state_dir() -> str:
-    return os.environ.get("GENV_TMPDIR") or DEFAULT_DIR
+    """``GENV_TMPDIR`` (or the default), normalised: absolute, no ``..``,
+    no trailing slash, so that checks apply to what the path names."""
+    raw = os.environ.get("GENV_TMPDIR") or DEFAULT_DIR
+    return normalise_dir(raw, "GENV_TMPDIR")
+
+
+def normalise_dir(raw: str, what: str) -> str:
+    if not raw.startswith("/"):
+        raise GenvError("invalid %s %r: it must be an absolute path" % (what, raw))
+    parts = [part for part in raw.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise GenvError("invalid %s %r: it must not contain '..'" % (what, raw))
+    if not parts:
+        raise GenvError("invalid %s %r: not the root folder" % (what, raw))
+    return "/" + "/".join(parts)
 
 
 def empty_user(uid: int) -> Dict[str, Any]:
     return {"format": FORMAT, "uid": uid, "devices": None, "envs": []}
 
 
-# --- shape checks -----------------------------------------------------------
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_num(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check(ok: bool, what: str) -> None:
-    if not ok:
-        raise ValueError(what)
-
-
-def _check_list(value: Any, what: str) -> List[Any]:
-    _check(isinstance(value, list), "%s is not a list" % what)
-    return value  # type: ignore[no-any-return]
-
-
+# --- shape checks -------------------------------------------------------------
 # The parser yields exact types, so ``type(x) is int`` (which also excludes
-# bool) is enough; checks are inline and messages built only on failure,
-# since this runs over every environment of every user at every command.
+# bool) is enough. Every number is checked for its range (a float from JSON
+# may be ``1e999``, an infinity). This runs over every environment of every
+# user at every command: checks are inline, messages built only on failure.
+
 _NUM = (int, float)
+MAX_BYTES_GPU = 1 << 60
+
+
+def _time_ok(value: Any) -> bool:
+    return type(value) in _NUM and 0 <= value < MAX_TIME
+
+
+def _text_ok(value: Any, limit: int = MAX_TEXT) -> bool:
+    return type(value) is str and 0 < len(value) <= limit and encodable(value)
+
+
+def _bytes_ok(value: Any, optional: bool) -> bool:
+    if value is None:
+        return optional
+    return type(value) is int and 0 < value <= MAX_BYTES_GPU
+
+
+def _device_ok(device: Any, stamp: str) -> bool:
+    """A GPU as listed (stamp ``""``) or as reserved (stamp ``"attached"``)."""
+    return (
+        type(device) is dict
+        and type(device.get("index")) is int
+        and 0 <= device["index"] < MAX_GPUS
+        and (device.get("uuid") is None or _text_ok(device["uuid"]))
+        and (not stamp or _time_ok(device.get(stamp)))
+    )
 
 
 def validate(data: Any, uid: int) -> Dict[str, Any]:
@@ -91,17 +124,15 @@ def validate(data: Any, uid: int) -> Dict[str, Any]:
         raise ValueError("uid does not match the file name")
     devices = data.get("devices")
     if devices is not None:
-        if type(devices) is not dict or type(devices.get("key")) is not str:
+        if type(devices) is not dict or not _text_ok(devices.get("key"), 4096):
             raise ValueError("devices is invalid")
-        if type(devices.get("checked")) not in _NUM or type(devices.get("list")) is not list:
+        if not _time_ok(devices.get("checked")) or type(devices.get("list")) is not list:
             raise ValueError("devices is invalid")
         for device in devices["list"]:
             if (
-                type(device) is not dict
-                or type(device.get("index")) is not int
-                or device["index"] < 0
-                or type(device.get("uuid")) not in (str, type(None))
-                or type(device.get("name")) not in (str, type(None))
+                not _device_ok(device, "")
+                or (device.get("name") is not None and not _text_ok(device["name"]))
+                or not _bytes_ok(device.get("total"), True)
             ):
                 raise ValueError("a device is invalid")
     envs = data.get("envs")
@@ -109,16 +140,16 @@ def validate(data: Any, uid: int) -> Dict[str, Any]:
         raise ValueError("envs is not a list")
     seen: Set[str] = set()
     for env in envs:
-        if type(env) is not dict or type(env.get("id")) is not str or not env["id"]:
+        if type(env) is not dict or not _text_ok(env.get("id")):
             raise ValueError("an environment id is invalid")
         if env["id"] in seen:
             raise ValueError("environment %r appears twice" % env["id"])
         seen.add(env["id"])
         config = env.get("config")
-        if type(env.get("created")) not in _NUM or type(config) is not dict:
+        if not _time_ok(env.get("created")) or type(config) is not dict:
             raise ValueError("environment %r is invalid" % env["id"])
         gpus = config.get("gpus", 0)
-        if type(gpus) is not int or gpus < 0 or type(config.get("name", "")) is not str:
+        if type(gpus) is not int or not 0 <= gpus <= MAX_GPUS or ("name" in config and not _text_ok(config["name"])):
             raise ValueError("environment %r has an invalid config" % env["id"])
         terminals, reserved, warnings = env.get("terminals"), env.get("devices"), env.get("warnings")
         if type(terminals) is not list or type(reserved) is not list or type(warnings) is not list:
@@ -127,64 +158,56 @@ def validate(data: Any, uid: int) -> Dict[str, Any]:
             if (
                 type(terminal) is not dict
                 or type(terminal.get("pid")) is not int
-                or terminal["pid"] <= 0
-                or type(terminal.get("token")) is not str
+                or not 0 < terminal["pid"] <= MAX_PID
+                or not _text_ok(terminal.get("token"), 128)
             ):
                 raise ValueError("environment %r has an invalid terminal" % env["id"])
         for device in reserved:
-            if (
-                type(device) is not dict
-                or type(device.get("index")) is not int
-                or device["index"] < 0
-                or type(device.get("uuid")) not in (str, type(None))
-                or type(device.get("attached")) not in _NUM
-            ):
+            if not _device_ok(device, "attached") or not _bytes_ok(device.get("memory"), True):
                 raise ValueError("environment %r has an invalid device" % env["id"])
         for warning in warnings:
-            if type(warning) is not str:
+            if not _text_ok(warning, 4096):
                 raise ValueError("environment %r has an invalid warning" % env["id"])
-    return data  # type: ignore[no-any-return]
+    return data
 
 
-# --- format migrations --------------------------------------------------------
+# --- format migrations ----------------------------------------------------------
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(what)
 
 
 def _migrate_1(data: Any, uid: int) -> Dict[str, Any]:
     """Format 1 kept environments in an object keyed by id, terminals as bare
     PIDs and devices as bare indices. A bare PID is adopted only if a process
     with it runs now (the best that format allows); its token is recorded from
-    then on."""
-    from .procs import Processes
+    then on. The result is checked by ``validate`` like any other state."""
+    from .procs import processes
 
     _check(isinstance(data, dict) and isinstance(data.get("envs"), dict), "envs is not an object")
-    processes = Processes()
+    facts = processes()
     envs = []
     for eid, old in data["envs"].items():
         _check(isinstance(old, dict), "an environment is not an object")
         created = old.get("created")
-        _check(_is_num(created), "an environment's creation time is invalid")
+        _check(_time_ok(created), "an environment's creation time is invalid")
         terminals = []
-        for pid in _check_list(old.get("pids"), "pids"):
-            _check(_is_int(pid), "a pid is invalid")
-            token = processes.token(pid)
+        pids = old.get("pids")
+        _check(isinstance(pids, list), "pids is not a list")
+        for pid in pids:
+            _check(type(pid) is int and 0 < pid <= MAX_PID, "a pid is invalid")
+            token = facts.token(pid)
             if token is not None:
                 terminals.append({"pid": pid, "token": token})
-        devices = []
-        for index in _check_list(old.get("devices", []), "devices"):
-            _check(_is_int(index) and index >= 0, "a device index is invalid")
-            devices.append({"index": index, "uuid": None, "attached": created})
+        indices = old.get("devices", [])
+        _check(isinstance(indices, list), "devices is not a list")
+        devices = [{"index": index, "uuid": None, "attached": created} for index in indices]
         config = old.get("config", {})
         _check(isinstance(config, dict), "config is not an object")
-        envs.append(
-            {
-                "id": eid,
-                "created": created,
-                "config": config,
-                "terminals": terminals,
-                "devices": devices,
-                "warnings": [],
-            }
-        )
+        envs.append({"id": eid, "created": created, "config": config, "terminals": terminals,
+                     "devices": devices, "warnings": []})
     return {"format": 2, "uid": uid, "devices": None, "envs": envs}
 
 
@@ -199,7 +222,7 @@ def upgrade(data: Any, uid: int, name: str) -> Dict[str, Any]:
     """Bring a parsed state file to the current format (or raise)."""
     _check(isinstance(data, dict), "not an object")
     version = data.get("format")
-    _check(_is_int(version) and version >= 1, "no valid format version")
+    _check(type(version) is int and version >= 1, "no valid format version")
     if version > FORMAT:
         raise NewerFormat(
             "state was written by a newer genv: %s has format %d, this genv reads formats up to %d; "
@@ -211,22 +234,70 @@ def upgrade(data: Any, uid: int, name: str) -> Dict[str, Any]:
     return validate(data, uid)
 
 
-# --- the folder ---------------------------------------------------------------
+# --- reading one file -------------------------------------------------------------
 
 
-def _fault(point: str) -> None:
-    """Test hook: GENV_FAULT=<point> kills this process at that point."""
-    if os.environ.get("GENV_FAULT") == point:
-        import signal
+class Found:
+    """What ``read_user`` found: the file's identity, its state (in the
+    current format) and whether it was upgraded from an older format."""
 
-        os.kill(os.getpid(), signal.SIGKILL)
+    __slots__ = ("identity", "data", "migrated")
+
+    def __init__(self, identity: Identity, data: Dict[str, Any], migrated: bool) -> None:
+        self.identity, self.data, self.migrated = identity, data, migrated
+
+
+class Untrusted(ValueError):
+    """Not a file genv wrote: a link, a FIFO, another owner."""
+
+
+class Foreign(ValueError):
+    """A regular file under genv's name whose content genv did not write."""
+
+
+def read_user(dir_fd: int, name: str, uid: int, known: Optional[Found] = None) -> Optional[Found]:
+    """Read one user's file; None if there is none. Raises Untrusted,
+    Foreign, ValueError (damage), NewerFormat or OSError. ``known`` is an
+    earlier read: if the file is still that very file, it is returned as is."""
+    try:
+        info, raw = files.read_regular(dir_fd, name, _MAX_BYTES)
+    except FileNotFoundError:
+        return None
+    except files.NotRegular:
+        raise Untrusted("it is not a regular file") from None
+    except files.TooLarge:
+        raise ValueError("it is larger than %d bytes" % _MAX_BYTES) from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise Untrusted("it is a symbolic link") from None
+        raise
+    if info.st_uid != uid:
+        raise Untrusted("it is owned by uid %d, not %d" % (info.st_uid, uid))
+    identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    if known is not None and known.identity == identity:
+        return known
+    if not _signed(raw):
+        raise Foreign("it is not a genv state file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("it is not UTF-8 text") from None
+    try:
+        data = jsonio.loads(text)
+    except jsonio.JSONError as error:
+        raise ValueError("it is not valid JSON (%s)" % error) from None
+    version = data.get("format") if isinstance(data, dict) else None
+    return Found(identity, upgrade(data, uid, name), version != FORMAT)
+
+
+# --- the folder ---------------------------------------------------------------------
 
 
 class StateDir:
     def __init__(self, path: Optional[str] = None) -> None:
-        self.path = path or state_dir()
+        self.path = normalise_dir(path, "state folder") if path else state_dir()
         self.euid = os.geteuid()
-        self.peeked: Dict[int, Tuple[Tuple[int, ...], Dict[str, Any]]] = {}
+        self.peeked: Dict[int, Found] = {}
 
     def file_name(self, uid: int) -> str:
         return "%s%d%s" % (_PREFIX, uid, _SUFFIX)
@@ -240,7 +311,7 @@ class StateDir:
         try:
             info = os.lstat(self.path)
         except FileNotFoundError:
-            parent = os.path.dirname(os.path.abspath(self.path))
+            parent = os.path.dirname(self.path)
             try:
                 os.makedirs(parent, exist_ok=True)
                 os.mkdir(self.path, 0o700)
@@ -250,6 +321,8 @@ class StateDir:
             except OSError as error:
                 raise GenvError("cannot create the state folder %s: %s" % (self.path, error.strerror)) from None
             info = os.lstat(self.path)
+        except OSError as error:
+            raise GenvError("cannot use the state folder %s: %s" % (self.path, error.strerror)) from None
         if stat.S_ISLNK(info.st_mode):
             raise GenvError("refusing to use the state folder %s: it is a symbolic link" % self.path)
         if not stat.S_ISDIR(info.st_mode):
@@ -260,88 +333,60 @@ class StateDir:
                 "(fix: chmod 1777 %s)" % (self.path, self.path)
             )
 
-    def _open_dir(self) -> int:
+    def open_dir(self) -> int:
         try:
             return os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as error:
-            if error.errno == errno.ELOOP:
+            if error.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise GenvError("refusing to use the state folder %s: it is a symbolic link" % self.path) from None
             raise GenvError("cannot open the state folder %s: %s" % (self.path, error.strerror)) from None
 
-    def transaction(self) -> "Transaction":
-        self.ensure()
-        return Transaction(self)
+    def transaction(self, timeout: Optional[float] = None, listing: bool = False) -> "Transaction":
+        """The lock and every user's state. ``listing``: a command that only
+        shows state; it works on a read-only or full folder, with a warning."""
+        if listing:
+            try:
+                self.ensure()
+            except GenvError as error:
+                if not os.path.lexists(self.path):
+                    warn("%s; showing no environments" % error)
+                    return Transaction(self, timeout, listing, missing=True)
+                raise
+        else:
+            self.ensure()
+        return Transaction(self, timeout, listing)
 
     def peek(self, uid: int) -> Optional[Dict[str, Any]]:
         """Read one user's state without the lock (a consistent snapshot,
         thanks to atomic renames); None if missing or unusable."""
         try:
-            dir_fd = self._open_dir()
+            dir_fd = self.open_dir()
         except GenvError:
             return None
         try:
-            data = _read_user(dir_fd, self.file_name(uid), uid)
-            if data is not None:
-                identity = data.pop("_identity")
-                if not data.pop("_migrated", False):
-                    # The transaction that follows may reuse this parse.
-                    self.peeked[uid] = (identity, data)
-            return data
+            found = read_user(dir_fd, self.file_name(uid), uid)
         except (OSError, ValueError, GenvError):
             return None
         finally:
             os.close(dir_fd)
+        if found is None:
+            return None
+        if not found.migrated:
+            self.peeked[uid] = found  # the transaction that follows may reuse this parse
+        return found.data
 
 
-def _read_user(
-    dir_fd: int, name: str, uid: int, known: Optional[Tuple[Tuple[int, ...], Dict[str, Any]]] = None
-) -> Optional[Dict[str, Any]]:
-    """Open without following links; only a regular file owned by ``uid``
-    counts. Raises OSError (incl. ELOOP), ValueError (damage) or GenvError.
-    A file in an older format comes back upgraded, with ``_migrated`` set.
-    ``known`` is an earlier read (identity, data): if the file is still that
-    very file, its data is returned without reading and parsing it again."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-    except FileNotFoundError:
+def _tmp_owner(name: str) -> Optional[int]:
+    """The uid in a temporary name genv writes (``.tmp-<uid>-<pid>-<8 hex>``),
+    None if the name is not exactly of that form."""
+    parts = name[len(_TMP) :].split("-")
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
         return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise _Untrusted("it is not a regular file")
-        if info.st_uid != uid:
-            raise _Untrusted("it is owned by uid %d, not %d" % (info.st_uid, uid))
-        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        if known is not None and known[0] == identity:
-            return known[1]
-        if info.st_size > _MAX_BYTES:
-            raise ValueError("it is larger than %d bytes" % _MAX_BYTES)
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    try:
-        text = b"".join(chunks).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError("it is not UTF-8 text") from None
-    try:
-        data = jsonio.loads(text)
-    except jsonio.JSONError as error:
-        raise ValueError("it is not valid JSON (%s)" % error) from None
-    version = data.get("format") if isinstance(data, dict) else None
-    data = upgrade(data, uid, name)
-    if version != FORMAT:
-        data["_migrated"] = True
-    data["_identity"] = identity
-    return data
-
-
-class _Untrusted(ValueError):
-    """A file that is not what genv writes (link, wrong owner, not regular)."""
+    if len(parts[2]) != 8 or not all(c in "0123456789abcdef" for c in parts[2]):
+        return None
+    if parts[0] != str(int(parts[0])):
+        return None
+    return int(parts[0])
 
 
 class Transaction:
@@ -351,16 +396,26 @@ class Transaction:
     without an exception. Never run a subprocess inside the block.
     """
 
-    def __init__(self, folder: StateDir) -> None:
+    def __init__(self, folder: StateDir, timeout: Optional[float] = None, listing: bool = False,
+                 missing: bool = False) -> None:
         self.folder = folder
+        self.timeout = locking.timeout_from_env() if timeout is None else timeout
+        self.listing = listing
+        self.missing = missing
         self.users: Dict[int, Dict[str, Any]] = {}
         self._dirty: Set[int] = set()
+        self._foreign: Set[int] = set()
         self._dir_fd = -1
+        self.user_name: Callable[[int], str] = str
 
     def __enter__(self) -> "Transaction":
-        self._dir_fd = self.folder._open_dir()
+        if self.missing:
+            self.users[self.folder.euid] = empty_user(self.folder.euid)
+            return self
+        self._dir_fd = self.folder.open_dir()
         try:
-            fcntl.flock(self._dir_fd, fcntl.LOCK_EX)
+            locking.acquire(self._dir_fd, "the state lock on %s" % self.folder.path, self.timeout,
+                            self.user_name, announce=self.timeout >= locking.ANNOUNCE_AFTER)
             self._sweep_and_load()
         except BaseException:
             os.close(self._dir_fd)
@@ -368,12 +423,19 @@ class Transaction:
         return self
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        if self.missing:
+            return
         try:
             if kind is None:
-                for uid in sorted(self._dirty):
-                    self._write(uid)
+                try:
+                    for uid in sorted(self._dirty):
+                        self._write(uid)
+                except GenvError as error:
+                    if not self.listing:
+                        raise
+                    warn("%s; the listing is correct, but the state folder was not updated" % error)
                 if self._dirty:
-                    _fault("before-unlock")
+                    files.fault("before-unlock")
         finally:
             os.close(self._dir_fd)  # releases the lock
 
@@ -383,12 +445,7 @@ class Transaction:
         euid = self.folder.euid
         for name in os.listdir(self._dir_fd):
             if name.startswith(_TMP):
-                # Writers create temporary files only while holding the lock:
-                # any we see now belongs to a writer that was killed.
-                try:
-                    os.unlink(name, dir_fd=self._dir_fd)
-                except OSError:
-                    pass
+                self._sweep(name)
                 continue
             if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
                 continue
@@ -397,33 +454,50 @@ class Transaction:
                 continue
             uid = int(digits)
             try:
-                data = _read_user(self._dir_fd, name, uid, self.folder.peeked.pop(uid, None))
-            except _Untrusted as problem:
+                found = read_user(self._dir_fd, name, uid, self.folder.peeked.pop(uid, None))
+            except Untrusted as problem:
                 self._untrusted(name, uid, str(problem))
                 continue
+            except Foreign as problem:
+                self._foreign.add(uid)
+                self._leave_alone(name, uid, str(problem))
+                continue
             except OSError as error:
-                if error.errno == errno.ELOOP:
-                    self._untrusted(name, uid, "it is a symbolic link")
-                    continue
                 if error.errno == errno.EACCES:
                     raise GenvError("cannot read %s: permission denied" % self.folder.display(name)) from None
+                raise
+            except NewerFormat:
                 raise
             except ValueError as problem:
                 self._damaged(name, uid, str(problem))
                 continue
-            if data is not None:
-                data.pop("_identity", None)
-                if data.pop("_migrated", False) and euid in (0, uid):
+            if found is not None:
+                if found.migrated and euid in (0, uid):
                     self._dirty.add(uid)  # written back in the current format
-                self.users[uid] = data
+                self.users[uid] = found.data
         if euid not in self.users:
             self.users[euid] = empty_user(euid)
+
+    def _sweep(self, name: str) -> None:
+        """Writers create temporary files only while holding the lock: any
+        we see now belongs to a writer that was killed. Only genv's own
+        names, and (but for root) only the caller's own files."""
+        uid = _tmp_owner(name)
+        euid = self.folder.euid
+        if uid is None or euid not in (0, uid):
+            return
+        try:
+            info = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
+            if euid == 0 or info.st_uid == euid:
+                os.unlink(name, dir_fd=self._dir_fd)
+        except OSError:
+            pass
 
     def _untrusted(self, name: str, uid: int, why: str) -> None:
         path = self.folder.display(name)
         if self.folder.euid in (0, uid):
-            # Ours (or we are root): a link or foreign file in our place is
-            # removed, never followed.
+            # In our place (or we are root): a link or FIFO under our own
+            # name is removed, never followed.
             try:
                 os.unlink(name, dir_fd=self._dir_fd)
                 warn("removed %s: %s" % (path, why))
@@ -431,6 +505,13 @@ class Transaction:
             except OSError:
                 pass
         warn("ignoring %s: %s" % (path, why))
+
+    def _leave_alone(self, name: str, uid: int, why: str) -> None:
+        path = self.folder.display(name)
+        if self.folder.euid in (0, uid):
+            warn("ignoring %s: %s, so genv leaves it alone; move it away to use genv" % (path, why))
+        else:
+            warn("ignoring %s: %s" % (path, why))
 
     def _damaged(self, name: str, uid: int, why: str) -> None:
         path = self.folder.display(name)
@@ -459,53 +540,29 @@ class Transaction:
         self._dirty.add(uid)
 
     def _write(self, uid: int) -> None:
-        data = self.users[uid]
-        payload = jsonio.dumps(data).encode("ascii") + b"\n"
         name = self.folder.file_name(uid)
-        tmp = "%s%d-%d-%s" % (_TMP, uid, os.getpid(), os.urandom(4).hex())
-        dir_fd = self._dir_fd
-        try:
-            fd = os.open(
-                tmp,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o644,
-                dir_fd=dir_fd,
+        if self.missing:
+            raise GenvError("cannot write %s: the state folder is missing" % self.folder.display(name))
+        if uid in self._foreign:
+            raise GenvError(
+                "cannot write %s: a file that genv did not write is in the way; move it away"
+                % self.folder.display(name)
             )
-        except OSError as error:
-            raise GenvError("cannot write to the state folder %s: %s" % (self.folder.path, error.strerror)) from None
+        payload = jsonio.dumps(self.users[uid]).encode("ascii") + b"\n"
+        tmp = files.temp_name("%s%d-" % (_TMP, uid))
+        owner = uid if uid != self.folder.euid else None
         try:
-            try:
-                os.fchmod(fd, 0o644)  # whatever the umask: others must read it
-                if uid != self.folder.euid:
-                    os.fchown(fd, uid, -1)  # root writing a user's file
-                _fault("before-write")
-                half = len(payload) // 2
-                os.write(fd, payload[:half])
-                _fault("mid-write")
-                view = memoryview(payload)[half:]
-                while view:
-                    view = view[os.write(fd, view) :]
-                _fault("before-fsync")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            _fault("before-rename")
-            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            files.write_atomic(self._dir_fd, name, payload, tmp, 0o644, owner)
         except OSError as error:
-            try:
-                os.unlink(tmp, dir_fd=dir_fd)
-            except OSError:
-                pass
-            if error.errno in (errno.EPERM, errno.EACCES):
+            if error.errno in (errno.EPERM, errno.EACCES) and os.path.lexists(self.folder.display(name)):
                 raise GenvError(
                     "cannot replace %s: it belongs to another user; ask an administrator to remove it"
                     % self.folder.display(name)
                 ) from None
             raise GenvError("cannot write %s: %s" % (self.folder.display(name), error.strerror)) from None
-        _fault("after-rename")
-        os.fsync(dir_fd)
 
     def all_envs(self) -> Iterator[Any]:
         for uid in sorted(self.users):
             for env in self.users[uid]["envs"]:
                 yield uid, env
+

@@ -2,34 +2,11 @@
 
 from __future__ import annotations
 
+from .text import printable
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Sequence
-
-
-_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
-
-
-def printable(text: str) -> str:
-    """Show control characters as escapes: another user's name must not be
-    able to move the cursor or change colours in your terminal."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    result = []
-    for char in text:
-        if char in _ESCAPES:
-            result.append(_ESCAPES[char])
-        elif not char.isprintable():
-            code = ord(char)
-            if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte
-                result.append("\\x%02x" % (code - 0xDC00))
-            elif code < 0x100:
-                result.append("\\x%02x" % code)
-            else:
-                result.append("\\u%04x" % code)
-        else:
-            result.append(char)
-    return "".join(result)
 
 
 def render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -41,7 +18,9 @@ def render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def ago(seconds: float) -> str:
-    seconds = max(0, int(seconds))
+    if not 0 <= seconds < 1e12:  # a clock step, or a time from the future
+        return "just now" if seconds < 0 else "long ago"
+    seconds = int(seconds)
     for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second")):
         if seconds >= size:
             count = seconds // size

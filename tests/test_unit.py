@@ -8,11 +8,12 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from genv import envs, jsonio, shell, table  # noqa: E402
+from genv import environments as envs, jsonio, shell, table, text  # noqa: E402
+from genv.allocate import Refused, Request, allocate  # noqa: E402
 from genv.cli import parse  # noqa: E402
-from genv.devices import parse_count, parse_query  # noqa: E402
 from genv.errors import GenvError, UsageError  # noqa: E402
-from genv.procs import Processes  # noqa: E402
+from genv.gpus import parse_count, parse_query  # noqa: E402
+from genv.procs import ProcFS as Processes  # noqa: E402
 from genv.store import upgrade, validate  # noqa: E402
 
 
@@ -59,13 +60,15 @@ def test_bad_counts(text):
 
 
 def test_parse_query_handles_not_available():
-    out = "1, GPU-b, [N/A]\n0, GPU-a, NVIDIA A100\n\n"
+    out = "1, GPU-b, [N/A], [N/A]\n0, GPU-a, NVIDIA A100, 40960\n2, GPU-c, Odd, Name, 7\n\n"
     assert parse_query(out) == [
-        {"index": 0, "uuid": "GPU-a", "name": "NVIDIA A100"},
-        {"index": 1, "uuid": "GPU-b", "name": None},
+        {"index": 0, "uuid": "GPU-a", "name": "NVIDIA A100", "total": 40960 << 20},
+        {"index": 1, "uuid": "GPU-b", "name": None, "total": None},
+        {"index": 2, "uuid": "GPU-c", "name": "Odd, Name", "total": 7 << 20},
     ]
-    with pytest.raises(GenvError):
-        parse_query("garbage")
+    for garbage in ("garbage", "0, GPU-a", "x, GPU-a, n, 1", "0, a, b, 1\n0, a, b, 1", "99999, a, b, 1"):
+        with pytest.raises(GenvError):
+            parse_query(garbage)
 
 
 def users_with(*reservations):
@@ -77,33 +80,39 @@ def users_with(*reservations):
     return {0: state}
 
 
-MACHINE = [{"index": i, "uuid": "GPU-%d" % i, "name": None} for i in range(4)]
+MACHINE = [{"index": i, "uuid": "GPU-%d" % i, "name": None, "total": 80 << 30} for i in range(4)]
+
+
+def attach(users, env, count, now, machine=MACHINE, **kwargs):
+    return allocate(users, env, machine, Request(count, **kwargs), now, str)
 
 
 def test_allocate_keeps_current_and_fills_lowest():
     users = users_with([(1, "GPU-1")], [(3, "GPU-3")])
     mine = users[0]["envs"][0]
-    envs.allocate(users, mine, MACHINE, 2, 5.0)
-    assert [(d["index"], d["attached"]) for d in mine["devices"]] == [(0, 5.0), (1, 1.0)]
-    envs.allocate(users, mine, MACHINE, 1, 6.0)  # shrinking keeps the lowest
-    assert [(d["index"], d["attached"]) for d in mine["devices"]] == [(0, 5.0)]
+    before = [dict(d) for d in mine["devices"]]
+    chosen = attach(users, mine, 2, 5.0)
+    assert mine["devices"] == before  # a decision changes nothing
+    assert [(d["index"], d["attached"]) for d in chosen] == [(0, 5.0), (1, 1.0)]
+    mine["devices"] = chosen
+    # Shrinking keeps the GPUs it already has, lowest first.
+    assert [(d["index"], d["attached"]) for d in attach(users, mine, 1, 6.0)] == [(0, 5.0)]
 
 
 def test_allocate_all_or_nothing():
     users = users_with([(0, "GPU-0")], [(3, "GPU-3")])
     mine = users[0]["envs"][0]
-    with pytest.raises(GenvError, match="only 3 of this machine's 4 are free"):
-        envs.allocate(users, mine, MACHINE, 4, 5.0)
-    assert mine["devices"] == []
-    with pytest.raises(GenvError, match="this machine has 4"):
-        envs.allocate(users, mine, MACHINE, 5, 5.0)
+    with pytest.raises(Refused, match="only 3 of this machine's 4 are free"):
+        attach(users, mine, 4, 5.0)
+    with pytest.raises(Refused, match="this machine has 4"):
+        attach(users, mine, 5, 5.0)
 
 
 def test_mock_reservations_match_by_index():
     users = users_with([(2, None)], [])
     mine = users[0]["envs"][1]
-    envs.allocate(users, mine, MACHINE, 3, 1.0)
-    assert [d["index"] for d in mine["devices"]] == [0, 1, 3]
+    machine = [dict(d, uuid=None) for d in MACHINE]
+    assert [d["index"] for d in attach(users, mine, 3, 1.0, machine)] == [0, 1, 3]
 
 
 def test_reconcile_moves_and_drops():
@@ -169,16 +178,31 @@ def test_snapshot_keeps_unset_and_empty_apart(monkeypatch):
     assert shell.read_snapshot(None) is None
 
 
-def test_script_rejects_bad_variable_names():
+def test_script_rejects_bad_variable_names_and_helpers():
     script = shell.Script()
     with pytest.raises(ValueError):
         script.export("A; rm -rf /", "x")
+    with pytest.raises(ValueError):
+        script.call("rm -rf /")
+    script.call("_genv_path_add", "/a b/'c'")
+    assert script.render() == "_genv_path_add '/a b/'\\''c'\\'''\n"
+
+
+def test_script_encodes_or_raises():
+    script = shell.Script()
+    script.export("X", "\udcff ok")
+    assert script.encode() == b"X='\xff ok'\nexport X\n"
+    script.export("Y", "\ud800")
+    with pytest.raises(UnicodeEncodeError):
+        script.encode()
 
 
 def test_printable_and_ago():
-    assert table.printable("a\nb\x1b[31m\\") == "a\\nb\\x1b[31m\\\\"
-    assert table.printable("\udcff") == "\\xff"
+    assert text.printable("a\nb\x1b[31m\\") == "a\\nb\\x1b[31m\\\\"
+    assert text.printable("\udcff") == "\\xff"
     assert table.ago(0) == "just now"
     assert table.ago(61) == "1 minute ago"
     assert table.ago(7 * 3600 + 5) == "7 hours ago"
+    assert table.ago(float("inf")) == "long ago" and table.ago(float("nan")) == "long ago"
+    assert table.ago(-5) == "just now"
     assert table.render(("A", "B"), [("x", "y")]) == "A  B\nx  y\n"

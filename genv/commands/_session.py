@@ -1,15 +1,20 @@
-"""The frame of a command that reads or changes state."""
+"""The frame of a command that reads or changes state.
+
+Decisions (which GPUs, which terminals are dead) are made by pure functions
+in ``allocate`` and ``environments``; a ``Session`` applies them: it holds
+the lock, records what changed, and writes the state when the block ends.
+"""
 
 from __future__ import annotations
 
 import os
 import time
 
-
-from .. import devices, envs
+from .. import environments, gpus
+from ..allocate import Refused, Request, allocate
 from ..cli import Context, err
 from ..errors import GenvError
-from ..procs import Processes
+from ..procs import processes
 from ..store import StateDir, Transaction
 
 TYPE_CHECKING = False
@@ -21,12 +26,14 @@ class Session:
     """Discover devices (if needed) *before* the lock, then, inside
     ``with``: hold the lock, drop dead terminals, store a new device list."""
 
-    def __init__(self, ctx: Context, need_devices: bool = False, holders_only: bool = False) -> None:
+    def __init__(self, ctx: Context, need_devices: bool = False, holders_only: bool = False,
+                 listing: bool = False) -> None:
         self.ctx = ctx
         self.holders_only = holders_only
+        self.listing = listing
         self.now = time.time()
         self.folder = StateDir()
-        self.processes = Processes()
+        self.processes = processes()
         self.record: Optional[Dict[str, Any]] = None
         self._store_record = False
         if need_devices:
@@ -34,7 +41,7 @@ class Session:
 
     def discover(self) -> None:
         cached = (self.folder.peek(self.ctx.euid) or {}).get("devices")
-        self.record, self._store_record = devices.discover(cached, self.now)
+        self.record, self._store_record = gpus.discover(cached, self.now)
 
     @property
     def machine(self) -> List[Dict[str, Any]]:
@@ -42,14 +49,24 @@ class Session:
             raise GenvError("internal: devices were not discovered")
         return self.record["list"]  # type: ignore[no-any-return]
 
+    def terminal(self) -> Tuple[int, str]:
+        """The calling shell's PID and identity token."""
+        pid = self.ctx.shell_pid()
+        token = self.processes.token(pid)
+        if token is None:
+            raise GenvError("cannot find this terminal's shell process (pid %d)" % pid)
+        return pid, token
+
     def __enter__(self) -> "Session":
-        self.tx: Transaction = self.folder.transaction().__enter__()
+        tx = self.folder.transaction(listing=self.listing)
+        tx.user_name = self.ctx.user
+        self.tx: Transaction = tx.__enter__()
         try:
             euid = self.ctx.euid
-            if euid in envs.prune(self.tx.users, self.processes, self.holders_only):
+            if euid in environments.prune(self.tx.users, self.processes, self.holders_only):
                 self.tx.changed(euid)
             if self._store_record and self.record is not None:
-                envs.reconcile(self.tx.user(euid), self.record)
+                environments.reconcile(self.tx.user(euid), self.record)
                 self.tx.changed(euid)
         except BaseException as error:
             self.tx.__exit__(type(error), error, None)
@@ -64,7 +81,7 @@ class Session:
         return self.tx.users
 
     def env(self, eid: str) -> Tuple[int, Dict[str, Any]]:
-        found = envs.find(self.tx.users, eid)
+        found = environments.find(self.tx.users, eid)
         if found is None:
             raise GenvError(
                 "environment %s no longer exists (this shell still carries its id); "
@@ -74,8 +91,23 @@ class Session:
 
     def owned_env(self, eid: str) -> Tuple[int, Dict[str, Any]]:
         owner, env = self.env(eid)
-        envs.check_owner(owner, self.ctx.euid, eid, self.ctx.describe)
+        environments.check_owner(owner, self.ctx.euid, eid, self.ctx.describe)
         return owner, env
+
+    def attach(self, owner: int, env: Dict[str, Any], request: Request) -> Optional[str]:
+        """Give ``env`` the GPUs ``allocate`` chooses; if it refuses, detach
+        the environment (all or nothing) and return why."""
+        before = env["devices"]
+        try:
+            chosen = allocate(self.users, env, self.machine, request, self.now, self.ctx.describe)
+            failure = None
+        except Refused as refusal:
+            chosen = []
+            failure = "%s; the environment is now detached" % refusal
+        if chosen != before:  # another terminal may just pick them up
+            env["devices"] = chosen
+            self.tx.changed(owner)
+        return failure
 
     def deliver_warnings(self, owner: int, env: Dict[str, Any]) -> None:
         """Messages left for this environment (a GPU that disappeared)."""
@@ -86,5 +118,19 @@ class Session:
             self.tx.changed(owner)
 
 
+def request_of(config: Dict[str, Any]) -> Request:
+    """What an environment's configuration asks ``attach`` for."""
+    return Request(config.get("gpus", 0), config.get("gpu_memory"))
+
+
 def shims(ctx: Context) -> str:
     return os.path.join(ctx.root, "shims")
+
+
+def emit(payload: bytes) -> None:
+    """Print a script that was encoded before the state changed."""
+    import sys
+
+    out = sys.stdout.buffer
+    out.write(payload)
+    out.flush()

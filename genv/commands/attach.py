@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from .. import envs
 from ..cli import Context, err, parse
 from ..errors import GenvError
-from ..shell import Script, emit, sync
-from ._session import Session
+from ..shell import Script, sync
+from ._session import Session, emit, request_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import List, Optional
+    from typing import List
 
 
 def complete(words: List[str]) -> List[str]:
@@ -21,24 +20,18 @@ def main(argv: List[str]) -> int:
     parse(argv, {}, 0)
     ctx = Context()
     eid = ctx.require_active()
+    ctx.refuse_in_subshell("attach")
     session = Session(ctx, need_devices=True)
-    failure: Optional[str] = None
     with session:
         owner, env = session.owned_env(eid)
-        gpus = env["config"].get("gpus")
-        if gpus is None:
+        if "gpus" not in env["config"]:
             raise GenvError("environment %s has no GPU count; run 'genv config gpus <count>' first" % eid)
-        before = list(env["devices"])
-        try:
-            envs.allocate(session.users, env, session.machine, gpus, session.now)
-        except GenvError as error:
-            failure = str(error)
-        if env["devices"] != before:  # another terminal may just pick them up
-            session.tx.changed(owner)
+        failure = session.attach(owner, env, request_of(env["config"]))
         session.deliver_warnings(owner, env)
-    script = Script()
-    sync(script, env)
-    emit(script)
+        script = Script()
+        sync(script, env)
+        payload = script.encode()
+    emit(payload)
     if failure is not None:
         err(failure)
         return 1

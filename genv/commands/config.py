@@ -1,13 +1,20 @@
-"""genv config: show, set, clear, save and load the environment's configuration."""
+"""genv config: show, set, clear, save and load the environment's configuration.
+
+Inside an environment it works on the environment's configuration (and
+``--save`` writes all of it to the project). Outside one it works on the
+project's saved configuration: ``genv config gpus 2 --save`` changes it and
+``genv config`` shows it.
+"""
 
 from __future__ import annotations
 
-from .. import envs, project
+from .. import environments, project
 from ..cli import Context, complete_options, parse
-from ..devices import parse_count
 from ..errors import GenvError, UsageError
-from ..shell import Script, emit, sync
-from ._session import Session
+from ..gpus import parse_count
+from ..shell import Script, sync
+from ..text import printable
+from ._session import Session, emit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -22,28 +29,98 @@ def complete(words: List[str]) -> List[str]:
     return candidates + ([] if fields else list(project.FIELDS))
 
 
+class Action:
+    """What the command line asks for."""
+
+    def __init__(self, argv: List[str]) -> None:
+        opts, args = parse(argv, OPTIONS, 2)
+        self.field: Optional[str] = args[0] if args else None
+        if self.field is not None and self.field not in project.FIELDS:
+            raise UsageError("unknown field %r (fields: %s)" % (self.field, ", ".join(project.FIELDS)))
+        self.value: Optional[Any] = _value(self.field, args[1]) if self.field and len(args) > 1 else None
+        self.clear, self.save, self.load = "--clear" in opts, "--save" in opts, "--load" in opts
+        if self.clear and self.value is not None:
+            raise UsageError("--clear takes no value")
+        if self.load and (self.field is not None or self.clear or self.save):
+            raise UsageError("--load takes no field and cannot be combined with --clear or --save")
+
+    @property
+    def changes(self) -> bool:
+        return self.clear or self.value is not None or self.load
+
+    def apply(self, config: Dict[str, Any]) -> None:
+        if self.clear:
+            if self.field is None:
+                config.clear()
+            else:
+                config.pop(self.field, None)
+        elif self.value is not None:
+            config[self.field] = self.value  # type: ignore[index]
+
+
 def _value(field: str, text: str) -> Any:
     if field == "gpus":
         return parse_count(text, "GPU count")
-    return envs.check_text(text, "name")
+    if field == "gpu_memory":
+        from ..sizes import parse_size
+
+        return parse_size(text, "GPU memory")
+    return environments.check_text(text, "name")
+
+
+def _shown(field: str, value: Any) -> str:
+    if field == "gpu_memory":
+        from ..sizes import format_size
+
+        return format_size(value)
+    return printable(str(value))
+
+
+def _query(script: Script, config: Dict[str, Any], field: Optional[str]) -> None:
+    if field is not None:
+        if field in config:
+            script.echo(_shown(field, config[field]))
+        return
+    for name in project.FIELDS:
+        script.echo("%s: %s" % (name, _shown(name, config[name]) if name in config else "(not set)"))
+
+
+def _project_only(ctx: Context, action: Action) -> int:
+    """Outside an environment: the project's saved configuration."""
+    if action.load:
+        raise GenvError("this terminal is not in an environment: nothing to load into "
+                        "('genv activate' loads the saved configuration)")
+    if action.changes and not action.save:
+        raise GenvError("this terminal is not in an environment; run 'genv activate' first, "
+                        "or add --save to change the project's saved configuration")
+    if action.save and not action.changes:
+        raise GenvError("this terminal is not in an environment: nothing to save")
+    home = project.require_home()
+    config = project.load(home) or {}
+    script = Script()
+    if action.changes:
+        ctx.refuse_in_subshell("config")
+        action.apply(config)
+        payload = script.encode()
+        project.save(home, config)
+    else:
+        _query(script, config, action.field)
+        payload = script.encode()
+    emit(payload)
+    return 0
 
 
 def main(argv: List[str]) -> int:
-    opts, args = parse(argv, OPTIONS, 2)
-    field: Optional[str] = args[0] if args else None
-    if field is not None and field not in project.FIELDS:
-        raise UsageError("unknown field %r (fields: %s)" % (field, ", ".join(project.FIELDS)))
-    value: Optional[Any] = _value(field, args[1]) if field is not None and len(args) > 1 else None
-    clear, save, load = "--clear" in opts, "--save" in opts, "--load" in opts
-    if clear and value is not None:
-        raise UsageError("--clear takes no value")
-    if load and (field is not None or clear):
-        raise UsageError("--load takes no field and cannot be combined with --clear")
+    action = Action(argv)
     ctx = Context()
-    eid = ctx.require_active()
-    home = project.require_home() if save or load else None
+    if ctx.eid is None:
+        return _project_only(ctx, action)
+    eid = ctx.eid
+    if action.changes or action.save:
+        ctx.refuse_in_subshell("config")
+    home = project.require_home() if action.save or action.load else None
     loaded: Optional[Dict[str, Any]] = None
-    if load:
+    if action.load:
         assert home is not None
         loaded = project.load(home)
         if loaded is None:
@@ -52,33 +129,19 @@ def main(argv: List[str]) -> int:
     script = Script()
     with Session(ctx) as session:
         owner, env = session.owned_env(eid)
-        config = env["config"]
-        changed = True
         if loaded is not None:
-            env["config"] = config = dict(loaded)
-        elif clear:
-            if field is None:
-                config.clear()
-            else:
-                config.pop(field, None)
-        elif value is not None:
-            config[field] = value  # type: ignore[index]
-        else:
-            changed = False
-            if not save:
-                if field is not None:
-                    if field in config:
-                        script.echo(str(config[field]))
-                else:
-                    for name in project.FIELDS:
-                        script.echo("%s: %s" % (name, config[name] if name in config else "(not set)"))
-        if changed:
+            env["config"] = dict(loaded)
+        action.apply(env["config"])
+        if action.changes:
             session.tx.changed(owner)
+        elif not action.save:
+            _query(script, env["config"], action.field)
         session.deliver_warnings(owner, env)
-        current = dict(config)
-    if save:
+        current = dict(env["config"])
+        sync(script, env)
+        payload = script.encode()
+    if action.save:
         assert home is not None
         project.save(home, current)
-    sync(script, env)
-    emit(script)
+    emit(payload)
     return 0

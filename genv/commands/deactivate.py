@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 
-
-from .. import envs
+from .. import environments
 from ..cli import Context, err, parse
 from ..errors import GenvError
-from ..shell import SAVED, SNAPSHOT, Script, emit, quote, read_snapshot
-from ._session import Session, shims
+from ..shell import SAVED, SNAPSHOT, Script, read_snapshot
+from ._session import Session, emit, shims
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -20,35 +19,40 @@ def complete(words: List[str]) -> List[str]:
     return []
 
 
+def _restore(ctx: Context) -> bytes:
+    saved = read_snapshot(os.environ.get(SNAPSHOT))
+    script = Script()
+    for name in SAVED:
+        script.restore(name, saved[name] if saved else None)
+    script.call("_genv_path_remove", shims(ctx))
+    script.call("_genv_prompt_clear")
+    script.unset("GENV_ENVIRONMENT_ID")
+    script.unset(SNAPSHOT)
+    return script.encode()
+
+
 def main(argv: List[str]) -> int:
     parse(argv, {}, 0)
     ctx = Context()
     eid = ctx.require_active()
+    ctx.refuse_in_subshell("deactivate")
+    payload = _restore(ctx)
     problem: Optional[str] = None
     try:
         session = Session(ctx)
         pid = ctx.shell_pid()
         with session:
-            found = envs.find(session.users, eid)
+            found = environments.find(session.users, eid)
             if found is not None:
                 owner, env = found
                 if any(terminal["pid"] == pid for terminal in env["terminals"]):
-                    envs.check_owner(owner, ctx.euid, eid, ctx.describe)
-                    envs.remove_terminal(session.tx.user(owner), env, pid)
+                    environments.check_owner(owner, ctx.euid, eid, ctx.describe)
+                    environments.remove_terminal(session.tx.user(owner), env, pid)
                     session.tx.changed(owner)
     except GenvError as error:
         problem = str(error)
-
     # The shell is restored even when the state could not be updated.
-    saved = read_snapshot(os.environ.get(SNAPSHOT))
-    script = Script()
-    for name in SAVED:
-        script.restore(name, saved[name] if saved else None)
-    script.trusted("_genv_path_remove %s" % quote(shims(ctx)))
-    script.trusted("_genv_prompt_clear")
-    script.unset("GENV_ENVIRONMENT_ID")
-    script.unset(SNAPSHOT)
-    emit(script)
+    emit(payload)
     if problem is not None:
         err("left environment %s in this shell, but: %s" % (eid, problem))
         return 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import envs, jsonio
+from .. import environments, jsonio
 from ..cli import Context, complete_options, out, parse
 from ..table import ago, render
 from ._session import Session
@@ -24,15 +24,12 @@ def main(argv: List[str]) -> int:
     rows = []
     # Only environments that hold a GPU matter here: checking the liveness
     # of every other one would make the listing grow with their number.
-    with Session(ctx, need_devices=True, holders_only=True) as session:
-        taken = envs.taken_by_others(session.users, None)
+    with Session(ctx, need_devices=True, holders_only=True, listing=True) as session:
+        held = environments.holdings(session.users, session.machine)
         for device in session.machine:
-            found = envs.holder(device, taken)
-            attached = None
-            if found is not None:
-                for reserved in found[1]["devices"]:
-                    if reserved["index"] == device["index"]:
-                        attached = reserved["attached"]
+            holders = held[device["index"]]
+            found = (holders[0][0], holders[0][1]) if holders else None
+            attached = holders[0][2]["attached"] if holders else None
             rows.append((device, found, attached))
     if "--json" in opts:
         out(

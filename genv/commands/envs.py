@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import envs, jsonio
+from .. import environments, jsonio
 from ..cli import Context, complete_options, out, parse
 from ..table import ago, render
 from ._session import Session
@@ -21,7 +21,7 @@ def complete(words: List[str]) -> List[str]:
 def main(argv: List[str]) -> int:
     opts, _ = parse(argv, OPTIONS, 0)
     ctx = Context()
-    with Session(ctx) as session:
+    with Session(ctx, listing=True) as session:
         rows = [(uid, env) for uid, env in session.tx.all_envs()]
     rows.sort(key=lambda row: (row[1]["created"], row[1]["id"]))
     if "--json" in opts:
@@ -36,7 +36,7 @@ def main(argv: List[str]) -> int:
                         "gpus": env["config"].get("gpus"),
                         "created": env["created"],
                         "pids": [terminal["pid"] for terminal in env["terminals"]],
-                        "devices": envs.indices(env),
+                        "devices": environments.indices(env),
                     }
                     for uid, env in rows
                 ]

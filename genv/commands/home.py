@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .. import project
 from ..cli import out, parse
+from ..text import printable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -16,5 +17,5 @@ def complete(words: List[str]) -> List[str]:
 
 def main(argv: List[str]) -> int:
     parse(argv, {}, 0)
-    out(project.require_home() + "\n")
+    out(printable(project.require_home()) + "\n")
     return 0

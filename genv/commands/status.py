@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from .. import envs
+from .. import environments
 from ..cli import Context, out, parse
 from ..table import ago
+from ..text import printable
 from ._session import Session
 
 TYPE_CHECKING = False
@@ -22,15 +23,15 @@ def main(argv: List[str]) -> int:
     if ctx.eid is None:
         out("not active\n")
         return 0
-    with Session(ctx) as session:
+    with Session(ctx, listing=True) as session:
         owner, env = session.env(ctx.eid)
         session.deliver_warnings(owner, env)
     config = env["config"]
-    attached = envs.indices(env)
+    attached = environments.indices(env)
     lines = [
-        "environment: %s" % env["id"],
+        "environment: %s" % printable(env["id"]),
         "owner: %s" % ctx.describe(owner),
-        "name: %s" % config.get("name", "(not set)"),
+        "name: %s" % (printable(config["name"]) if "name" in config else "(not set)"),
         "gpus: %s" % (config["gpus"] if "gpus" in config else "(not set)"),
         "attached: %s" % (",".join(map(str, attached)) if attached else "none"),
         "terminals: %s" % " ".join(str(terminal["pid"]) for terminal in env["terminals"]),

@@ -1,6 +1,12 @@
 # genv's shell integration, bash only (printed after common.sh).
-# Sets the caller's _genv_prefix. The name is referenced, not pasted, so the
-# prompt never runs it as code.
+
+_genv_in_subshell() {
+  [ "$BASHPID" != "$$" ]
+}
+
+# Sets the caller's _genv_prefix. With promptvars the name is referenced,
+# not pasted, so the prompt never runs it as code; without it, bash shows
+# the text as it is (but for its backslash escapes).
 _genv_prompt_prefix() {
   if shopt -q promptvars; then
     # shellcheck disable=SC2016  # the reference is expanded at each prompt
@@ -10,6 +16,30 @@ _genv_prompt_prefix() {
   else
     _genv_prefix='(genv) '
   fi
+}
+
+# The refresh runs first in PROMPT_COMMAND (its first element, when it is
+# an array), before anything the user or a framework put there.
+_genv_prompt_hook_add() {
+  case "${PROMPT_COMMAND-}" in
+  _genv_prompt_refresh | "_genv_prompt_refresh;"*) return 0 ;;
+  esac
+  [ -n "${PROMPT_COMMAND+x}" ] || _GENV_PC_UNSET=1
+  PROMPT_COMMAND="_genv_prompt_refresh${PROMPT_COMMAND:+;$PROMPT_COMMAND}"
+}
+
+_genv_prompt_hook_remove() {
+  case "${PROMPT_COMMAND-}" in
+  _genv_prompt_refresh)
+    if [ -n "${_GENV_PC_UNSET-}" ]; then
+      unset PROMPT_COMMAND
+    else
+      PROMPT_COMMAND=
+    fi
+    ;;
+  "_genv_prompt_refresh;"*) PROMPT_COMMAND=${PROMPT_COMMAND#_genv_prompt_refresh;} ;;
+  esac
+  unset _GENV_PC_UNSET
 }
 
 _genv_complete() {

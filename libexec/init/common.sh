@@ -1,7 +1,9 @@
 # genv's shell integration, common to bash and zsh: printed by `genv init -`
 # and evaluated in the user's shell. Keep it valid in both shells.
+# @GENV_SH_COMMANDS@ is replaced by `genv init -` with the commands that
+# change the shell (one libexec/genv-sh-<command> file each).
 genv() {
-  local _genv_command _genv_arg _genv_out _genv_rc _genv_err
+  local _genv_command _genv_arg _genv_out _genv_rc _genv_err _genv_sub
   if [ "$#" -eq 0 ]; then
     command genv
     return
@@ -9,7 +11,7 @@ genv() {
   _genv_command=$1
   shift
   case "$_genv_command" in
-  activate | attach | config | deactivate | detach)
+  @GENV_SH_COMMANDS@)
     for _genv_arg in "$@"; do
       case "$_genv_arg" in
       --) break ;;
@@ -19,7 +21,14 @@ genv() {
         ;;
       esac
     done
-    _genv_out=$(GENV_SHELL_PID=$$ command genv "sh-$_genv_command" "$@")
+    # In a subshell, a pipeline or $(...), a change would reach genv's
+    # state but not this shell: the command is told, and refuses anything
+    # but printing.
+    _genv_sub=
+    if _genv_in_subshell; then
+      _genv_sub=1
+    fi
+    _genv_out=$(GENV_SHELL_PID=$$ GENV_SUBSHELL=$_genv_sub command genv "sh-$_genv_command" "$@")
     _genv_rc=$?
     if [ -n "$_genv_out" ]; then
       eval "$_genv_out" || {
@@ -50,7 +59,20 @@ _genv_path_remove() {
   PATH=${_genv_p%:}
 }
 
+# The prompt shows (genv) or (genv:NAME). PS1 holds either a reference to
+# _GENV_PROMPT_NAME (when the shell expands the prompt: bash's promptvars,
+# zsh's PROMPT_SUBST) or the name as plain text (when it does not); the
+# shell-specific _genv_prompt_prefix picks which. A hook that runs before
+# each prompt picks again, so switching the option later never turns the
+# name into code.
+
+# _genv_prompt_set [NAME]: show the prefix (and NAME) in the prompt.
 _genv_prompt_set() {
+  if [ "$#" -gt 0 ]; then
+    _GENV_PROMPT_NAME=$1
+  else
+    unset _GENV_PROMPT_NAME
+  fi
   local _genv_prefix
   _genv_prompt_prefix
   if [ -z "${_GENV_PS1_SET+x}" ]; then
@@ -62,6 +84,7 @@ _genv_prompt_set() {
       _GENV_PS1_OLD=
     fi
     PS1=$_genv_prefix$_GENV_PS1_OLD
+    _genv_prompt_hook_add
   else
     case "${PS1-}" in
     "$_GENV_PS1_PREFIX"*) PS1=$_genv_prefix${PS1#"$_GENV_PS1_PREFIX"} ;;
@@ -71,8 +94,31 @@ _genv_prompt_set() {
   _GENV_PS1_PREFIX=$_genv_prefix
 }
 
+# _genv_prompt_name [NAME]: a new name, if the prompt shows genv's prefix.
+_genv_prompt_name() {
+  if [ -n "${_GENV_PS1_SET+x}" ]; then
+    _genv_prompt_set "$@"
+  fi
+}
+
+# Before each prompt: if the prompt option changed, rebuild the prefix.
+_genv_prompt_refresh() {
+  [ -n "${_GENV_PS1_SET+x}" ] || return 0
+  local _genv_prefix
+  _genv_prompt_prefix
+  if [ "$_genv_prefix" != "${_GENV_PS1_PREFIX-}" ]; then
+    if [ -n "${_GENV_PROMPT_NAME+x}" ]; then
+      _genv_prompt_set "$_GENV_PROMPT_NAME"
+    else
+      _genv_prompt_set
+    fi
+  fi
+  return 0
+}
+
 _genv_prompt_clear() {
   if [ -n "${_GENV_PS1_SET+x}" ]; then
+    _genv_prompt_hook_remove
     if [ "${PS1-}" = "$_GENV_PS1_PREFIX$_GENV_PS1_OLD" ]; then
       if [ "$_GENV_PS1_SET" = 1 ]; then
         PS1=$_GENV_PS1_OLD

@@ -1,0 +1,254 @@
+"""Which GPUs an environment gets: decisions only, no effects.
+
+``allocate`` looks at the machine, at what every environment holds, at GPUs
+that processes outside genv keep busy and at the requests waiting in line,
+and returns the GPUs to attach, or raises ``Refused`` saying why. It
+changes nothing: the caller stores the choice.
+
+The rules (docs/sharing.md says the same for users):
+
+- A whole GPU (no ``gpu-memory``) is taken only if nobody holds any of it,
+  and is then never shared.
+- A share (``gpu-memory``) is taken on a GPU that nobody holds whole and
+  whose shares, with this one, fit in its total memory; ``over_subscribe``
+  lifts the memory check (still never a GPU held whole).
+- Neither is taken on a GPU where a process outside every environment holds
+  memory (``busy``).
+- GPUs the environment already holds are kept first. Whole GPUs are then
+  taken in index order. Shares go where they fit best: GPUs already partly
+  shared first, the one left with the least free memory first, so that whole
+  GPUs stay free for those who need them.
+- ``indices`` asks for exactly those GPUs: all of them or nothing.
+- The line is first come, first served: each request waiting ahead, in
+  order, keeps what it could take now (even when that is not yet all it
+  needs, so that big requests are not starved by small ones), and a later
+  request takes only what is left.
+"""
+
+from __future__ import annotations
+
+from .errors import GenvError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+    Env = Dict[str, Any]
+    Users = Dict[int, Dict[str, Any]]
+
+
+class Refused(GenvError):
+    """Not enough GPUs for the request; the message says which and why."""
+
+
+class Request:
+    """What an environment asks for: ``count`` GPUs, whole or a share of
+    ``memory`` bytes on each, or exactly the GPUs ``indices``."""
+
+    __slots__ = ("count", "memory", "indices", "over_subscribe")
+
+    def __init__(self, count: int, memory: Optional[int] = None, indices: Optional[Sequence[int]] = None,
+                 over_subscribe: bool = False) -> None:
+        self.count = len(indices) if indices is not None else count
+        self.memory = memory
+        self.indices = tuple(sorted(set(indices))) if indices is not None else None
+        self.over_subscribe = over_subscribe
+
+
+class Waiter:
+    """A request in line: whose, for which environment."""
+
+    __slots__ = ("uid", "env", "request")
+
+    def __init__(self, uid: int, env: Env, request: Request) -> None:
+        self.uid, self.env, self.request = uid, env, request
+
+
+class _Holder:
+    __slots__ = ("uid", "env", "memory")
+
+    def __init__(self, uid: int, env: Optional[Env], memory: Optional[int]) -> None:
+        self.uid, self.env, self.memory = uid, env, memory
+
+
+class _Gpu:
+    """One GPU as this decision sees it: what holds it, what is left."""
+
+    __slots__ = ("index", "uuid", "total", "holders", "busy", "kept")
+
+    def __init__(self, device: Dict[str, Any]) -> None:
+        self.index: int = device["index"]
+        self.uuid: Optional[str] = device.get("uuid")
+        self.total: Optional[int] = device.get("total")
+        self.holders: List[_Holder] = []
+        self.busy: List[str] = []
+        self.kept = 0  # holders that are waiters' claims
+
+    def whole(self) -> Optional[_Holder]:
+        return next((holder for holder in self.holders if holder.memory is None), None)
+
+    def shared(self) -> int:
+        return sum(holder.memory or 0 for holder in self.holders)
+
+    def free(self) -> Optional[int]:
+        return None if self.total is None else self.total - self.shared()
+
+    def takes(self, request: Request) -> bool:
+        """Whether this GPU can take the request now (ignoring the count)."""
+        if self.busy or self.whole() is not None:
+            return False
+        if request.memory is None:
+            return not self.holders
+        if request.over_subscribe:
+            return True
+        if self.total is None:  # unknown size: only an empty GPU is safe
+            return not self.holders and request.memory is not None
+        return self.shared() + request.memory <= self.total
+
+
+def _key(gpu: _Gpu, request: Request) -> Tuple[int, int, int, int]:
+    """Placement order (smaller first)."""
+    if request.memory is None:
+        return (0, 0, 0, gpu.index)
+    free = gpu.free()
+    fits = free is not None and free >= request.memory
+    left = (free - request.memory) if (free is not None and fits) else 0
+    return (0 if fits else 1, 0 if gpu.holders else 1, left, gpu.index)
+
+
+def _board(users: Users, machine: Sequence[Dict[str, Any]], busy: Dict[int, List[str]],
+           exclude: Optional[Env]) -> Dict[int, _Gpu]:
+    from .environments import holdings
+
+    board = {device["index"]: _Gpu(device) for device in machine}
+    for index, holders in holdings(users, machine, exclude).items():
+        board[index].holders = [_Holder(uid, env, reserved.get("memory")) for uid, env, reserved in holders]
+    for index, who in busy.items():
+        if index in board:
+            board[index].busy = list(who)
+    return board
+
+
+def _place(board: Dict[int, _Gpu], request: Request, keep: Sequence[int], partial: bool) -> List[int]:
+    """The GPUs the request would take now; fewer than asked only if
+    ``partial`` (otherwise an empty list means no)."""
+    if request.indices is not None:
+        chosen = [index for index in request.indices if index in board and board[index].takes(request)]
+        if len(chosen) == len(request.indices) or partial:
+            return chosen
+        return []
+    kept = [index for index in sorted(keep) if index in board and board[index].takes(request)]
+    rest = sorted((gpu for gpu in board.values() if gpu.index not in kept and gpu.takes(request)),
+                  key=lambda gpu: _key(gpu, request))
+    chosen = kept[: request.count] + [gpu.index for gpu in rest][: max(0, request.count - len(kept))]
+    if len(chosen) < request.count and not partial:
+        return []
+    return chosen
+
+
+def _held_by(env: Env, board: Dict[int, _Gpu]) -> List[int]:
+    return [index for index, gpu in board.items() if any(holder.env is env for holder in gpu.holders)]
+
+
+def allocate(users: Users, env: Env, machine: Sequence[Dict[str, Any]], request: Request, now: float,
+             describe: Callable[[int], str], busy: Optional[Dict[int, List[str]]] = None,
+             ahead: Sequence[Waiter] = ()) -> List[Dict[str, Any]]:
+    """The reservations ``env`` should have for ``request``: kept ones keep
+    their attach time, new ones get ``now``. Raises Refused. Pure."""
+    count = request.count
+    plural = "" if count == 1 else "s"
+    if request.indices is not None:
+        missing = [index for index in request.indices if index not in {d["index"] for d in machine}]
+        if missing:
+            raise Refused("cannot attach GPU %d: this machine has no such GPU (it has %d)" % (missing[0], len(machine)))
+    elif count > len(machine):
+        raise Refused("cannot attach %d GPU%s: this machine has %d" % (count, plural, len(machine)))
+    if request.memory is not None and not request.over_subscribe:
+        sizes = [d["total"] for d in machine if d.get("total") is not None]
+        if sizes and request.memory > max(sizes):
+            raise Refused("cannot attach a share of %s: the largest GPU here has %s (use --over-subscribe to "
+                          "share it anyway)" % (_size(request.memory), _size(max(sizes))))
+    board = _board(users, machine, busy or {}, env)
+    # Requests ahead in line keep what they could take now.
+    for waiter in ahead:
+        if waiter.env is env:
+            continue
+        own = _held_by(waiter.env, board)
+        for index in own:  # a waiter re-places its own GPUs too
+            board[index].holders = [h for h in board[index].holders if h.env is not waiter.env]
+        claim = _place(board, waiter.request, own, partial=True)
+        for index in set(own) | set(claim):
+            memory = waiter.request.memory
+            board[index].holders.append(_Holder(waiter.uid, waiter.env, memory))
+            if index not in own:
+                board[index].kept += 1
+    current = {reserved["index"]: reserved for reserved in env["devices"]}
+    chosen = _place(board, request, list(current), partial=False)
+    if not chosen and count > 0:
+        raise Refused(_why(board, request, describe, sum(1 for w in ahead if w.env is not env)))
+    result = []
+    for index in sorted(chosen):
+        gpu = board[index]
+        old = current.get(index)
+        attached = old["attached"] if old is not None and old.get("memory") == request.memory else now
+        record: Dict[str, Any] = {"index": index, "uuid": gpu.uuid, "attached": attached}
+        if request.memory is not None:
+            record["memory"] = request.memory
+        result.append(record)
+    return result
+
+
+def _size(value: int) -> str:
+    from .sizes import format_size
+
+    return format_size(value)
+
+
+def _holder_text(holder: _Holder, describe: Callable[[int], str]) -> str:
+    from .text import printable
+
+    env = holder.env or {}
+    name = env.get("config", {}).get("name")
+    return "environment %s%s of %s" % (
+        printable(env.get("id", "?")), " (%s)" % printable(name) if name else "", describe(holder.uid))
+
+
+def _why(board: Dict[int, _Gpu], request: Request, describe: Callable[[int], str], waiting: int) -> str:
+    count = request.count
+    share = " with %s each" % _size(request.memory) if request.memory is not None else ""
+    if request.indices is not None:
+        for index in request.indices:
+            gpu = board[index]
+            if gpu.takes(request):
+                continue
+            whole = gpu.whole()
+            label = "GPU %d" % index
+            if gpu.busy:
+                return "cannot attach %s: it is busy outside genv (%s)" % (label, ", ".join(gpu.busy))
+            if gpu.kept:
+                return "cannot attach %s: it is kept for a request waiting ahead in line" % label
+            if whole is not None:
+                return "cannot attach %s: it is held by %s" % (label, _holder_text(whole, describe))
+            if request.memory is None:
+                return "cannot attach %s whole: it is shared by %s" % (
+                    label, ", ".join(_holder_text(h, describe) for h in gpu.holders))
+            return "cannot attach %s%s: only %s of it is free (use --over-subscribe to share it anyway)" % (
+                label, share, _size(max(0, gpu.free() or 0)))
+        return "cannot attach GPUs %s" % ",".join(map(str, request.indices))  # pragma: no cover
+    usable = sum(1 for gpu in board.values() if gpu.takes(request))
+    if request.memory is None:
+        head = "cannot attach %d GPU%s: only %d of this machine's %d %s free" % (
+            count, "" if count == 1 else "s", usable, len(board), "is" if usable == 1 else "are")
+    else:
+        head = "cannot attach %d GPU%s%s: only %d of this machine's %d can take it" % (
+            count, "" if count == 1 else "s", share, usable, len(board))
+    notes = []
+    busy = [gpu for gpu in board.values() if gpu.busy]
+    if busy:
+        notes.append("busy outside genv: %s" % "; ".join(
+            "GPU %d (%s)" % (gpu.index, ", ".join(gpu.busy)) for gpu in sorted(busy, key=lambda g: g.index)))
+    kept = sum(1 for gpu in board.values() if gpu.kept)
+    if kept:
+        notes.append("%d GPU%s kept for %d request%s waiting ahead in line" % (
+            kept, " is" if kept == 1 else "s are", waiting, "" if waiting == 1 else "s"))
+    return head + "".join("; " + note for note in notes)

@@ -1,0 +1,152 @@
+"""Waiting for a ``flock`` without hanging silently.
+
+Any local user can ``flock`` the state folder (or a GPU's lock file) and
+keep it. So a lock is awaited for at most a given time. After a second the
+wait is announced on stderr with the holder's PID and user, read from
+``/proc/locks``; when the time is up the command fails saying so.
+
+In the main thread the wait is a blocking ``flock`` that a timer interrupts
+(the kernel hands the lock over the moment it is released, and nothing
+polls); elsewhere (a thread of a program using the SDK) it polls.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+
+from .errors import GenvError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
+    from typing import Any, Callable, Optional, Tuple
+
+DEFAULT_TIMEOUT = 10.0
+ANNOUNCE_AFTER = 1.0
+
+
+class LockTimeout(GenvError):
+    pass
+
+
+class _Tick(Exception):
+    pass
+
+
+def timeout_from_env(default: float = DEFAULT_TIMEOUT) -> float:
+    text = os.environ.get("GENV_LOCK_TIMEOUT")
+    if text is None or text == "":
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e9:
+        raise GenvError("invalid GENV_LOCK_TIMEOUT %r: expected a number of seconds (0 = do not wait)" % text)
+    return value
+
+
+def holder(fd: int) -> Optional[Tuple[int, Optional[int]]]:
+    """(pid, uid) of a process holding a lock on the file ``fd`` is open on,
+    from /proc/locks; None if it cannot be told."""
+    info = os.fstat(fd)
+    wanted = "%02x:%02x:%d" % (os.major(info.st_dev), os.minor(info.st_dev), info.st_ino)
+    try:
+        with open("/proc/locks", "rb") as handle:
+            lines = handle.read(1 << 20).decode("ascii", "replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 6 or parts[1] == "->":  # "->": a waiter, not a holder
+            continue
+        if parts[5] == wanted and parts[4].isdigit():
+            from .procs import processes
+
+            pid = int(parts[4])
+            return pid, processes().uid(pid)
+    return None
+
+
+def describe_holder(fd: int, user: Callable[[int], str]) -> str:
+    found = holder(fd)
+    if found is None:
+        return "another process"
+    pid, uid = found
+    return "pid %d (%s)" % (pid, user(uid) if uid is not None else "unknown user")
+
+
+def acquire(fd: int, what: str, timeout: float, user: Callable[[int], str], announce: bool = True,
+            shared: bool = False) -> None:
+    """Take an exclusive (or shared) flock on ``fd`` within ``timeout``
+    seconds, or raise LockTimeout naming the holder."""
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        return
+    except OSError as error:
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+    start = time.monotonic()
+    deadline = start + timeout
+    announced = False
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            raise LockTimeout(
+                "gave up after %g s waiting for %s, held by %s; try again, or set GENV_LOCK_TIMEOUT to wait "
+                "longer" % (timeout, what, describe_holder(fd, user))
+            )
+        if announce and not announced and now - start >= ANNOUNCE_AFTER:
+            from .cli import err
+
+            err("waiting for %s, held by %s" % (what, describe_holder(fd, user)))
+            announced = True
+        until = deadline if (announced or not announce) else min(deadline, start + ANNOUNCE_AFTER)
+        if _wait(fd, mode, until - now):
+            return
+
+
+def _wait(fd: int, mode: int, seconds: float) -> bool:
+    """Try to take the lock for up to ``seconds``; True if taken."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        end = time.monotonic() + seconds
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                return True
+            except OSError as error:
+                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.02)
+    import signal
+
+    waiting = [True]
+
+    def tick(signum: int, frame: Any) -> None:
+        # Only while blocked in flock: a late tick must not escape. (One that
+        # lands just after flock returned is harmless: the caller tries again
+        # and flock on a lock this descriptor holds succeeds at once.)
+        if waiting[0]:
+            raise _Tick()
+
+    previous = signal.signal(signal.SIGALRM, tick)
+    old_timer = signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+    try:
+        fcntl.flock(fd, mode)
+        waiting[0] = False
+        return True
+    except _Tick:
+        return False
+    finally:
+        waiting[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if old_timer[0] > 0:
+            signal.setitimer(signal.ITIMER_REAL, *old_timer)
