@@ -16,21 +16,104 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHELLS = ["bash", "zsh"]
 OTHER_USER = "genvtest"
+UID = os.geteuid()
+"""The uid the tests run as: genv's state file is ``user-<UID>.json``."""
+
+# --- requirements -------------------------------------------------------------
+#
+# A test that needs a tool or root calls ``need(...)``: without it the test
+# skips, with one line saying why. A requirement listed in GENV_TEST_REQUIRE
+# (comma-separated, e.g. ``zsh,shellcheck,root``) fails the test instead, so
+# that CI cannot pass by skipping.
+
+TOOLS = ("bash", "zsh", "shellcheck")
+REQUIREMENTS = TOOLS + ("root",)
+
+
+def required() -> List[str]:
+    return [word.strip() for word in os.environ.get("GENV_TEST_REQUIRE", "").split(",") if word.strip()]
+
+
+def missing(what: str) -> Optional[str]:
+    """Why requirement ``what`` is not met here, or None when it is."""
+    if what in TOOLS:
+        return None if shutil.which(what) else "not installed"
+    if what == "root":
+        return None if UID == 0 else "running as uid %d, not root" % UID
+    raise ValueError("unknown requirement %r (known: %s)" % (what, ", ".join(REQUIREMENTS)))
+
+
+def need(*whats: str) -> None:
+    """Skip the calling test (or fail it, see GENV_TEST_REQUIRE) unless every
+    requirement is met: a tool on PATH (``bash``, ``zsh``, ``shellcheck``) or
+    ``root``."""
+    for what in whats:
+        why = missing(what)
+        if why is None:
+            continue
+        message = "needs %s: %s" % (what, why)
+        if what in required():
+            pytest.fail("%s (GENV_TEST_REQUIRE=%s)" % (message, os.environ["GENV_TEST_REQUIRE"]), pytrace=False)
+        try:  # report the test's location, not this line's
+            skip = pytest.skip.Exception(message, _use_item_location=True)
+        except TypeError:  # pytest < 7
+            skip = pytest.skip.Exception(message)
+        raise skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    unknown = [word for word in required() if word not in REQUIREMENTS]
+    if unknown:
+        raise pytest.UsageError("GENV_TEST_REQUIRE: unknown requirement(s) %s (known: %s)"
+                                % (", ".join(unknown), ", ".join(REQUIREMENTS)))
+    if os.environ.get("GENV_TEST_PYTHON") and not os.access(os.environ["GENV_TEST_PYTHON"], os.X_OK):
+        raise pytest.UsageError("GENV_TEST_PYTHON=%s is not an executable file" % os.environ["GENV_TEST_PYTHON"])
+
+
+def pytest_report_header(config: pytest.Config) -> List[str]:
+    python = system_python()
+    try:
+        version = subprocess.run([python, "-I", "-S", "-c", "import sys; print(sys.version.split()[0])"],
+                                 capture_output=True, text=True, timeout=30).stdout.strip()
+    except OSError as error:
+        version = "cannot run: %s" % error
+    return [
+        "genv runs on: %s (Python %s)" % (python, version or "?"),
+        "running as uid %d; GENV_TEST_REQUIRE=%s" % (UID, os.environ.get("GENV_TEST_REQUIRE", "")),
+    ]
 
 
 def system_python() -> str:
-    """An interpreter every user can run (a pyenv one under /root is not)."""
+    """The interpreter genv runs on in the tests (GENV_PYTHON): the one in
+    GENV_TEST_PYTHON if set, else one every user can run (a pyenv one under
+    /root is not)."""
+    chosen = os.environ.get("GENV_TEST_PYTHON")
+    if chosen:
+        return chosen
     for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
         if os.access(candidate, os.X_OK):
             return candidate
     return sys.executable
+
+
+def as_user(user: pwd.struct_passwd) -> Dict[str, Any]:
+    """subprocess arguments that run a child as ``user`` (root only)."""
+    if sys.version_info >= (3, 9):
+        return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+    def demote() -> None:  # Python 3.8: no user/group/extra_groups arguments
+        os.setgroups([])
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+
+    return {"preexec_fn": demote}
 
 
 class Result:
@@ -46,11 +129,10 @@ class Shell:
 
     def __init__(self, kind: str, env: Dict[str, str], cwd: str, user: Optional[pwd.struct_passwd] = None,
                  init: bool = True) -> None:
+        need(kind)
         self.kind = kind
         argv = ["bash", "--norc", "--noprofile"] if kind == "bash" else ["zsh", "-f"]
-        extra = {}
-        if user is not None:
-            extra = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        extra = as_user(user) if user is not None else {}
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=env, cwd=cwd, start_new_session=True, **extra,
@@ -182,17 +264,18 @@ class Genv:
             **overrides: str) -> subprocess.CompletedProcess:
         """Run ``genv ARGS`` as a plain command (not through the function)."""
         env = self.environ(**overrides)
-        extra = {}
-        if user is not None:
-            extra = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        extra = as_user(user) if user is not None else {}
         return subprocess.run(
             [os.path.join(self.root, "bin", "genv"), *args], env=env, cwd=self.work,
             capture_output=True, input=input, timeout=60, **extra,
         )
 
-    def state(self, uid: int = 0) -> dict:
+    def state(self, uid: Optional[int] = None) -> dict:
+        """A user's state file, parsed (by default the user running the tests)."""
         import json
 
+        if uid is None:
+            uid = UID
         with open(os.path.join(self.tmpdir, "user-%d.json" % uid)) as handle:
             return json.load(handle)
 
@@ -216,16 +299,14 @@ def genv():
 @pytest.fixture(params=SHELLS)
 def sh(request):
     """The shell kind; tests that take it run in bash and in zsh."""
-    if shutil.which(request.param) is None:
-        pytest.fail("%s is not installed; .ci/run installs it" % request.param)
+    need(request.param)
     return request.param
 
 
 @pytest.fixture(scope="session")
 def other_user():
     """A second real account (created when the tests run as root)."""
-    if os.geteuid() != 0:
-        pytest.skip("multi-user tests create a second account and must run as root")
+    need("root")
     try:
         return pwd.getpwnam(OTHER_USER)
     except KeyError:

@@ -3,6 +3,8 @@
 import os
 import subprocess
 
+from conftest import need
+
 
 def run(genv, argv, cwd=None):
     return subprocess.run(argv, env=genv.environ(), cwd=cwd or genv.work, capture_output=True, text=True,
@@ -60,6 +62,7 @@ def test_init_prints_setup_or_code(genv):
     genv_bin = os.path.join(genv.root, "bin", "genv")
     assert 'eval "$(genv init -)"' in run(genv, [genv_bin, "init"]).stdout
     for shell in ("bash", "zsh"):
+        need(shell)
         code = run(genv, [genv_bin, "init", "-", shell]).stdout
         assert "genv() {" in code
         check = subprocess.run([shell, "-n"], input=code, capture_output=True, text=True)

@@ -3,6 +3,8 @@
 import pexpect
 import pytest
 
+from conftest import need
+
 
 def candidates(genv, *words):
     result = genv.cli("completions", *words)
@@ -45,6 +47,7 @@ def test_bash_completion_function(genv):
 
 @pytest.mark.parametrize("typed,expected", [("genv acti", "genv activate "), ("genv config na", "genv config name ")])
 def test_zsh_completion_in_a_terminal(genv, typed, expected):
+    need("zsh")
     child = pexpect.spawn("zsh", ["-f", "-i"], env=genv.environ(), cwd=genv.work, encoding="utf-8",
                           timeout=30, dimensions=(50, 200))
     try:

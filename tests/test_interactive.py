@@ -7,13 +7,14 @@ import re
 import pexpect
 import pytest
 
-from conftest import SHELLS
+from conftest import SHELLS, need
 
 READY = "READY>"
 
 
 def spawn(genv, kind, promptsubst=True):
     """promptsubst: zsh's PROMPT_SUBST, or bash's promptvars (on by default)."""
+    need(kind)
     env = genv.environ()
     if kind == "bash":
         argv = ["bash", "--norc", "--noprofile", "-i"]

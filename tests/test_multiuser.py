@@ -1,6 +1,8 @@
 """Several users on one machine, with a second real account (issue 3).
 
-Run as root: the tests create the account ``genvtest`` (and skip otherwise).
+They need root (``need("root")`` in the ``other_user`` fixture): the tests
+create the account ``genvtest`` and run shells as it. Run as anyone else, they
+skip with that reason (or fail, with GENV_TEST_REQUIRE=root).
 """
 
 import json

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import kill_quietly
+from conftest import UID, kill_quietly
 
 FAULTS = ["before-write", "mid-write", "before-fsync", "before-rename", "after-rename", "before-unlock"]
 
@@ -37,10 +37,6 @@ def sh_cli(genv, *args, pid, eid=None, **env):
         extra["GENV_ENVIRONMENT_ID"] = eid
     extra.update(env)
     return genv.cli(*args, **extra)
-
-
-def env_ids(genv, uid=0):
-    return sorted(env["id"] for env in genv.state(uid)["envs"])
 
 
 @pytest.mark.parametrize("fault", FAULTS)
@@ -103,7 +99,7 @@ def test_format_1_is_migrated(genv, holders):
     os.chmod(genv.tmpdir, 0o1777)
     old = {"format": 1, "envs": {"legacy": {"created": time.time() - 60, "config": {"gpus": 1, "name": "old"},
                                              "pids": [pid, 999999999], "devices": [2]}}}
-    with open(os.path.join(genv.tmpdir, "user-0.json"), "w") as handle:
+    with open(os.path.join(genv.tmpdir, "user-%d.json" % UID), "w") as handle:
         json.dump(old, handle)
     result = genv.cli("envs", "--json", GENV_DEVICES="4")
     assert result.returncode == 0, result
@@ -116,32 +112,36 @@ def test_format_1_is_migrated(genv, holders):
 def test_newer_format_is_refused(genv):
     os.makedirs(genv.tmpdir)
     os.chmod(genv.tmpdir, 0o1777)
-    path = os.path.join(genv.tmpdir, "user-0.json")
+    path = os.path.join(genv.tmpdir, "user-%d.json" % UID)
     with open(path, "w") as handle:
-        json.dump({"format": 99, "uid": 0, "whatever": True}, handle)
+        json.dump({"format": 99, "uid": UID, "whatever": True}, handle)
     result = genv.cli("envs")
     assert result.returncode == 1
     assert result.stderr.decode().strip().startswith("genv: state was written by a newer genv")
     assert json.load(open(path))["format"] == 99
 
 
+# UID stands for the uid the tests run as (the file's own), OTHER for another.
 @pytest.mark.parametrize("content", [
-    b"", b"{", b"\x00\xff\xfe", b"[1, 2, 3]", b'{"format": 2, "uid": 0, "devices": null}',
-    b'{"format": 2, "uid": 5, "devices": null, "envs": []}',
-    b'{"format": 2, "uid": 0, "devices": null, "envs": [{"id": 3}]}',
+    b"", b"{", b"\x00\xff\xfe", b"[1, 2, 3]", b'{"format": 2, "uid": UID, "devices": null}',
+    b'{"format": 2, "uid": OTHER, "devices": null, "envs": []}',
+    b'{"format": 2, "uid": UID, "devices": null, "envs": [{"id": 3}]}',
     b'{"format": "2"}', b"null",
 ])
 def test_damaged_file_is_moved_aside(genv, holders, content):
+    content = content.replace(b"OTHER", b"%d" % (UID + 1)).replace(b"UID", b"%d" % UID)
+    name = "user-%d.json" % UID
     os.makedirs(genv.tmpdir)
     os.chmod(genv.tmpdir, 0o1777)
-    with open(os.path.join(genv.tmpdir, "user-0.json"), "wb") as handle:
+    with open(os.path.join(genv.tmpdir, name), "wb") as handle:
         handle.write(content)
     result = genv.cli("envs", GENV_DEVICES="4")
     assert result.returncode == 0
     lines = result.stderr.decode().splitlines()
-    assert len(lines) == 1 and "user-0.json" in lines[0] and "damaged" in lines[0], lines
+    assert len(lines) == 1 and name in lines[0] and "damaged" in lines[0], lines
     assert b"Traceback" not in result.stderr
-    aside = [name for name in os.listdir(genv.tmpdir) if re.match(r"user-0\.json\.damaged-\d{8}T\d{6}Z-\d+$", name)]
+    aside = [entry for entry in os.listdir(genv.tmpdir)
+             if re.match(re.escape(name) + r"\.damaged-\d{8}T\d{6}Z-\d+$", entry)]
     assert len(aside) == 1
     with open(os.path.join(genv.tmpdir, aside[0]), "rb") as handle:
         assert handle.read() == content
@@ -170,7 +170,7 @@ def test_reused_pid_does_not_keep_an_environment_alive(genv, holders):
     # The PID is alive, but it is not the process that activated: it started
     # at another time (what a reused PID looks like).
     state["envs"][0]["terminals"][0]["token"] = "%s:%s:%d" % (kind, boot, int(ticks) - 1)
-    with open(os.path.join(genv.tmpdir, "user-0.json"), "w") as handle:
+    with open(os.path.join(genv.tmpdir, "user-%d.json" % UID), "w") as handle:
         json.dump(state, handle)
     assert genv.cli("envs", "--json").stdout == b"[]\n"
     assert genv.state()["envs"] == []
