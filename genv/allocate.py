@@ -12,8 +12,8 @@ The rules (docs/sharing.md says the same for users):
 - A share (``gpu-memory``) is taken on a GPU that nobody holds whole and
   whose shares, with this one, fit in its total memory; ``over_subscribe``
   lifts the memory check (still never a GPU held whole).
-- Neither is taken on a GPU where a process outside every environment holds
-  memory (``busy``).
+- Neither is newly taken on a GPU where a process outside every environment
+  holds memory (``busy``); a GPU the environment already holds stays its own.
 - GPUs the environment already holds are kept first. Whole GPUs are then
   taken in index order. Shares go where they fit best: GPUs already partly
   shared first, the one left with the least free memory first, so that whole
@@ -93,9 +93,11 @@ class _Gpu:
     def free(self) -> Optional[int]:
         return None if self.total is None else self.total - self.shared()
 
-    def takes(self, request: Request) -> bool:
-        """Whether this GPU can take the request now (ignoring the count)."""
-        if self.busy or self.whole() is not None:
+    def takes(self, request: Request, held: bool = False) -> bool:
+        """Whether this GPU can take the request now (ignoring the count).
+        ``held``: the environment holds it already, and keeps it even if a
+        process outside genv moved onto it meanwhile."""
+        if (self.busy and not held) or self.whole() is not None:
             return False
         if request.memory is None:
             return not self.holders
@@ -133,11 +135,12 @@ def _place(board: Dict[int, _Gpu], request: Request, keep: Sequence[int], partia
     """The GPUs the request would take now; fewer than asked only if
     ``partial`` (otherwise an empty list means no)."""
     if request.indices is not None:
-        chosen = [index for index in request.indices if index in board and board[index].takes(request)]
+        chosen = [index for index in request.indices
+                  if index in board and board[index].takes(request, held=index in keep)]
         if len(chosen) == len(request.indices) or partial:
             return chosen
         return []
-    kept = [index for index in sorted(keep) if index in board and board[index].takes(request)]
+    kept = [index for index in sorted(keep) if index in board and board[index].takes(request, held=True)]
     rest = sorted((gpu for gpu in board.values() if gpu.index not in kept and gpu.takes(request)),
                   key=lambda gpu: _key(gpu, request))
     chosen = kept[: request.count] + [gpu.index for gpu in rest][: max(0, request.count - len(kept))]
@@ -194,6 +197,8 @@ def allocate(users: Users, env: Env, machine: Sequence[Dict[str, Any]], request:
         record: Dict[str, Any] = {"index": index, "uuid": gpu.uuid, "attached": attached}
         if request.memory is not None:
             record["memory"] = request.memory
+            if gpu.total is not None:
+                record["total"] = gpu.total
         result.append(record)
     return result
 

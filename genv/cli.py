@@ -156,6 +156,26 @@ def complete_options(words: List[str], options: Options, values: Dict[str, Calla
     return [option for option in options if option not in used]
 
 
+FORMAT_OPTIONS = {"--format": True, "--json": False}
+FORMATS = ("table", "csv", "json")
+
+
+def output_format(opts: Dict[str, Any]) -> str:
+    """``--format table|csv|json`` (``--json`` is ``--format json``)."""
+    chosen = opts.get("--format", "json" if "--json" in opts else "table")
+    if chosen not in FORMATS:
+        raise UsageError("invalid --format %r (formats: %s)" % (chosen, ", ".join(FORMATS)))
+    if "--json" in opts and chosen != "json":
+        raise UsageError("--json and --format %s disagree" % chosen)
+    return str(chosen)
+
+
+def print_json(value: Any) -> None:
+    from . import jsonio
+
+    out(jsonio.dumps(value) + "\n")
+
+
 COMPLETION_LOCK_TIMEOUT = 0.2
 """Tab completion never waits longer than this for the state lock."""
 

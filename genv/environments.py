@@ -35,25 +35,53 @@ def check_text(value: str, what: str) -> str:
 def prune(users: Users, processes: Any, holders_only: bool = False) -> Set[int]:
     """Drop terminals that are gone (PID gone, or reused by another process)
     and environments left without a terminal. Returns the uids changed.
-    With ``holders_only``, only environments holding GPUs are checked (what
-    a listing of GPUs needs); the others are left for a later command."""
+    A place in line whose waiting process is gone is dropped too. With
+    ``holders_only``, only environments holding GPUs or waiting for them are
+    checked (what a listing of GPUs needs); the others are left for later."""
     changed = set()
     for uid, state in users.items():
         keep = []
         for env in state["envs"]:
-            if holders_only and not env["devices"]:
+            if holders_only and not env["devices"] and not env.get("waiting"):
                 keep.append(env)
                 continue
             live = [t for t in env["terminals"] if processes.alive(t["pid"], t["token"])]
             if len(live) != len(env["terminals"]):
                 env["terminals"] = live
                 changed.add(uid)
+            waiting = env.get("waiting")
+            if waiting is not None and not processes.alive(waiting["pid"], waiting["token"]):
+                env["waiting"] = None  # a waiter killed with kill -9 leaves the line
+                changed.add(uid)
             if live:
                 keep.append(env)
         if len(keep) != len(state["envs"]):
             state["envs"] = keep
             changed.add(uid)
+        joins = state.get("joins")
+        if joins:
+            live_joins = [j for j in joins if processes.alive(j["pid"], j["token"])]
+            if len(live_joins) != len(joins):
+                state["joins"] = live_joins
+                changed.add(uid)
     return changed
+
+
+def live_view(users: Users, processes: Any) -> Users:
+    """What ``prune`` would leave, without changing ``users``: shallow copies,
+    for readers that keep parsed files between looks."""
+    view: Users = {}
+    for uid, state in users.items():
+        kept = []
+        for env in state["envs"]:
+            if not any(processes.alive(t["pid"], t["token"]) for t in env["terminals"]):
+                continue
+            waiting = env.get("waiting")
+            if waiting is not None and not processes.alive(waiting["pid"], waiting["token"]):
+                env = {**env, "waiting": None}
+            kept.append(env)
+        view[uid] = {**state, "envs": kept}
+    return view
 
 
 def find(users: Users, eid: str) -> Optional[Tuple[int, Env]]:
@@ -100,6 +128,27 @@ def add_terminal(env: Env, pid: int, token: str) -> None:
     env["terminals"].append({"pid": pid, "token": token})
 
 
+def record_join(users: Users, owner: int, env: Env, pid: int, token: str) -> None:
+    """Root joined another user's environment: say so in root's own state,
+    which only root can write. Without it, a root process listed as a
+    terminal in a user's file is not taken for one (the user could have
+    written it there to claim root's processes)."""
+    joins = users[0].setdefault("joins", [])
+    record = {"uid": owner, "env": env["id"], "pid": pid, "token": token}
+    if record not in joins:
+        joins.append(record)
+
+
+def forget_join(users: Users, owner: int, env: Env, pid: int) -> bool:
+    """Undo ``record_join`` (root's terminal left); True if one was removed."""
+    joins = users.get(0, {}).get("joins", [])
+    kept = [j for j in joins if not (j["uid"] == owner and j["env"] == env["id"] and j["pid"] == pid)]
+    if len(kept) == len(joins):
+        return False
+    users[0]["joins"] = kept
+    return True
+
+
 def remove_terminal(state: Dict[str, Any], env: Env, pid: int) -> bool:
     """Remove a terminal; the environment goes with its last one.
     Returns True if the environment was removed."""
@@ -138,6 +187,25 @@ def holdings(users: Users, machine: Sequence[Dict[str, Any]],
                 if device is not None:
                     result[device["index"]].append((uid, env, reserved))
     return result
+
+
+def line(users: Users) -> List[Tuple[int, Env]]:
+    """The environments waiting for GPUs (``attach --wait``), first come
+    first: by the time they joined the line (under the lock, so times are in
+    order), then by owner and id."""
+    waiting = [(uid, env) for uid in users for env in users[uid]["envs"] if env.get("waiting")]
+    waiting.sort(key=lambda item: (item[1]["waiting"]["since"], item[0], item[1]["id"]))
+    return waiting
+
+
+def ahead_of(users: Users, env: Env) -> List[Tuple[int, Env]]:
+    """The requests in line before ``env``'s: all of them for a request that
+    is not in line (it came later than every one that is)."""
+    queue = line(users)
+    for position, (_, other) in enumerate(queue):
+        if other is env:
+            return queue[:position]
+    return queue
 
 
 def _same(reserved: Dict[str, Any], device: Dict[str, Any]) -> bool:

@@ -151,6 +151,8 @@ def run_nvidia_smi(path: str, args: Tuple[str, ...]) -> str:
     out = done.stdout.decode("utf-8", "replace")
     if done.returncode == 6 and "No devices were found" in out:
         return ""
+    if done.returncode < 0:
+        raise GenvError("nvidia-smi was killed by signal %d" % -done.returncode)
     if done.returncode != 0:
         said = (done.stderr or done.stdout).decode("utf-8", "replace").strip().splitlines()
         raise GenvError(
@@ -158,6 +160,97 @@ def run_nvidia_smi(path: str, args: Tuple[str, ...]) -> str:
             % (done.returncode, (": " + said[0][:200]) if said else "")
         )
     return out
+
+
+APPS_QUERY = ("--query-compute-apps=pid,gpu_uuid,used_memory,process_name", "--format=csv,noheader,nounits")
+USAGE_QUERY = ("--query-gpu=" + GPU_FIELDS + ",memory.used", "--format=csv,noheader,nounits")
+
+
+class App:
+    """One row of ``--query-compute-apps``: a process with a context on a GPU."""
+
+    __slots__ = ("pid", "uuid", "memory", "name")
+
+    def __init__(self, pid: int, uuid: Optional[str], memory: Optional[int], name: Optional[str]) -> None:
+        self.pid, self.uuid, self.memory, self.name = pid, uuid, memory, name
+
+
+def parse_apps(output: str) -> List[App]:
+    """Parse ``--query-compute-apps=pid,gpu_uuid,used_memory,process_name
+    --format=csv,noheader,nounits``. Memory is in bytes, None when nvidia-smi
+    says ``[N/A]``; the process name (a path) may hold ", " itself."""
+    apps = []
+    for line in output.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split(", ", 3)
+        pid = parts[0].strip()
+        if len(parts) != 4 or not pid.isascii() or not pid.isdigit() or not 0 < int(pid) < 1 << 31:
+            raise GenvError("unexpected output from nvidia-smi: %r" % line[:200])
+        apps.append(App(int(pid), value(parts[1]), mib_value(parts[2]), value(parts[3])))
+    return apps
+
+
+def parse_usage(output: str) -> List[Record]:
+    """Parse ``--query-gpu=index,uuid,name,memory.total,memory.used``: the GPU
+    list (as ``parse_query``) with ``used`` bytes."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    used = []
+    head = []
+    for line in lines:
+        rest, sep, last = line.rpartition(", ")
+        if not sep:
+            raise GenvError("unexpected output from nvidia-smi: %r" % line[:200])
+        head.append(rest)
+        used.append(mib_value(last))
+    devices = parse_query("\n".join(head))
+    by_line = {int(line.split(", ", 1)[0]): amount for line, amount in zip(head, used)}
+    for device in devices:
+        device["used"] = by_line[device["index"]]
+    return devices
+
+
+class Snapshot:
+    """What a listing needs to know about the GPUs, asked at most once per
+    kind: the device record (cached list), each GPU's memory in use, and the
+    compute processes. ``mark`` is the process clock when the process query
+    started: a PID whose process started later was reused meanwhile."""
+
+    def __init__(self, record: Record, used: Dict[int, Optional[int]], apps: List[App], mark: float) -> None:
+        self.record, self.used, self.apps, self.mark = record, used, apps, mark
+
+    @property
+    def machine(self) -> List[Record]:
+        return self.record["list"]  # type: ignore[no-any-return]
+
+
+def observe(cached: Optional[Record], clock: Any, usage: bool, now: Optional[float] = None) -> Tuple[Snapshot, bool]:
+    """The GPUs and their processes now: one ``--query-gpu`` (with memory
+    in use, when ``usage``; otherwise the cached list) and one
+    ``--query-compute-apps``. Mock GPUs (GENV_DEVICES) have no processes and
+    unknown usage. Returns the snapshot and whether the device record is new.
+    May run nvidia-smi: call it before taking the state lock."""
+    now = time.time() if now is None else now
+    if os.environ.get("GENV_DEVICES"):
+        record, fresh = discover(cached, now)
+        return Snapshot(record, {d["index"]: None for d in record["list"]}, [], clock()), fresh
+    path = find_nvidia_smi()
+    if path is None:
+        discover(cached, now)  # raises the usual message
+        raise AssertionError("unreachable")
+    if usage:
+        devices = parse_usage(run_nvidia_smi(path, USAGE_QUERY))
+        used = {device["index"]: device.pop("used") for device in devices}
+        record = {"key": _key(path), "checked": now, "list": devices}
+        fresh = cached is None or cached.get("list") != devices or cached.get("key") != record["key"]
+        if not fresh and cached is not None:
+            record = cached
+    else:
+        record, fresh = discover(cached, now)
+        used = {device["index"]: None for device in record["list"]}
+    mark = clock()
+    apps = parse_apps(run_nvidia_smi(path, APPS_QUERY))
+    return Snapshot(record, used, apps, mark), fresh
 
 
 def mock_memory() -> int:

@@ -79,9 +79,11 @@ def describe_holder(fd: int, user: Callable[[int], str]) -> str:
 
 
 def acquire(fd: int, what: str, timeout: float, user: Callable[[int], str], announce: bool = True,
-            shared: bool = False) -> None:
+            shared: bool = False, announce_after: float = ANNOUNCE_AFTER) -> None:
     """Take an exclusive (or shared) flock on ``fd`` within ``timeout``
-    seconds, or raise LockTimeout naming the holder."""
+    seconds (``inf``: as long as it takes), or raise LockTimeout naming the
+    holder. With ``announce``, the wait is said on stderr after
+    ``announce_after`` seconds."""
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
@@ -99,13 +101,13 @@ def acquire(fd: int, what: str, timeout: float, user: Callable[[int], str], anno
                 "gave up after %g s waiting for %s, held by %s; try again, or set GENV_LOCK_TIMEOUT to wait "
                 "longer" % (timeout, what, describe_holder(fd, user))
             )
-        if announce and not announced and now - start >= ANNOUNCE_AFTER:
+        if announce and not announced and now - start >= announce_after:
             from .cli import err
 
             err("waiting for %s, held by %s" % (what, describe_holder(fd, user)))
             announced = True
-        until = deadline if (announced or not announce) else min(deadline, start + ANNOUNCE_AFTER)
-        if _wait(fd, mode, until - now):
+        until = deadline if (announced or not announce) else min(deadline, start + announce_after)
+        if _wait(fd, mode, min(until - now, 3600.0)):
             return
 
 

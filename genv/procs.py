@@ -127,14 +127,19 @@ class ProcFS:
     def alive(self, pid: int, token: str) -> bool:
         return self.token(pid) == token
 
-    def started(self, pid: int) -> Optional[float]:
-        """When the process started, in the units of ``clock``."""
+    def started_before(self, pid: int, mark: float) -> Optional[bool]:
+        """Whether the process started before ``mark`` (a ``clock()`` value);
+        None if there is no such process. Start times are whole clock ticks,
+        rounded down: a process started in the very tick of ``mark`` counts
+        as started after it, so a PID reused just after ``mark`` is never
+        taken for the process that had it before."""
         found = self._stat_of(pid)
-        return None if found is None else found[2] / _ticks_per_second()
+        if found is None:
+            return None
+        return found[2] < int(mark * _ticks_per_second())
 
-    @staticmethod
-    def clock() -> float:
-        """Now, comparable with ``started``: seconds since boot."""
+    def clock(self) -> float:
+        """Now, for ``started_before``: seconds since boot."""
         import time
 
         return time.clock_gettime(time.CLOCK_BOOTTIME)
@@ -245,19 +250,27 @@ class Psutil(ProcFS):
             return None
         created = found[2]
         if self._boot is not None:
-            # psutil computes create_time as boot time + ticks / CLK_TCK:
-            # recover the ticks, so that the token is /proc's very token.
-            return "linux:%s:%d" % (self._boot, round((created - self._boot_time) * _ticks_per_second()))
+            # The ticks since boot, so that the token is /proc's very token.
+            return "linux:%s:%d" % (self._boot, self._ticks(created))
         return "psutil:%r" % created
 
-    def started(self, pid: int) -> Optional[float]:
-        found = self._stat_of(pid)
-        return None if found is None else float(found[2])
+    def _ticks(self, created: float) -> int:
+        # psutil computes create_time as boot time + ticks / CLK_TCK: recover the ticks.
+        return int(round((created - self._boot_time) * _ticks_per_second()))
 
-    @staticmethod
-    def clock() -> float:
+    def started_before(self, pid: int, mark: float) -> Optional[bool]:
+        found = self._stat_of(pid)
+        if found is None:
+            return None
+        if self._boot is not None:  # Linux: ticks since boot, as /proc gives them
+            return self._ticks(found[2]) < int(mark * _ticks_per_second())
+        return found[2] < mark
+
+    def clock(self) -> float:
         import time
 
+        if self._boot is not None:
+            return time.clock_gettime(time.CLOCK_BOOTTIME)
         return time.time()
 
     def uid(self, pid: int) -> Optional[int]:

@@ -27,8 +27,14 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Any, Dict, List, Optional, Sequence
 
 SNAPSHOT = "_GENV_SAVED"
+# Hints that keep frameworks to an environment's share of GPU memory: JAX
+# preallocates a fraction of each GPU (the newer and the older name of the
+# variable), TensorFlow all of it unless memory growth is on.
+FRACTIONS = ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION")
+GROWTH = "TF_FORCE_GPU_ALLOW_GROWTH"
+HINTS_SET = "_GENV_HINTS"  # the fraction genv last exported ("" for none)
 # Variables genv sets in an active shell and restores on deactivate.
-SAVED = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "GENV_ATTACHED_GPUS")
+SAVED = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "GENV_ATTACHED_GPUS", "GENV_GPU_MEMORY") + FRACTIONS + (GROWTH,)
 
 # The functions `genv init -` defines (libexec/init/*.sh) that scripts call.
 HELPERS = frozenset(("_genv_path_add", "_genv_path_remove", "_genv_prompt_set", "_genv_prompt_clear",
@@ -117,12 +123,54 @@ def gpu_list(env: Optional[Dict[str, Any]]) -> str:
     return ",".join(map(str, indices(env))) if env else ""
 
 
+def fraction(env: Optional[Dict[str, Any]]) -> Optional[str]:
+    """The share of GPU memory as a fraction of the GPUs' total, rounded down
+    to two decimals (of the largest attached GPU, so that no GPU gets more
+    than the share); None without a share."""
+    if not env:
+        return None
+    shares = [d for d in env["devices"] if d.get("memory") is not None and d.get("total")]
+    if not shares:
+        return None
+    hundredths = min(100, shares[0]["memory"] * 100 // max(d["total"] for d in shares))
+    return "%d.%02d" % divmod(hundredths, 100)
+
+
+def hints(script: Script, env: Optional[Dict[str, Any]]) -> None:
+    """Export the framework hints for the environment's share, or remove
+    those genv exported before; a value the user set is never touched."""
+    wanted = fraction(env)
+    before = os.environ.get(HINTS_SET) or None
+    values = {name: wanted for name in FRACTIONS}
+    values[GROWTH] = "true" if wanted is not None else None
+    genv_set = {name: before for name in FRACTIONS}
+    genv_set[GROWTH] = "true" if before is not None else None
+    for name, value in values.items():
+        current = os.environ.get(name)
+        if current is not None and current != genv_set[name]:
+            continue  # the user's own value keeps priority
+        if value is not None:
+            script.export(name, value)
+        elif current is not None:
+            script.unset(name)
+    if wanted is not None:
+        script.export(HINTS_SET, wanted)
+    elif before is not None:
+        script.unset(HINTS_SET)
+
+
 def sync(script: Script, env: Optional[Dict[str, Any]]) -> None:
-    """Point this shell at the environment's current GPUs and name."""
+    """Point this shell at the environment's current GPUs, share and name."""
     gpus = gpu_list(env)
     script.export("CUDA_VISIBLE_DEVICES", gpus)
     script.export("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     script.export("GENV_ATTACHED_GPUS", gpus)
+    memory = next((d["memory"] for d in env["devices"] if d.get("memory") is not None), None) if env else None
+    if memory is not None:
+        script.export("GENV_GPU_MEMORY", str(memory))  # for the nvidia-smi shim
+    else:
+        script.unset("GENV_GPU_MEMORY")
+    hints(script, env)
     prompt_name(script, env, "_genv_prompt_name")
 
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
 
     Identity = Tuple[int, ...]
 
-FORMAT = 2
+FORMAT = 3
 """The version of the user state files this genv writes."""
 
 DEFAULT_DIR = "/var/tmp/genv"
@@ -116,6 +116,24 @@ def _device_ok(device: Any, stamp: str) -> bool:
     )
 
 
+def _waiting_ok(waiting: Any) -> bool:
+    """An environment's place in the line of ``attach --wait``."""
+    indices = waiting.get("indices") if type(waiting) is dict else None
+    return (
+        type(waiting) is dict
+        and type(waiting.get("pid")) is int
+        and 0 < waiting["pid"] <= MAX_PID
+        and _text_ok(waiting.get("token"), 128)
+        and _time_ok(waiting.get("since"))
+        and type(waiting.get("count")) is int
+        and 0 <= waiting["count"] <= MAX_GPUS
+        and _bytes_ok(waiting.get("memory"), True)
+        and type(waiting.get("over_subscribe")) is bool
+        and (indices is None or (type(indices) is list and len(indices) <= MAX_GPUS
+                                 and all(type(i) is int and 0 <= i < MAX_GPUS for i in indices)))
+    )
+
+
 def validate(data: Any, uid: int) -> Dict[str, Any]:
     """Check a current-format user state; raise ValueError naming the problem."""
     if type(data) is not dict:
@@ -138,6 +156,19 @@ def validate(data: Any, uid: int) -> Dict[str, Any]:
     envs = data.get("envs")
     if type(envs) is not list:
         raise ValueError("envs is not a list")
+    joins = data.get("joins", [])
+    if type(joins) is not list or (joins and uid != 0):
+        raise ValueError("joins is invalid")
+    for join in joins:
+        if (
+            type(join) is not dict
+            or type(join.get("uid")) is not int
+            or not _text_ok(join.get("env"))
+            or type(join.get("pid")) is not int
+            or not 0 < join["pid"] <= MAX_PID
+            or not _text_ok(join.get("token"), 128)
+        ):
+            raise ValueError("a join is invalid")
     seen: Set[str] = set()
     for env in envs:
         if type(env) is not dict or not _text_ok(env.get("id")):
@@ -149,8 +180,16 @@ def validate(data: Any, uid: int) -> Dict[str, Any]:
         if not _time_ok(env.get("created")) or type(config) is not dict:
             raise ValueError("environment %r is invalid" % env["id"])
         gpus = config.get("gpus", 0)
-        if type(gpus) is not int or not 0 <= gpus <= MAX_GPUS or ("name" in config and not _text_ok(config["name"])):
+        if (
+            type(gpus) is not int
+            or not 0 <= gpus <= MAX_GPUS
+            or ("name" in config and not _text_ok(config["name"]))
+            or not _bytes_ok(config.get("gpu_memory"), True)
+        ):
             raise ValueError("environment %r has an invalid config" % env["id"])
+        waiting = env.get("waiting")
+        if waiting is not None and not _waiting_ok(waiting):
+            raise ValueError("environment %r has an invalid place in line" % env["id"])
         terminals, reserved, warnings = env.get("terminals"), env.get("devices"), env.get("warnings")
         if type(terminals) is not list or type(reserved) is not list or type(warnings) is not list:
             raise ValueError("environment %r is invalid" % env["id"])
@@ -163,7 +202,11 @@ def validate(data: Any, uid: int) -> Dict[str, Any]:
             ):
                 raise ValueError("environment %r has an invalid terminal" % env["id"])
         for device in reserved:
-            if not _device_ok(device, "attached") or not _bytes_ok(device.get("memory"), True):
+            if (
+                not _device_ok(device, "attached")
+                or not _bytes_ok(device.get("memory"), True)
+                or not _bytes_ok(device.get("total"), True)
+            ):
                 raise ValueError("environment %r has an invalid device" % env["id"])
         for warning in warnings:
             if not _text_ok(warning, 4096):
@@ -211,7 +254,17 @@ def _migrate_1(data: Any, uid: int) -> Dict[str, Any]:
     return {"format": 2, "uid": uid, "devices": None, "envs": envs}
 
 
-_MIGRATIONS = {1: _migrate_1}
+def _migrate_2(data: Any, uid: int) -> Dict[str, Any]:
+    """Format 3 added memory shares (``gpu_memory`` in a configuration,
+    ``memory`` in a reservation), GPU sizes in the device list, and places
+    in the line of ``attach --wait``; a format 2 file has none of them, so
+    it is format 3 as it is. (The version changed so that a genv that knows
+    nothing of shares refuses these files instead of misreading them.)"""
+    _check(isinstance(data, dict), "not an object")
+    return {**data, "format": 3}
+
+
+_MIGRATIONS = {1: _migrate_1, 2: _migrate_2}
 
 
 class NewerFormat(GenvError):
@@ -298,6 +351,7 @@ class StateDir:
         self.path = normalise_dir(path, "state folder") if path else state_dir()
         self.euid = os.geteuid()
         self.peeked: Dict[int, Found] = {}
+        self._seen: Dict[int, Found] = {}
 
     def file_name(self, uid: int) -> str:
         return "%s%d%s" % (_PREFIX, uid, _SUFFIX)
@@ -355,6 +409,35 @@ class StateDir:
         else:
             self.ensure()
         return Transaction(self, timeout, listing)
+
+    def read_all(self, reuse: bool = False) -> Dict[int, Dict[str, Any]]:
+        """Every user's state, read without the lock (each file is a
+        consistent snapshot, thanks to atomic renames). For readers that
+        must never wait, like the nvidia-smi shim; unusable files are
+        skipped silently, dead terminals are not pruned. ``reuse``: a file
+        unchanged since this folder's last ``read_all`` is not parsed again
+        (for a loop that looks every fraction of a second)."""
+        users: Dict[int, Dict[str, Any]] = {}
+        try:
+            dir_fd = self.open_dir()
+        except GenvError:
+            return users
+        try:
+            for name in os.listdir(dir_fd):
+                digits = name[len(_PREFIX) : -len(_SUFFIX)]
+                if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX) and digits.isdigit()):
+                    continue
+                uid = int(digits)
+                try:
+                    found = read_user(dir_fd, name, uid, self._seen.get(uid) if reuse else None)
+                except (OSError, ValueError, GenvError):
+                    continue
+                if found is not None:
+                    users[uid] = found.data
+                    self._seen[uid] = found
+        finally:
+            os.close(dir_fd)
+        return users
 
     def peek(self, uid: int) -> Optional[Dict[str, Any]]:
         """Read one user's state without the lock (a consistent snapshot,

@@ -1,9 +1,12 @@
 """Tab completion: every command answers for itself (issue 4)."""
 
+import json
+import os
+
 import pexpect
 import pytest
 
-from conftest import need
+from conftest import UID, need
 
 
 def candidates(genv, *words):
@@ -20,28 +23,51 @@ def test_commands_are_completed(genv):
 def test_flags_fields_and_ids(genv):
     assert set(candidates(genv, "activate")) >= {"--id", "--name", "--gpus", "--no-load", "--no-attach", "--no-prompt"}
     assert "--gpus" not in candidates(genv, "activate", "--gpus", "2")
-    assert set(candidates(genv, "config")) >= {"gpus", "name", "--clear", "--save", "--load"}
+    assert set(candidates(genv, "config")) >= {"gpus", "name", "gpu-memory", "--clear", "--save", "--load"}
     assert "gpus" not in candidates(genv, "config", "gpus")
-    assert candidates(genv, "envs") == ["--json"]
+    for listing in ("envs", "devices", "ps", "status"):
+        assert candidates(genv, listing) == ["--format", "--json"]
+        assert candidates(genv, listing, "--format") == ["table", "csv", "json"]
+    assert set(candidates(genv, "attach")) == {"--count", "--index", "--over-subscribe", "-o", "--wait"}
     assert candidates(genv, "init") == ["-"]
     assert candidates(genv, "no-such-command") == []
 
 
 def test_environment_ids_after_id(genv):
     shell = genv.shell("bash")
-    shell.ok("genv activate --id 'team job'")
-    assert candidates(genv, "activate", "--id") == ["team job"]
+    shell.ok("genv activate")
+    assert candidates(genv, "activate", "--id") == [str(shell.pid)]
+
+
+def test_gpu_indices_and_counts_after_attach_options(genv):
+    shell = genv.shell("bash")
+    shell.ok("genv activate --gpus 1")  # the GPU list is known from now on
+    assert candidates(genv, "attach", "--index") == ["0", "1", "2", "3"]
+    assert candidates(genv, "attach", "--count") == ["1", "2", "3", "4"]
+
+
+def rename_env(genv, old, new):
+    """An id with a space (older genvs let users choose ids)."""
+    path = os.path.join(genv.tmpdir, "user-%d.json" % UID)
+    with open(path) as handle:
+        state = json.load(handle)
+    for env in state["envs"]:
+        if env["id"] == old:
+            env["id"] = new
+    with open(path, "w") as handle:
+        json.dump(state, handle)
 
 
 def test_bash_completion_function(genv):
     shell = genv.shell("bash")
-    shell.ok("genv activate --id 'a b'")
+    shell.ok("genv activate")
+    rename_env(genv, str(shell.pid), "a b")
     out = shell.ok("COMP_WORDS=(genv act); COMP_CWORD=1; _genv_complete; printf '%s\\n' \"${COMPREPLY[@]}\"")
     assert out == "activate\n"
     out = shell.ok("COMP_WORDS=(genv activate --id ''); COMP_CWORD=3; _genv_complete; printf '%s\\n' \"${COMPREPLY[@]}\"")
     assert out == "a\\ b\n"
     out = shell.ok("COMP_WORDS=(genv config g); COMP_CWORD=2; _genv_complete; printf '%s\\n' \"${COMPREPLY[@]}\"")
-    assert out == "gpus\n"
+    assert out == "gpus\ngpu-memory\n"
     assert shell.ok("complete -p genv").strip() == "complete -F _genv_complete genv"
 
 

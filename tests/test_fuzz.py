@@ -8,13 +8,15 @@ import subprocess
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 COMMANDS = [
-    "sh-activate", "sh-deactivate", "sh-attach", "sh-detach", "sh-config", "envs", "devices", "status",
+    "sh-activate", "sh-deactivate", "sh-attach", "sh-detach", "sh-config", "envs", "devices", "status", "ps",
     "home", "root", "help", "commands", "init", "completions", "version", "nonexistent", "",
 ]
 WORDS = st.sampled_from([
     "--id", "--name", "--gpus", "--no-load", "--no-attach", "--no-prompt", "--clear", "--save", "--load",
     "--json", "--", "-", "-x", "--gpus=2", "--id=", "gpus", "name", "0", "1", "4", "5", "-1", "1.5", "abc",
     "", "$(touch PWNED)", "x" * 300, "\n", "--help=no", "bash", "zsh", "fish", "E", "99999999999999999999",
+    "--format", "csv", "json", "table", "--format=xml", "gpu-memory", "4g", "0", "-1g", "1e3", "--count",
+    "--index", "0,2", "0,,1", "--over-subscribe", "-o", "--wait=0", "--wait=-1",
 ])
 ARGS = st.lists(st.one_of(WORDS, st.text(max_size=12)), max_size=5)
 
@@ -33,8 +35,9 @@ def test_random_arguments(genv):
     holder = subprocess.Popen(["sleep", "600"])
     try:
         base = genv.environ(GENV_DEVICES="4", GENV_SHELL_PID=str(holder.pid))
-        setup = subprocess.run([os.path.join(genv.root, "bin", "genv"), "sh-activate", "--id", "E"],
-                               env=base, capture_output=True)
+        setup = subprocess.run([os.path.join(genv.root, "bin", "genv"), "sh-activate"], env=base,
+                               capture_output=True)
+        eid = str(holder.pid)
         assert setup.returncode == 0, setup
         clean = snapshot(genv.tmpdir)
 
@@ -43,7 +46,7 @@ def test_random_arguments(genv):
         def check(command, args, active):
             env = dict(base)
             if active:
-                env["GENV_ENVIRONMENT_ID"] = "E"
+                env["GENV_ENVIRONMENT_ID"] = eid
             argv = [os.path.join(genv.root, "bin", "genv")] + ([command] if command else []) + args
             argv = [arg.replace("\x00", "") for arg in argv]
             try:

@@ -55,7 +55,7 @@ def test_another_users_project_folder_is_skipped(genv, other_user, sh):
     assert result.err.splitlines() == ["genv: ignoring %s: the folder belongs to uid %d, not to you"
                                        % (planted, other_user.pw_uid)]
     assert shell.var("CUDA_VISIBLE_DEVICES") == ""
-    assert shell.ok("genv config") == "gpus: (not set)\nname: (not set)\ngpu_memory: (not set)\n"
+    assert shell.ok("genv config") == "gpus: (not set)\nname: (not set)\ngpu-memory: (not set)\n"
     home = shell.run("genv home")
     assert home.rc == 1 and planted in home.err and "no .genv folder of yours" in home.err
 
@@ -467,7 +467,7 @@ def test_config_save_and_show_outside_an_environment(genv, sh):
     shell.ok("genv config name proj --save")
     with open(os.path.join(project, ".genv", "config.json")) as handle:
         assert json.load(handle) == {"format": 1, "gpus": 2, "name": "proj"}
-    assert shell.ok("genv config") == "gpus: 2\nname: proj\ngpu_memory: (not set)\n"
+    assert shell.ok("genv config") == "gpus: 2\nname: proj\ngpu-memory: (not set)\n"
     assert shell.ok("genv config gpus") == "2\n"
     for command, complaint in (("genv config gpus 3", "add --save"), ("genv config --load", "nothing to load"),
                                ("genv config --save", "nothing to save")):

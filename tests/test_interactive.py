@@ -45,7 +45,7 @@ def command(child, line):
 CASES = [
     ("$(touch PWNED)", "(genv:$(touch PWNED)) "),
     ("`touch PWNED`", "(genv:`touch PWNED`) "),
-    ("\\w %~ %F{red}", "(genv:\\w %~ %F{red}) "),
+    ("\\w %~ %F{red}", "(genv:\\\\w %~ %F{red}) "),  # a backslash shows escaped, as everywhere
     ("it's \"x\"", "(genv:it's \"x\") "),
 ]
 

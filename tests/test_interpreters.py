@@ -113,12 +113,17 @@ def test_state_parse_and_validate():
         me = os.getpid()
         token = "linux:boot:123"
         good = {
-            "format": 2, "uid": uid,
-            "devices": {"key": "k", "checked": 1.5, "list": [{"index": 0, "uuid": "GPU-a", "name": "A100"},
-                                                             {"index": 1, "uuid": None, "name": None}]},
-            "envs": [{"id": "e1", "created": 1700000000.25, "config": {"gpus": 1, "name": "n\u00e9"},
+            "format": 3, "uid": uid,
+            "devices": {"key": "k", "checked": 1.5, "list": [
+                {"index": 0, "uuid": "GPU-a", "name": "A100", "total": 85899345920},
+                {"index": 1, "uuid": None, "name": None, "total": None}]},
+            "envs": [{"id": "e1", "created": 1700000000.25, "config": {"gpus": 1, "name": "n\u00e9", "gpu_memory": 1 << 30},
                       "terminals": [{"pid": me, "token": token}],
-                      "devices": [{"index": 0, "uuid": "GPU-a", "attached": 1700000001}], "warnings": ["w"]}],
+                      "devices": [{"index": 0, "uuid": "GPU-a", "attached": 1700000001, "memory": 1 << 30,
+                                   "total": 85899345920}],
+                      "warnings": ["w"],
+                      "waiting": {"pid": me, "token": token, "since": 1700000002.5, "count": 1, "memory": None,
+                                  "indices": [1], "over_subscribe": False}}],
         }
         text = jsonio.dumps(good)
         assert store.upgrade(jsonio.loads(text), uid, "user-%d.json" % uid) == good
@@ -136,16 +141,26 @@ def test_state_parse_and_validate():
                        dict(good, envs={}), dict(good, envs=[env, env]), dict(good, envs=[dict(env, id="")]),
                        dict(good, envs=[dict(env, config={"gpus": -1})]),
                        dict(good, envs=[dict(env, terminals=[{"pid": 0, "token": "t"}])]),
-                       dict(good, devices={"key": 1})]:
+                       dict(good, devices={"key": 1}),
+                       dict(good, envs=[dict(env, config={"gpu_memory": 0})]),
+                       dict(good, envs=[dict(env, waiting={"pid": me})]),
+                       dict(good, envs=[dict(env, created=float("inf"))]),
+                       dict(good, joins=[{"uid": 0, "env": "e"}])]:
             refused(broken)
         from genv.errors import GenvError
         refused(dict(good, format=99), GenvError)
+
+        # Format 2: the same, without shares and waiters.
+        two = dict(good, format=2, envs=[dict(env, config={"gpus": 1}, devices=[dict(env["devices"][0])])])
+        del two["envs"][0]["waiting"]
+        del two["envs"][0]["devices"][0]["memory"]
+        assert store.upgrade(jsonio.loads(jsonio.dumps(two)), uid, "f")["format"] == 3
 
         # Format 1: environments keyed by id, bare PIDs (dead ones dropped).
         old = {"format": 1, "envs": {"legacy": {"created": 5.0, "config": {"gpus": 1}, "pids": [me, 999999999],
                                                 "devices": [2]}}}
         new = store.upgrade(jsonio.loads(jsonio.dumps(old)), uid, "f")
-        assert new["format"] == 2 and new["uid"] == uid, new
+        assert new["format"] == 3 and new["uid"] == uid, new
         (legacy,) = new["envs"]
         assert legacy["id"] == "legacy" and [t["pid"] for t in legacy["terminals"]] == [me], legacy
         assert type(legacy["terminals"][0]["token"]) is str and legacy["terminals"][0]["token"], legacy

@@ -40,15 +40,16 @@ def test_first_user_creates_a_folder_everyone_can_use(genv, other_user):
 
 def test_nobody_gets_into_what_is_not_theirs(genv, other_user):
     mine = genv.shell("bash")
-    mine.ok("genv activate --id private --name mine --gpus 1")
+    mine.ok("genv activate --name mine --gpus 1")
+    private = mine.var("GENV_ENVIRONMENT_ID")
     before = genv.state(0)
     theirs = genv.shell("bash", user=other_user)
-    result = theirs.run("genv activate --id private")
+    result = theirs.run("genv activate --id %s" % private)
     assert result.rc == 1 and "belongs to root(0)" in result.err and result.out == ""
     assert theirs.var("GENV_ENVIRONMENT_ID") is None
     # Even with the variable forged, changes are refused.
     for command in ("genv config gpus 3", "genv config name stolen", "genv attach", "genv detach"):
-        result = theirs.run("GENV_ENVIRONMENT_ID=private GENV_SHELL_PID=$$ command genv sh-%s" % command[5:])
+        result = theirs.run("GENV_ENVIRONMENT_ID=%s GENV_SHELL_PID=$$ command genv sh-%s" % (private, command[5:]))
         assert result.rc == 1 and "belongs to root(0)" in result.err, (command, result)
     assert genv.state(0) == before
     # The sticky bit stops them from replacing root's file by other means.
@@ -58,9 +59,9 @@ def test_nobody_gets_into_what_is_not_theirs(genv, other_user):
 
 def test_root_may_join_and_change_a_users_environment(genv, other_user):
     theirs = genv.shell("bash", user=other_user)
-    theirs.ok("genv activate --id shared --gpus 1")
+    theirs.ok("genv activate --gpus 1")
     root = genv.shell("bash")
-    root.ok("genv activate --id shared")
+    root.ok("genv activate --id %s" % theirs.var("GENV_ENVIRONMENT_ID"))
     assert root.var("CUDA_VISIBLE_DEVICES") == "0"
     root.ok("genv config name fixed-by-root")
     path = os.path.join(genv.tmpdir, "user-%d.json" % other_user.pw_uid)
@@ -108,7 +109,7 @@ def test_damaged_file_of_another_user(genv, other_user):
     theirs.ok("genv activate --gpus 1")
     path = os.path.join(genv.tmpdir, "user-%d.json" % other_user.pw_uid)
     with open(path, "w") as handle:
-        handle.write("{truncated")
+        handle.write('{"format": 3, "uid": 1, "trunc')
     # The other user's own next command moves it aside and carries on.
     result = theirs.run("genv envs")
     assert result.rc == 0 and "damaged" in result.err

@@ -2,9 +2,15 @@
 
 import json
 import os
+import sys
 import pwd
 
 import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, REPO)
+from genv.text import printable  # noqa: E402
 
 from conftest import UID
 
@@ -112,12 +118,12 @@ def test_config_set_print_clear(genv, sh):
     shell.ok("genv config gpus 3")
     shell.ok("genv config name alpha")
     assert shell.ok("genv config gpus") == "3\n"
-    assert shell.ok("genv config") == "gpus: 3\nname: alpha\n"
+    assert shell.ok("genv config") == "gpus: 3\nname: alpha\ngpu-memory: (not set)\n"
     shell.ok("genv config name --clear")
     assert shell.ok("genv config name") == ""
     assert shell.var("_GENV_PROMPT_NAME") is None
     shell.ok("genv config --clear")
-    assert shell.ok("genv config") == "gpus: (not set)\nname: (not set)\n"
+    assert shell.ok("genv config") == "gpus: (not set)\nname: (not set)\ngpu-memory: (not set)\n"
 
 
 @pytest.mark.parametrize("bad", ["abc", "-1", "1.5", "", "99999999999999999999", " 2", "+2", "٣"])
@@ -139,22 +145,22 @@ def test_values_are_data(genv, sh, value):
     shell = genv.shell(sh)
     shell.ok("export NASTY=%s" % _quote(value))
     shell.ok('genv activate --name "$NASTY"')
-    assert shell.ok("genv config name") == value + "\n"
-    assert shell.var("_GENV_PROMPT_NAME") == value
+    # Shown to a person: escaped (docs/formats.md); in JSON: exact.
+    assert shell.ok("genv config name") == printable(value) + "\n"
+    assert shell.var("_GENV_PROMPT_NAME") == printable(value)
     shell.ok('genv config name -- "$NASTY"')
     rows = json.loads(shell.ok("genv envs --json"))
     assert rows[0]["name"] == value
-    eid_value = value + "-id"
-    shell.ok("genv deactivate")
-    shell.ok('genv activate --id "$NASTY-id"')
-    assert shell.var("GENV_ENVIRONMENT_ID") == eid_value
+    eid = shell.var("GENV_ENVIRONMENT_ID")
     other = genv.shell(sh)
     other.ok("export NASTY=%s" % _quote(value))
-    other.ok('genv activate --id "$NASTY-id"')
-    assert other.var("GENV_ENVIRONMENT_ID") == eid_value
+    other.ok('genv activate --id %s' % eid)
     rows = json.loads(other.ok("genv envs --json"))
-    assert [row["id"] for row in rows] == [eid_value]
+    assert [(row["id"], row["name"]) for row in rows] == [(eid, value)]
     assert sorted(rows[0]["pids"]) == sorted([shell.pid, other.pid])
+    # An id is data too, even one that names no environment.
+    result = other.run('genv deactivate; genv activate --id "$NASTY-id"')
+    assert result.rc == 1 and printable(value) in result.err
     assert not os.path.exists(os.path.join(genv.work, "PWNED"))
 
 
@@ -215,10 +221,12 @@ def test_envs_and_devices_tables(genv, sh):
     assert "%s(%d)" % (pwd.getpwuid(UID).pw_name, UID) in lines[1]
     assert "Norwegian Wood" in lines[1] and ("ago" in lines[1] or "just now" in lines[1])
     lines = shell.ok("genv devices").splitlines()
-    assert lines[0].split() == ["ID", "ENV", "ID", "ENV", "NAME", "ATTACHED"]
+    # The seed's columns first, then the share, the GPU and its memory.
+    assert lines[0].split() == ["ID", "ENV", "ID", "ENV", "NAME", "ATTACHED", "SHARE", "FREE", "GPU", "MEMORY"]
     assert len(lines) == 5
-    assert lines[1].startswith("0 ") and "Norwegian Wood" in lines[1]
-    assert lines[2].strip() == "1"
+    assert lines[1].startswith("0 ") and "Norwegian Wood" in lines[1] and "whole" in lines[1]
+    assert lines[1].endswith("NVIDIA A100-SXM4-40GB  0MiB / 40960MiB")
+    assert lines[2].split() == ["1", "40g", "NVIDIA", "A100-SXM4-40GB", "0MiB", "/", "40960MiB"]
     for command in ("envs", "devices"):
         assert shell.run("genv %s --help" % command).out.startswith("Usage: genv %s" % command)
 
@@ -241,7 +249,7 @@ def test_multiple_terminals_and_kill(genv, sh):
     assert observer.ok("genv envs --json") == "[]\n"
     # Every GPU is free again (the table strips trailing spaces, so ask for JSON).
     rows = json.loads(observer.ok("genv devices --json"))
-    assert [(row["index"], row["env"]) for row in rows] == [(0, None), (1, None), (2, None), (3, None)]
+    assert [(row["index"], row["environments"]) for row in rows] == [(0, []), (1, []), (2, []), (3, [])]
     observer.ok("genv activate --gpus 4")
     assert observer.var("CUDA_VISIBLE_DEVICES") == "0,1,2,3"
 
@@ -273,7 +281,7 @@ def test_infrastructure_as_code(genv, sh):
     shell.ok("genv activate && genv config gpus 2 --save && genv config name proj --save")
     shell.ok("genv config gpus 1")
     shell.ok("genv config --load")
-    assert shell.ok("genv config") == "gpus: 2\nname: proj\n"
+    assert shell.ok("genv config") == "gpus: 2\nname: proj\ngpu-memory: (not set)\n"
     shell.ok("genv deactivate")
     fresh = genv.shell(sh, cwd=project)
     fresh.ok("genv activate")

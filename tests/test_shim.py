@@ -229,9 +229,11 @@ def test_empty_selection_is_refused(genv, sh, log):
 
 def test_dmon_and_pmon(genv, sh, log, tmp_path):
     apps = tmp_path / "apps"
+    shell = holding_1_and_2(genv, sh, FAKE_NVIDIA_SMI_LOG=log, FAKE_NVIDIA_SMI_APPS=str(apps))
+    # The processes appear once the GPUs are attached (one outside genv
+    # would have kept attach away from its GPU).
     me = os.getpid()
     apps.write_text("%d 0 100 theirs\n%d 2 200 mine\n" % (me, me))
-    shell = holding_1_and_2(genv, sh, FAKE_NVIDIA_SMI_LOG=log, FAKE_NVIDIA_SMI_APPS=str(apps))
     result, seen = calls(shell, log, "nvidia-smi dmon -c 1")
     assert first_column(result.out) == [1, 2] and seen == ["dmon -i 1,2 -c 1"]
     result, seen = calls(shell, log, "nvidia-smi dmon -c 2 -s u -i 2")

@@ -42,19 +42,18 @@ def sh_cli(genv, *args, pid, eid=None, **env):
 @pytest.mark.parametrize("fault", FAULTS)
 def test_kill_at_each_step_leaves_old_or_new_state(genv, holders, fault):
     keep = holders()
-    assert sh_cli(genv, "sh-activate", "--id", "keep", "--gpus", "1", pid=keep, GENV_DEVICES="4").returncode == 0
+    assert sh_cli(genv, "sh-activate", "--gpus", "1", pid=keep, GENV_DEVICES="4").returncode == 0
     before = genv.state()
     victim = holders()
-    result = sh_cli(genv, "sh-activate", "--id", "victim", "--gpus", "2", pid=victim, GENV_DEVICES="4",
-                    GENV_FAULT=fault)
+    result = sh_cli(genv, "sh-activate", "--gpus", "2", pid=victim, GENV_DEVICES="4", GENV_FAULT=fault)
     assert result.returncode == -signal.SIGKILL
     after = genv.state()  # parses: never a broken file
     ids = sorted(env["id"] for env in after["envs"])
     if fault in ("after-rename", "before-unlock"):
-        assert ids == ["keep", "victim"]
+        assert ids == sorted([str(keep), str(victim)])
     else:
         assert after == before
-    assert next(env for env in after["envs"] if env["id"] == "keep") == before["envs"][0]
+    assert next(env for env in after["envs"] if env["id"] == str(keep)) == before["envs"][0]
     # The next command sweeps what the killed writer left behind.
     assert genv.cli("envs").returncode == 0
     assert [name for name in os.listdir(genv.tmpdir) if name.startswith(".tmp")] == []
@@ -62,13 +61,13 @@ def test_kill_at_each_step_leaves_old_or_new_state(genv, holders, fault):
 
 def test_random_kill_loop(genv, holders):
     keep = holders()
-    assert sh_cli(genv, "sh-activate", "--id", "keep", "--gpus", "1", pid=keep, GENV_DEVICES="4").returncode == 0
+    assert sh_cli(genv, "sh-activate", "--gpus", "1", pid=keep, GENV_DEVICES="4").returncode == 0
     rng = random.Random(1234)
     terminals = [holders() for _ in range(4)]
     for round_ in range(40):
         pid = rng.choice(terminals)
         args = rng.choice([
-            ("sh-activate", "--id", "t%d" % pid, "--gpus", str(rng.randint(0, 2))),
+            ("sh-activate", "--gpus", str(rng.randint(0, 2))),
             ("sh-config", "name", "round%d" % round_),
             ("sh-attach",),
             ("sh-detach",),
@@ -76,7 +75,7 @@ def test_random_kill_loop(genv, holders):
         ])
         env = dict(genv.environ(GENV_DEVICES="4", GENV_SHELL_PID=str(pid)))
         if args[0] != "sh-activate":
-            env["GENV_ENVIRONMENT_ID"] = "t%d" % pid
+            env["GENV_ENVIRONMENT_ID"] = str(pid)
         proc = subprocess.Popen([os.path.join(genv.root, "bin", "genv"), *args], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Kill at a random instant: anywhere from before Python starts to after it exits.
@@ -86,7 +85,7 @@ def test_random_kill_loop(genv, holders):
         kill_quietly(proc.pid)
         proc.wait()
         state = genv.state()
-        assert "keep" in [env["id"] for env in state["envs"]]
+        assert str(keep) in [env["id"] for env in state["envs"]]
         check = genv.cli("envs", "--json")
         assert check.returncode == 0 and b"damaged" not in check.stderr, check
     used = [d["index"] for env in genv.state()["envs"] for d in env["devices"]]
@@ -106,7 +105,26 @@ def test_format_1_is_migrated(genv, holders):
     rows = json.loads(result.stdout)
     assert [(row["id"], row["name"], row["pids"], row["devices"]) for row in rows] == [("legacy", "old", [pid], [2])]
     state = genv.state()
-    assert state["format"] == 2 and state["envs"][0]["terminals"][0]["pid"] == pid
+    assert state["format"] == 3 and state["envs"][0]["terminals"][0]["pid"] == pid
+
+
+def test_format_2_is_migrated(genv, holders):
+    """Format 3 added shares and the line of waiters; a format 2 file is
+    read as it is and written back as format 3 by its owner."""
+    pid = holders()
+    assert sh_cli(genv, "sh-activate", "--gpus", "2", pid=pid, GENV_DEVICES="4").returncode == 0
+    state = genv.state()
+    state["format"] = 2
+    for env in state["envs"]:
+        env.pop("waiting", None)
+    with open(os.path.join(genv.tmpdir, "user-%d.json" % UID), "w") as handle:
+        json.dump(state, handle)
+    rows = json.loads(genv.cli("envs", "--json", GENV_DEVICES="4").stdout)
+    assert [(row["id"], row["devices"], row["waiting"]) for row in rows] == [(str(pid), [0, 1], None)]
+    assert genv.state()["format"] == 3
+    other = holders()
+    result = sh_cli(genv, "sh-activate", "--gpus", "2", pid=other, GENV_DEVICES="4")
+    assert result.returncode == 0 and b"CUDA_VISIBLE_DEVICES='2,3'" in result.stdout
 
 
 def test_newer_format_is_refused(genv):
@@ -123,10 +141,11 @@ def test_newer_format_is_refused(genv):
 
 # UID stands for the uid the tests run as (the file's own), OTHER for another.
 @pytest.mark.parametrize("content", [
-    b"", b"{", b"\x00\xff\xfe", b"[1, 2, 3]", b'{"format": 2, "uid": UID, "devices": null}',
+    b'{"format": 2, "uid": UID, "devices": null}',
     b'{"format": 2, "uid": OTHER, "devices": null, "envs": []}',
     b'{"format": 2, "uid": UID, "devices": null, "envs": [{"id": 3}]}',
-    b'{"format": "2"}', b"null",
+    b'{"format": "2"}', b'{"format"', b'{"format":3,"uid":UID,"devices":null,"envs":[{"id":"x","cre',
+    b'  {  "format": 3, "uid": UID, "devices": null, "envs": []} trailing', b'{"format": 3, "uid": UID, "\xff"',
 ])
 def test_damaged_file_is_moved_aside(genv, holders, content):
     content = content.replace(b"OTHER", b"%d" % (UID + 1)).replace(b"UID", b"%d" % UID)
@@ -151,19 +170,41 @@ def test_damaged_file_is_moved_aside(genv, holders, content):
     assert genv.cli("envs").stderr == b""
 
 
+@pytest.mark.parametrize("content", [b"", b"{", b"\x00\xff\xfe", b"[1, 2, 3]", b"null", b"hello"])
+def test_a_file_genv_did_not_write_is_left_alone(genv, holders, content):
+    """Under genv's name, but not what genv writes (genv's files start with
+    {"format"): not moved, not replaced; commands that must write say so."""
+    name = "user-%d.json" % UID
+    os.makedirs(genv.tmpdir)
+    os.chmod(genv.tmpdir, 0o1777)
+    with open(os.path.join(genv.tmpdir, name), "wb") as handle:
+        handle.write(content)
+    result = genv.cli("envs", GENV_DEVICES="4")
+    assert result.returncode == 0 and result.stdout.splitlines()[1:] == []
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and name in lines[0] and "not a genv state file" in lines[0], lines
+    pid = holders()
+    result = sh_cli(genv, "sh-activate", "--gpus", "1", pid=pid, GENV_DEVICES="4")
+    assert result.returncode == 1 and result.stdout == b""
+    assert b"a file that genv did not write is in the way; move it away" in result.stderr
+    assert sorted(os.listdir(genv.tmpdir)) == [name]
+    with open(os.path.join(genv.tmpdir, name), "rb") as handle:
+        assert handle.read() == content
+
+
 def test_other_users_files_survive_damage_elsewhere(genv, holders):
     pid = holders()
-    assert sh_cli(genv, "sh-activate", "--id", "mine", pid=pid).returncode == 0
+    assert sh_cli(genv, "sh-activate", pid=pid).returncode == 0
     with open(os.path.join(genv.tmpdir, "user-4242.json"), "w") as handle:
         handle.write("{broken")
     result = genv.cli("envs", "--json")
     assert result.returncode == 0
-    assert [row["id"] for row in json.loads(result.stdout)] == ["mine"]
+    assert [row["id"] for row in json.loads(result.stdout)] == [str(pid)]
 
 
 def test_reused_pid_does_not_keep_an_environment_alive(genv, holders):
     pid = holders()
-    assert sh_cli(genv, "sh-activate", "--id", "ghost", "--gpus", "2", pid=pid, GENV_DEVICES="4").returncode == 0
+    assert sh_cli(genv, "sh-activate", "--gpus", "2", pid=pid, GENV_DEVICES="4").returncode == 0
     state = genv.state()
     token = state["envs"][0]["terminals"][0]["token"]
     kind, boot, ticks = token.split(":")
@@ -182,7 +223,7 @@ def test_reused_pid_does_not_keep_an_environment_alive(genv, holders):
 def test_zombie_terminal_is_dead(genv):
     proc = subprocess.Popen(["sleep", "600"])
     try:
-        assert sh_cli(genv, "sh-activate", "--id", "z", pid=proc.pid).returncode == 0
+        assert sh_cli(genv, "sh-activate", pid=proc.pid).returncode == 0
         os.kill(proc.pid, signal.SIGKILL)
         # Not reaped yet: a zombie still has its PID and start time.
         while open("/proc/%d/stat" % proc.pid).read().rsplit(")", 1)[1].split()[0] != "Z":
@@ -204,34 +245,50 @@ def test_devices_rediscovered_and_reservations_kept(genv, holders):
     path = gpu_file(genv, ["GPU-a", "GPU-b", "GPU-c", "GPU-d"])
     genv.extra.update(FAKE_NVIDIA_SMI_GPUS=path, GENV_DEVICES_TTL="0")
     one, two = holders(), holders()
-    assert sh_cli(genv, "sh-activate", "--id", "one", "--gpus", "1", pid=one).returncode == 0
-    assert sh_cli(genv, "sh-activate", "--id", "two", "--gpus", "2", pid=two).returncode == 0
+    assert sh_cli(genv, "sh-activate", "--gpus", "1", pid=one).returncode == 0
+    assert sh_cli(genv, "sh-activate", "--gpus", "2", pid=two).returncode == 0
     devices = {env["id"]: [(d["index"], d["uuid"]) for d in env["devices"]] for env in genv.state()["envs"]}
-    assert devices == {"one": [(0, "GPU-a")], "two": [(1, "GPU-b"), (2, "GPU-c")]}
+    assert devices == {str(one): [(0, "GPU-a")], str(two): [(1, "GPU-b"), (2, "GPU-c")]}
     # GPU-b falls off the bus, GPU-e appears: the list is updated, "one"
     # keeps GPU-a, "two" keeps GPU-c (now index 1) and loses GPU-b.
     gpu_file(genv, ["GPU-a", "GPU-c", "GPU-d", "GPU-e"])
     result = genv.cli("devices", "--json")
     rows = json.loads(result.stdout)
-    assert [(r["index"], r["uuid"], r["env"]) for r in rows] == [
-        (0, "GPU-a", "one"), (1, "GPU-c", "two"), (2, "GPU-d", None), (3, "GPU-e", None)]
-    result = sh_cli(genv, "sh-attach", pid=two, eid="two")
+    assert [(r["index"], r["uuid"], [e["id"] for e in r["environments"]]) for r in rows] == [
+        (0, "GPU-a", [str(one)]), (1, "GPU-c", [str(two)]), (2, "GPU-d", []), (3, "GPU-e", [])]
+    result = sh_cli(genv, "sh-attach", pid=two, eid=str(two))
     warnings = result.stderr.decode().splitlines()
     assert len(warnings) == 2
     assert "GPU 1 (GPU-b) is no longer on this machine" in warnings[0]
     assert "GPU 2 (GPU-c) is now GPU 1" in warnings[1]
     assert "CUDA_VISIBLE_DEVICES='1,2'" in result.stdout.decode()  # reattached to 2 again
-    assert sh_cli(genv, "sh-attach", pid=two, eid="two").stderr == b""  # told once
+    assert sh_cli(genv, "sh-attach", pid=two, eid=str(two)).stderr == b""  # told once
 
 
-def test_device_list_is_cached(genv):
+def test_device_list_is_cached(genv, holders):
+    """The GPU list is asked once and cached; attach asks only for the
+    processes (busy GPUs), devices for memory and processes, once each."""
     log = os.path.join(genv.base, "calls")
     genv.extra.update(FAKE_NVIDIA_SMI_LOG=log)
+
+    def calls():
+        lines = open(log).read().splitlines()
+        return [line.split()[0] for line in lines]
+
+    pid = holders()
+    assert sh_cli(genv, "sh-activate", "--gpus", "1", pid=pid).returncode == 0
     for _ in range(3):
-        assert genv.cli("devices").returncode == 0
-    assert len(open(log).read().splitlines()) == 1
-    assert genv.cli("devices", GENV_DEVICES_TTL="0").returncode == 0
-    assert len(open(log).read().splitlines()) == 2
+        assert sh_cli(genv, "sh-attach", pid=pid, eid=str(pid)).returncode == 0
+    queries = calls()
+    assert queries.count("--query-gpu=index,uuid,name,memory.total") == 1
+    assert queries.count("--query-compute-apps=pid,gpu_uuid,used_memory,process_name") == 4
+    assert len(queries) == 5
+    assert genv.cli("devices").returncode == 0
+    assert calls()[5:] == ["--query-gpu=index,uuid,name,memory.total,memory.used",
+                           "--query-compute-apps=pid,gpu_uuid,used_memory,process_name"]
+    assert sh_cli(genv, "sh-attach", pid=pid, eid=str(pid), GENV_DEVICES_TTL="0").returncode == 0
+    assert calls()[7:] == ["--query-gpu=index,uuid,name,memory.total",
+                           "--query-compute-apps=pid,gpu_uuid,used_memory,process_name"]
 
 
 def test_nvidia_smi_failure_is_reported(genv):
@@ -248,7 +305,8 @@ def test_lock_is_not_held_while_asking_nvidia_smi(genv):
     slow = os.path.join(genv.base, "slow")
     os.makedirs(slow)
     with open(os.path.join(slow, "nvidia-smi"), "w") as handle:
-        handle.write('#!/bin/bash\necho started > "%s"\nread -r _ < "%s"\nexec "%s/tests/fake/nvidia-smi" "$@"\n'
+        handle.write('#!/bin/bash\ncase "$1" in --query-gpu=*) echo started > "%s"; read -r _ < "%s" ;; esac\n'
+                     'exec "%s/tests/fake/nvidia-smi" "$@"\n'
                      % (ready, go, genv.root))
     os.chmod(os.path.join(slow, "nvidia-smi"), 0o755)
     path = "%s/bin:%s:/usr/bin:/bin" % (genv.root, slow)
@@ -278,7 +336,7 @@ def test_racing_attaches_never_share_a_gpu(genv, holders, racers):
         winners = []
         for proc in procs:
             out, _ = proc.communicate(timeout=120)
-            match = re.search(r"export CUDA_VISIBLE_DEVICES='(\d*)'", out.decode())
+            match = re.search(r"CUDA_VISIBLE_DEVICES='(\d*)'\nexport CUDA_VISIBLE_DEVICES\n", out.decode())
             assert match, out
             if proc.returncode == 0:
                 winners.append(match.group(1))

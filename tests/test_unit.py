@@ -156,7 +156,7 @@ def test_validate_rejects_bad_shapes():
         with pytest.raises(ValueError):
             validate(broken, 0)
     with pytest.raises(GenvError, match="newer genv"):
-        upgrade({"format": 3}, 0, "f")
+        upgrade({"format": 4}, 0, "f")
 
 
 @pytest.mark.parametrize("value", ["", "plain", "it's", "'", "''", "a\\", "$(x)", "`x`", "\n", "!x", "\udcff"])
@@ -173,7 +173,14 @@ def test_snapshot_keeps_unset_and_empty_apart(monkeypatch):
     monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
     monkeypatch.setenv("GENV_ATTACHED_GPUS", "x'\udc80")
     saved = shell.read_snapshot(shell.snapshot())
-    assert saved == {"CUDA_VISIBLE_DEVICES": "", "CUDA_DEVICE_ORDER": None, "GENV_ATTACHED_GPUS": "x'\udc80"}
+    for name in ("GENV_GPU_MEMORY", "XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION",
+                 "TF_FORCE_GPU_ALLOW_GROWTH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TF_FORCE_GPU_ALLOW_GROWTH", "")
+    saved = shell.read_snapshot(shell.snapshot())
+    assert saved == {"CUDA_VISIBLE_DEVICES": "", "CUDA_DEVICE_ORDER": None, "GENV_ATTACHED_GPUS": "x'\udc80",
+                     "GENV_GPU_MEMORY": None, "XLA_CLIENT_MEM_FRACTION": None, "XLA_PYTHON_CLIENT_MEM_FRACTION": None,
+                     "TF_FORCE_GPU_ALLOW_GROWTH": ""}
     assert shell.read_snapshot("!!not base64") is None
     assert shell.read_snapshot(None) is None
 
@@ -206,3 +213,38 @@ def test_printable_and_ago():
     assert table.ago(float("inf")) == "long ago" and table.ago(float("nan")) == "long ago"
     assert table.ago(-5) == "just now"
     assert table.render(("A", "B"), [("x", "y")]) == "A  B\nx  y\n"
+
+
+def test_psutil_backend_agrees_with_proc():
+    """GENV_PROCESS_BACKEND=psutil (and systems without /proc) get the very
+    same tokens, parents, owners, environments and command lines."""
+    pytest.importorskip("psutil")
+    from genv.procs import ProcFS, Psutil
+    child = subprocess.Popen(["sleep", "600"], env={"GENV_ENVIRONMENT_ID": "e 1", "PATH": "/usr/bin:/bin"})
+    try:
+        proc, ps = ProcFS(), Psutil()
+        for pid in (os.getpid(), child.pid, 1):
+            assert proc.token(pid) == ps.token(pid) is not None
+            assert proc.parent(pid) == ps.parent(pid)
+            assert proc.uid(pid) == ps.uid(pid)
+            assert proc.command(pid) == ps.command(pid)
+        assert proc.environ(child.pid, "GENV_ENVIRONMENT_ID") == ps.environ(child.pid, "GENV_ENVIRONMENT_ID") == "e 1"
+        assert proc.environ(child.pid, "NOPE") is ps.environ(child.pid, "NOPE") is None
+        assert proc.parent(child.pid) == os.getpid()
+        assert proc.command(child.pid) == "sleep 600"
+        gone = 2 ** 22 + 12345
+        assert proc.token(gone) is ps.token(gone) is None
+        assert proc.uid(gone) is ps.uid(gone) is None
+    finally:
+        child.kill()
+        child.wait()
+    assert ProcFS().token(child.pid) is Psutil().token(child.pid) is None
+
+
+def test_backend_switch(monkeypatch):
+    from genv.procs import ProcFS, Psutil, processes
+    monkeypatch.delenv("GENV_PROCESS_BACKEND", raising=False)
+    assert type(processes()) is ProcFS
+    pytest.importorskip("psutil")
+    monkeypatch.setenv("GENV_PROCESS_BACKEND", "psutil")
+    assert type(processes()) is Psutil

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import time
 
-from .. import environments, gpus
-from ..allocate import Refused, Request, allocate
+from .. import attribution, environments, gpus
+from ..allocate import Refused, Request, Waiter, allocate
 from ..cli import Context, err
 from ..errors import GenvError
 from ..procs import processes
@@ -27,7 +27,7 @@ class Session:
     ``with``: hold the lock, drop dead terminals, store a new device list."""
 
     def __init__(self, ctx: Context, need_devices: bool = False, holders_only: bool = False,
-                 listing: bool = False) -> None:
+                 listing: bool = False, observe: bool = False, usage: bool = False) -> None:
         self.ctx = ctx
         self.holders_only = holders_only
         self.listing = listing
@@ -35,13 +35,36 @@ class Session:
         self.folder = StateDir()
         self.processes = processes()
         self.record: Optional[Dict[str, Any]] = None
+        self.snapshot: Optional[gpus.Snapshot] = None
+        self._attributed: Optional[List[attribution.Process]] = None
+        self._policy: Optional[Any] = None
         self._store_record = False
-        if need_devices:
+        if observe:
+            self.observe(usage)
+        elif need_devices:
             self.discover()
 
     def discover(self) -> None:
+        """The GPU list (cached; nvidia-smi only when it may have changed)."""
         cached = (self.folder.peek(self.ctx.euid) or {}).get("devices")
         self.record, self._store_record = gpus.discover(cached, self.now)
+
+    def observe(self, usage: bool = False) -> None:
+        """The GPU list and the processes on the GPUs (and, with ``usage``,
+        each GPU's memory in use): one nvidia-smi query of each kind."""
+        cached = (self.folder.peek(self.ctx.euid) or {}).get("devices")
+        self.snapshot, self._store_record = gpus.observe(cached, self.processes.clock, usage, self.now)
+        self.record = self.snapshot.record
+
+    def attributed(self) -> List[attribution.Process]:
+        """The GPU processes, attributed against the state under the lock."""
+        if self._attributed is None:
+            if self.snapshot is None:
+                self._attributed = []
+            else:
+                self._attributed = attribution.attribute(self.snapshot.apps, self.machine, self.tx.users,
+                                                         self.processes, self.snapshot.mark)
+        return self._attributed
 
     @property
     def machine(self) -> List[Dict[str, Any]]:
@@ -94,16 +117,39 @@ class Session:
         environments.check_owner(owner, self.ctx.euid, eid, self.ctx.describe)
         return owner, env
 
-    def attach(self, owner: int, env: Dict[str, Any], request: Request) -> Optional[str]:
-        """Give ``env`` the GPUs ``allocate`` chooses; if it refuses, detach
-        the environment (all or nothing) and return why."""
+    def policy(self) -> Any:
+        """The admin's policy (read once per command)."""
+        if self._policy is None:
+            from ..policy import load
+
+            self._policy = load()
+        return self._policy
+
+    def busy(self) -> Dict[int, List[str]]:
+        """GPUs that processes outside every environment keep busy."""
+        return attribution.busy(self.attributed(), self.ctx.user)
+
+    def attach(self, owner: int, env: Dict[str, Any], request: Request, detach: bool = True) -> Optional[str]:
+        """Give ``env`` the GPUs ``allocate`` chooses, behind the requests
+        waiting in line before it. If it refuses, return why, and (all or
+        nothing) detach the environment unless ``detach`` is False (a request
+        that goes on waiting keeps what it has). Raises CapExceeded (from
+        ``policy``) if it would take the owner past a cap: waiting would
+        not help, and nothing changes."""
         before = env["devices"]
+        ahead = [Waiter(uid, other, waiting_request(other["waiting"]))
+                 for uid, other in environments.ahead_of(self.users, env)]
         try:
-            chosen = allocate(self.users, env, self.machine, request, self.now, self.ctx.describe)
+            chosen = allocate(self.users, env, self.machine, request, self.now, self.ctx.describe, self.busy(),
+                              ahead)
             failure = None
+            if chosen and owner != 0 and self.ctx.euid != 0:  # root is not capped
+                from ..policy import check_caps
+
+                check_caps(self.policy(), self.users, owner, self.ctx.user(owner), env, chosen, self.machine)
         except Refused as refusal:
-            chosen = []
-            failure = "%s; the environment is now detached" % refusal
+            chosen = [] if detach else before
+            failure = "%s%s" % (refusal, "; the environment is now detached" if detach else "")
         if chosen != before:  # another terminal may just pick them up
             env["devices"] = chosen
             self.tx.changed(owner)
@@ -121,6 +167,11 @@ class Session:
 def request_of(config: Dict[str, Any]) -> Request:
     """What an environment's configuration asks ``attach`` for."""
     return Request(config.get("gpus", 0), config.get("gpu_memory"))
+
+
+def waiting_request(waiting: Dict[str, Any]) -> Request:
+    """What an environment waiting in line asked for."""
+    return Request(waiting["count"], waiting["memory"], waiting["indices"], waiting["over_subscribe"])
 
 
 def shims(ctx: Context) -> str:

@@ -48,6 +48,15 @@ def _saved() -> Dict[str, Any]:
         raise GenvError("%s (activate with --no-load to skip it)" % error) from None
 
 
+def _attach(session: Session, owner: int, env: Dict[str, Any]) -> Optional[str]:
+    from ..policy import CapExceeded
+
+    try:
+        return session.attach(owner, env, request_of(env["config"]))
+    except CapExceeded as error:
+        return str(error)
+
+
 def _join(session: Session, eid: str, settings: Dict[str, Any], pid: int, token: str,
           attach: bool) -> Tuple[int, Dict[str, Any], Optional[str]]:
     found = environments.find(session.users, eid)
@@ -56,9 +65,12 @@ def _join(session: Session, eid: str, settings: Dict[str, Any], pid: int, token:
     owner, env = found
     environments.check_owner(owner, session.ctx.euid, eid, session.ctx.describe)
     environments.add_terminal(env, pid, token)
+    if owner != session.ctx.euid:  # root joins a user's environment
+        environments.record_join(session.users, owner, env, pid, token)
+        session.tx.changed(session.ctx.euid)
     env["config"].update(settings)
     session.tx.changed(owner)
-    failure = session.attach(owner, env, request_of(env["config"])) if attach else None
+    failure = _attach(session, owner, env) if attach else None
     return owner, env, failure
 
 
@@ -68,7 +80,7 @@ def _create(session: Session, config: Dict[str, Any], pid: int, token: str,
     env = environments.new_env(environments.new_id(session.users, pid), session.now, config, pid, token)
     session.tx.user(owner)["envs"].append(env)
     session.tx.changed(owner)
-    failure = session.attach(owner, env, request_of(config)) if attach else None
+    failure = _attach(session, owner, env) if attach else None
     return owner, env, failure
 
 
@@ -101,7 +113,7 @@ def main(argv: List[str]) -> int:
     discovery: Optional[str] = None
     if attach:
         try:
-            session.discover()
+            session.observe()
         except GenvError as error:
             discovery = str(error)
 

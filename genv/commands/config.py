@@ -21,12 +21,14 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Any, Dict, List, Optional
 
 OPTIONS = {"--clear": False, "--save": False, "--load": False}
+# The fields as typed on the command line, and their keys in config files.
+FIELDS = {"gpus": "gpus", "name": "name", "gpu-memory": "gpu_memory"}
 
 
 def complete(words: List[str]) -> List[str]:
-    fields = [word for word in words if word in project.FIELDS]
+    fields = [word for word in words if word in FIELDS]
     candidates = complete_options(words, OPTIONS, {})
-    return candidates + ([] if fields else list(project.FIELDS))
+    return candidates + ([] if fields else list(FIELDS))
 
 
 class Action:
@@ -34,9 +36,9 @@ class Action:
 
     def __init__(self, argv: List[str]) -> None:
         opts, args = parse(argv, OPTIONS, 2)
-        self.field: Optional[str] = args[0] if args else None
-        if self.field is not None and self.field not in project.FIELDS:
-            raise UsageError("unknown field %r (fields: %s)" % (self.field, ", ".join(project.FIELDS)))
+        if args and args[0] not in FIELDS:
+            raise UsageError("unknown field %r (fields: %s)" % (args[0], ", ".join(FIELDS)))
+        self.field: Optional[str] = FIELDS[args[0]] if args else None
         self.value: Optional[Any] = _value(self.field, args[1]) if self.field and len(args) > 1 else None
         self.clear, self.save, self.load = "--clear" in opts, "--save" in opts, "--load" in opts
         if self.clear and self.value is not None:
@@ -81,8 +83,8 @@ def _query(script: Script, config: Dict[str, Any], field: Optional[str]) -> None
         if field in config:
             script.echo(_shown(field, config[field]))
         return
-    for name in project.FIELDS:
-        script.echo("%s: %s" % (name, _shown(name, config[name]) if name in config else "(not set)"))
+    for name, key in FIELDS.items():
+        script.echo("%s: %s" % (name, _shown(key, config[key]) if key in config else "(not set)"))
 
 
 def _project_only(ctx: Context, action: Action) -> int:

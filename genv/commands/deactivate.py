@@ -7,7 +7,7 @@ import os
 from .. import environments
 from ..cli import Context, err, parse
 from ..errors import GenvError
-from ..shell import SAVED, SNAPSHOT, Script, read_snapshot
+from ..shell import HINTS_SET, SAVED, SNAPSHOT, Script, read_snapshot
 from ._session import Session, emit, shims
 
 TYPE_CHECKING = False
@@ -27,6 +27,7 @@ def _restore(ctx: Context) -> bytes:
     script.call("_genv_path_remove", shims(ctx))
     script.call("_genv_prompt_clear")
     script.unset("GENV_ENVIRONMENT_ID")
+    script.unset(HINTS_SET)
     script.unset(SNAPSHOT)
     return script.encode()
 
@@ -49,6 +50,8 @@ def main(argv: List[str]) -> int:
                     environments.check_owner(owner, ctx.euid, eid, ctx.describe)
                     environments.remove_terminal(session.tx.user(owner), env, pid)
                     session.tx.changed(owner)
+                    if owner != ctx.euid and environments.forget_join(session.users, owner, env, pid):
+                        session.tx.changed(ctx.euid)
     except GenvError as error:
         problem = str(error)
     # The shell is restored even when the state could not be updated.

@@ -1,63 +1,78 @@
-"""genv devices: every GPU, and the environment that holds it."""
+"""genv devices: every GPU, who holds it, and what runs on it."""
 
 from __future__ import annotations
 
-from .. import environments, jsonio
-from ..cli import Context, complete_options, out, parse
-from ..table import ago, render
+from ..cli import FORMAT_OPTIONS, Context, complete_options, out, output_format, parse, print_json
+from ..listing import devices_docs
+from ..table import ago, csv, render, size
 from ._session import Session
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import List
+    from typing import Any, Dict, List, Optional
 
-OPTIONS = {"--json": False}
+OPTIONS = FORMAT_OPTIONS
 
 
 def complete(words: List[str]) -> List[str]:
-    return complete_options(words, OPTIONS, {})
+    return complete_options(words, OPTIONS, {"--format": lambda: ["table", "csv", "json"]})
+
+
+def _share(mib: Optional[int]) -> str:
+    from ..sizes import format_size
+
+    return "whole" if mib is None else format_size(mib << 20)
+
+
+def _table(docs: List[Dict[str, Any]], now: float) -> str:
+    from ..sizes import format_size
+
+    rows = []
+    for doc in docs:
+        memory = "%s / %s" % (size(doc["memory_used"]), size(doc["memory_total"]))
+        available = doc["memory_available"]
+        free = "-" if available is None else format_size(available << 20) if available else "0"
+        holders = doc["environments"] or [None]
+        for number, holder in enumerate(holders):
+            first = number == 0
+            rows.append((
+                str(doc["index"]) if first else "",
+                holder["id"] if holder else "",
+                (holder["name"] or "") if holder else "",
+                ago(now - holder["attached"]) if holder else "",
+                _share(holder["memory"]) if holder else "",
+                free if first else "",
+                (doc["name"] or "") if first else "",
+                memory if first else "",
+            ))
+    return render(("ID", "ENV ID", "ENV NAME", "ATTACHED", "SHARE", "FREE", "GPU", "MEMORY"), rows)
+
+
+def _csv(docs: List[Dict[str, Any]]) -> str:
+    rows = []
+    for doc in docs:
+        gpu = (doc["index"], doc["uuid"], doc["name"], doc["memory_total"], doc["memory_used"],
+               doc["memory_available"], len(doc["processes"]))
+        for holder in doc["environments"] or [None]:
+            rows.append(gpu + ((holder["id"], holder["name"], holder["uid"], holder["user"], holder["memory"],
+                                holder["attached"]) if holder else (None,) * 6))
+    return csv(("index", "uuid", "name", "memory_total", "memory_used", "memory_available", "processes",
+                "env_id", "env_name", "env_uid", "env_user", "env_memory", "attached"), rows)
 
 
 def main(argv: List[str]) -> int:
     opts, _ = parse(argv, OPTIONS, 0)
+    form = output_format(opts)
     ctx = Context()
-    rows = []
     # Only environments that hold a GPU matter here: checking the liveness
     # of every other one would make the listing grow with their number.
-    with Session(ctx, need_devices=True, holders_only=True, listing=True) as session:
-        held = environments.holdings(session.users, session.machine)
-        for device in session.machine:
-            holders = held[device["index"]]
-            found = (holders[0][0], holders[0][1]) if holders else None
-            attached = holders[0][2]["attached"] if holders else None
-            rows.append((device, found, attached))
-    if "--json" in opts:
-        out(
-            jsonio.dumps(
-                [
-                    {
-                        "index": device["index"],
-                        "uuid": device.get("uuid"),
-                        "name": device.get("name"),
-                        "env": found[1]["id"] if found else None,
-                        "env_name": found[1]["config"].get("name") if found else None,
-                        "user": ctx.user(found[0]) if found else None,
-                        "attached": attached,
-                    }
-                    for device, found, attached in rows
-                ]
-            )
-            + "\n"
-        )
-        return 0
-    table = [
-        (
-            str(device["index"]),
-            found[1]["id"] if found else "",
-            found[1]["config"].get("name", "") if found else "",
-            ago(session.now - attached) if attached is not None else "",
-        )
-        for device, found, attached in rows
-    ]
-    out(render(("ID", "ENV ID", "ENV NAME", "ATTACHED"), table))
+    with Session(ctx, holders_only=True, listing=True, observe=True, usage=True) as session:
+        assert session.snapshot is not None
+        docs = devices_docs(session.users, session.machine, session.snapshot.used, session.attributed(), ctx.user)
+    if form == "json":
+        print_json(docs)
+    elif form == "csv":
+        out(_csv(docs))
+    else:
+        out(_table(docs, session.now))
     return 0

@@ -2,57 +2,50 @@
 
 from __future__ import annotations
 
-from .. import environments, jsonio
-from ..cli import Context, complete_options, out, parse
-from ..table import ago, render
+from ..cli import FORMAT_OPTIONS, Context, complete_options, out, output_format, parse, print_json
+from ..listing import envs_docs
+from ..table import ago, csv, render
 from ._session import Session
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import List
+    from typing import Any, Dict, List, Optional
 
-OPTIONS = {"--json": False}
+OPTIONS = FORMAT_OPTIONS
 
 
 def complete(words: List[str]) -> List[str]:
-    return complete_options(words, OPTIONS, {})
+    return complete_options(words, OPTIONS, {"--format": lambda: ["table", "csv", "json"]})
+
+
+def _waiting(waiting: Optional[Dict[str, Any]], now: float) -> str:
+    if not waiting:
+        return ""
+    what = ("GPU %s" % ",".join(map(str, waiting["indices"])) if waiting["indices"]
+            else "%d GPU%s" % (waiting["count"], "" if waiting["count"] == 1 else "s"))
+    return "for %s since %s" % (what, ago(now - waiting["since"]))
 
 
 def main(argv: List[str]) -> int:
     opts, _ = parse(argv, OPTIONS, 0)
+    form = output_format(opts)
     ctx = Context()
     with Session(ctx, listing=True) as session:
-        rows = [(uid, env) for uid, env in session.tx.all_envs()]
-    rows.sort(key=lambda row: (row[1]["created"], row[1]["id"]))
-    if "--json" in opts:
-        out(
-            jsonio.dumps(
-                [
-                    {
-                        "id": env["id"],
-                        "uid": uid,
-                        "user": ctx.user(uid),
-                        "name": env["config"].get("name"),
-                        "gpus": env["config"].get("gpus"),
-                        "created": env["created"],
-                        "pids": [terminal["pid"] for terminal in env["terminals"]],
-                        "devices": environments.indices(env),
-                    }
-                    for uid, env in rows
-                ]
-            )
-            + "\n"
-        )
-        return 0
-    table = [
-        (
-            env["id"],
-            ctx.describe(uid),
-            env["config"].get("name", ""),
-            ago(session.now - env["created"]),
-            " ".join(str(terminal["pid"]) for terminal in env["terminals"]),
-        )
-        for uid, env in rows
-    ]
-    out(render(("ID", "USER", "NAME", "CREATED", "PID(S)"), table))
+        docs = envs_docs(session.users, ctx.user)
+    if form == "json":
+        print_json(docs)
+    elif form == "csv":
+        out(csv(("id", "uid", "user", "name", "gpus", "gpu_memory", "created", "pids", "devices", "waiting_since",
+                 "waiting_for"),
+                [(d["id"], d["uid"], d["user"], d["name"], d["gpus"], d["gpu_memory"], d["created"],
+                  " ".join(map(str, d["pids"])), " ".join(map(str, d["devices"])),
+                  d["waiting"]["since"] if d["waiting"] else None,
+                  d["waiting"]["count"] if d["waiting"] else None) for d in docs]))
+    else:
+        waiting = any(d["waiting"] for d in docs)
+        header = ("ID", "USER", "NAME", "CREATED", "PID(S)") + (("WAITING",) if waiting else ())
+        out(render(header, [
+            (d["id"], "%s(%d)" % (d["user"], d["uid"]), d["name"] or "", ago(session.now - d["created"]),
+             " ".join(map(str, d["pids"])))
+            + ((_waiting(d["waiting"], session.now),) if waiting else ()) for d in docs]))
     return 0

@@ -1,41 +1,72 @@
-"""genv status: which environment this terminal is in, and what it holds."""
+"""genv status: which environment this terminal is in, what it holds, what runs."""
 
 from __future__ import annotations
 
-from .. import environments
-from ..cli import Context, out, parse
-from ..table import ago
+from ..cli import FORMAT_OPTIONS, Context, complete_options, out, output_format, parse, print_json
+from ..listing import status_doc
+from ..table import ago, csv, size
 from ..text import printable
 from ._session import Session
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import List
+    from typing import Any, Dict, List
+
+OPTIONS = FORMAT_OPTIONS
+CSV_FIELDS = ("active", "id", "uid", "user", "name", "gpus", "gpu_memory", "devices", "pids", "created",
+              "processes", "memory")
 
 
 def complete(words: List[str]) -> List[str]:
-    return []
+    return complete_options(words, OPTIONS, {"--format": lambda: ["table", "csv", "json"]})
+
+
+def _lines(doc: Dict[str, Any], now: float) -> str:
+    from ..sizes import format_size
+
+    processes = doc["processes"]
+    known = [p["memory"] for p in processes if p["memory"] is not None]
+    lines = [
+        "environment: %s" % printable(doc["id"]),
+        "owner: %s(%d)" % (printable(doc["user"]), doc["uid"]),
+        "name: %s" % (printable(doc["name"]) if doc["name"] is not None else "(not set)"),
+        "gpus: %s" % (doc["gpus"] if doc["gpus"] is not None else "(not set)"),
+        "gpu memory: %s" % (format_size(doc["gpu_memory"] << 20) if doc["gpu_memory"] else "(whole GPUs)"),
+        "attached: %s" % (",".join(map(str, doc["devices"])) if doc["devices"] else "none"),
+        "terminals: %s" % " ".join(str(pid) for pid in doc["pids"]),
+        "created: %s" % ago(now - doc["created"]),
+        "processes: %d%s" % (len(processes), ", %s in use" % size(sum(known)) if known else ""),
+    ]
+    for p in processes:
+        lines.append("  GPU %s  pid %d  %s  %s%s" % (
+            "-" if p["gpu"] is None else p["gpu"], p["pid"], size(p["memory"]), printable(p["command"] or ""),
+            "  (MISPLACED: not a GPU of this environment)" if p["misplaced"] else ""))
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: List[str]) -> int:
-    parse(argv, {}, 0)
+    opts, _ = parse(argv, OPTIONS, 0)
+    form = output_format(opts)
     ctx = Context()
     if ctx.eid is None:
-        out("not active\n")
+        if form == "json":
+            print_json({"active": False})
+        elif form == "csv":
+            out(csv(CSV_FIELDS, [(False,) + (None,) * (len(CSV_FIELDS) - 1)]))
+        else:
+            out("not active\n")
         return 0
-    with Session(ctx, listing=True) as session:
+    with Session(ctx, listing=True, observe=True) as session:
         owner, env = session.env(ctx.eid)
         session.deliver_warnings(owner, env)
-    config = env["config"]
-    attached = environments.indices(env)
-    lines = [
-        "environment: %s" % printable(env["id"]),
-        "owner: %s" % ctx.describe(owner),
-        "name: %s" % (printable(config["name"]) if "name" in config else "(not set)"),
-        "gpus: %s" % (config["gpus"] if "gpus" in config else "(not set)"),
-        "attached: %s" % (",".join(map(str, attached)) if attached else "none"),
-        "terminals: %s" % " ".join(str(terminal["pid"]) for terminal in env["terminals"]),
-        "created: %s" % ago(session.now - env["created"]),
-    ]
-    out("\n".join(lines) + "\n")
+        doc = status_doc(owner, env, session.attributed(), ctx.user)
+    if form == "json":
+        print_json(doc)
+    elif form == "csv":
+        memory = sum(p["memory"] for p in doc["processes"] if p["memory"] is not None)
+        out(csv(CSV_FIELDS, [(True, doc["id"], doc["uid"], doc["user"], doc["name"], doc["gpus"], doc["gpu_memory"],
+                              " ".join(map(str, doc["devices"])), " ".join(map(str, doc["pids"])), doc["created"],
+                              len(doc["processes"]), memory)]))
+    else:
+        out(_lines(doc, session.now))
     return 0

@@ -1,0 +1,80 @@
+"""genv lock: run a command holding an exclusive lock on each GPU of the
+environment, so that environments sharing a GPU can take turns."""
+
+from __future__ import annotations
+
+import signal
+
+from .. import gpu_locks
+from ..cli import Context, parse
+from ..errors import GenvError, UsageError
+from ..store import StateDir
+from ._session import Session
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
+    from typing import Any, Dict, List
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def complete(words: List[str]) -> List[str]:
+    return [] if "--" in words else ["--"]
+
+
+def split(argv: List[str]) -> List[str]:
+    """The command after ``--``; genv's own options (none yet) before it."""
+    if "--" not in argv:
+        raise UsageError("put the command after --: genv lock -- COMMAND [ARGS...]")
+    at = argv.index("--")
+    parse(argv[:at], {}, 0)
+    command = argv[at + 1:]
+    if not command:
+        raise UsageError("no command given after --")
+    return command
+
+
+def devices_of(ctx: Context) -> List[Dict[str, Any]]:
+    """The GPUs of this terminal's environment, from the state."""
+    eid = ctx.require_active()
+    with Session(ctx, listing=True) as session:
+        _, env = session.owned_env(eid)
+        devices = [dict(device) for device in env["devices"]]
+    if not devices:
+        raise GenvError("environment %s has no GPUs attached: nothing to lock ('genv attach' first)" % eid)
+    return devices
+
+
+def run_holding(command: List[str]) -> int:
+    """Run the command (the locks are held by this process meanwhile) and
+    return its status, 128+N if a signal N ended it. Signals sent to genv
+    reach the command; the terminal's Ctrl-C reaches both, and genv waits."""
+    import subprocess
+
+    try:
+        child = subprocess.Popen(command)
+    except OSError as error:
+        status = 127 if isinstance(error, FileNotFoundError) else 126
+        raise GenvError("cannot run %s: %s" % (command[0], error.strerror), status) from None
+
+    def forward(signum: int, frame: Any) -> None:
+        try:
+            child.send_signal(signum)
+        except OSError:
+            pass
+
+    for signum in FORWARDED:
+        signal.signal(signum, forward if signum != signal.SIGINT else signal.SIG_IGN)
+    status = child.wait()
+    return 128 - status if status < 0 else status
+
+
+def main(argv: List[str]) -> int:
+    command = split(argv)
+    ctx = Context()
+    devices = devices_of(ctx)
+    held = gpu_locks.hold(StateDir(), devices, ctx.user)
+    try:
+        return run_holding(command)
+    finally:
+        gpu_locks.release(held)

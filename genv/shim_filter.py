@@ -1,0 +1,300 @@
+"""The nvidia-smi shim's filter: inside an environment, the modes that print
+processes show only the environment's own.
+
+``shims/nvidia-smi`` stays bash builtins only for every mode but these,
+which it hands to this program: the default table (also with ``-l``/``-lms``
+loops) and ``--query-compute-apps``, and, in an environment that holds a
+share of its GPUs' memory (``GENV_GPU_MEMORY``, bytes), ``--query-gpu`` with
+memory fields. It runs the real nvidia-smi with the arguments the shim
+already narrowed and passes its output through, dropping process rows of
+anyone else (other environments on a shared GPU included). A process belongs
+to the environment by the rules of ``genv ps``
+(``attribution.member_test``). With no process left, the table says ``No
+running processes found``, as nvidia-smi does.
+
+With a share, memory is shown as the environment sees it: ``memory.total``
+is the share, ``memory.used`` what the environment's own processes use,
+``memory.free`` the difference (in the table, each GPU's ``used / total``).
+The table is then held back until its process rows are read (they give the
+use); ``--query-gpu`` asks nvidia-smi for the processes once more.
+
+Usage (from the shim): python -I -S shim_filter.py table|apps|gpu REAL [ARGS...]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
+    from typing import IO, Callable, Dict, List, Optional, Tuple
+
+NO_PROCESSES = "  No running processes found"
+MIB = 1 << 20
+
+
+def share() -> Optional[int]:
+    """The environment's share of each GPU in MiB, None for whole GPUs."""
+    text = os.environ.get("GENV_GPU_MEMORY", "")
+    return int(text) // MIB if text.isascii() and text.isdigit() and 0 < len(text) < 20 else None
+
+
+def member_test() -> Callable[[int], bool]:
+    """Whether a PID belongs to this terminal's environment."""
+    from . import attribution
+    from .environments import find
+    from .procs import processes
+    from .store import StateDir
+
+    facts = processes()
+    mark = facts.clock()
+    eid = os.environ.get("GENV_ENVIRONMENT_ID", "")
+    try:
+        users = StateDir().read_all()
+        found = find(users, eid)
+    except Exception:  # a broken state folder hides processes; it never shows others'
+        found = None
+    if found is None:
+        return lambda pid: False
+    test = attribution.member_test(users, found[1], facts, mark)
+    memo: Dict[int, bool] = {}
+
+    def member(pid: int) -> bool:
+        if pid not in memo:
+            memo[pid] = bool(test(pid))
+        return memo[pid]
+
+    return member
+
+
+def _memory_cell(line: str, used: int, total: int) -> str:
+    """The GPU row with its ``used / total`` memory cell rewritten, as wide
+    as before."""
+    cells = line.split("|")
+    for number, cell in enumerate(cells):
+        if "MiB /" in cell:
+            text = "%dMiB / %dMiB" % (used, total)
+            cells[number] = " " * max(1, len(cell) - len(text) - 1) + text + " "
+            return "|".join(cells)
+    return line
+
+
+def _mib(word: str) -> int:
+    return int(word[:-3]) if word.endswith("MiB") and word[:-3].isdigit() else 0
+
+
+def filter_table(lines: IO[bytes], out: IO[bytes], member: Callable[[int], bool],
+                 total: Optional[int] = None) -> None:
+    """Pass the table through, keeping only the environment's process rows.
+    The process section starts after a line with ``Processes:``; its header
+    names the PID column (its position among the row's words); rows end at
+    the next ``+---`` border. Loops (``-l``) print table after table. With a
+    share (``total`` MiB), each table is held back until its end, and GPU
+    memory is shown as the environment's."""
+    state = "gpus"
+    pid_column = -1
+    kept = 0
+    width = 0
+    held: List[str] = []  # a table held back (with a share)
+    gpu_lines: Dict[int, int] = {}  # GPU index -> its memory line in ``held``
+    gpu = -1
+    used: Dict[int, int] = {}
+
+    def emit(text: str) -> None:
+        if total is None:
+            out.write(text.encode("utf-8", "surrogateescape"))
+            out.flush()
+        else:
+            held.append(text)
+
+    def flush() -> None:
+        if total is None:
+            return
+        for index, at in gpu_lines.items():
+            held[at] = _memory_cell(held[at], used.get(index, 0), total)
+        out.write("".join(held).encode("utf-8", "surrogateescape"))
+        out.flush()
+        del held[:]
+        gpu_lines.clear()
+        used.clear()
+
+    for raw in lines:
+        line = raw.decode("utf-8", "surrogateescape")
+        stripped = line.rstrip("\r\n")
+        if state == "gpus":
+            if "Processes:" in stripped:
+                state, pid_column, kept = "header", -1, 0
+            elif total is not None:
+                words = stripped.strip("|").split()
+                if stripped.startswith("|") and words and words[0].isdigit():
+                    gpu = int(words[0])
+                if "MiB /" in stripped and gpu >= 0:
+                    gpu_lines[gpu] = len(held)
+        elif state == "header":
+            words = stripped.strip("|").split()
+            if "PID" in words:
+                pid_column = words.index("PID")
+            if stripped.startswith("|="):
+                state, width = "rows", len(stripped)
+        elif state == "rows":
+            if stripped.startswith("+"):
+                if not kept:
+                    emit("|" + NO_PROCESSES.ljust(width - 2) + "|\n")
+                emit(line)
+                flush()
+                state, gpu = "gpus", -1
+                continue
+            else:
+                if NO_PROCESSES.strip() in stripped:
+                    continue
+                words = stripped.strip("|").split()
+                if pid_column < 0 or len(words) <= pid_column or not words[pid_column].isdigit():
+                    continue  # a row we cannot read could be anybody's
+                if not member(int(words[pid_column])):
+                    continue
+                kept += 1
+                if words[0].isdigit():
+                    used[int(words[0])] = used.get(int(words[0]), 0) + _mib(words[-1])
+        emit(line)
+    flush()
+
+
+def filter_apps(lines: IO[bytes], out: IO[bytes], member: Callable[[int], bool]) -> None:
+    """``--query-compute-apps`` with ``pid`` put first by ``apps_args``: keep
+    the environment's rows, and drop that first column again."""
+    for raw in lines:
+        line = raw.decode("utf-8", "surrogateescape")
+        first, sep, rest = line.partition(", ")
+        if not sep:
+            first, rest = line.rstrip("\r\n"), "\n"
+        value = first.strip()
+        if value.isdigit():
+            if member(int(value)):
+                out.write(rest.encode("utf-8", "surrogateescape"))
+        elif value == "pid":
+            out.write(rest.encode("utf-8", "surrogateescape"))  # the header line
+        elif not sep:
+            out.write(raw)  # an error message: pass it on
+        # else: a row without a readable pid could be anybody's: dropped
+        out.flush()
+
+
+def gpu_query(real: str, args: List[str], member: Callable[[int], bool], total: int, out: IO[bytes]) -> int:
+    """``--query-gpu`` in an environment with a share: ``uuid`` is put
+    first (to know each row's GPU) and dropped again; memory fields show the
+    environment's view. One more nvidia-smi call gives the processes."""
+    import subprocess
+
+    own: Dict[str, int] = {}
+    apps = subprocess.run([real, "--query-compute-apps=pid,gpu_uuid,used_memory", "--format=csv,noheader,nounits"],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False)
+    for line in apps.stdout.decode("utf-8", "replace").splitlines():
+        parts = [part.strip() for part in line.split(",")]
+        if len(parts) == 3 and parts[0].isdigit() and member(int(parts[0])):
+            own[parts[1]] = own.get(parts[1], 0) + (int(parts[2]) if parts[2].isdigit() else 0)
+    fields: List[str] = []
+    query = []
+    for arg in args:
+        if arg.startswith("--query-gpu="):
+            fields = [field.strip() for field in arg[len("--query-gpu="):].split(",")]
+            arg = "--query-gpu=uuid," + arg[len("--query-gpu="):]
+        query.append(arg)
+    done = subprocess.run([real] + query, stdout=subprocess.PIPE, check=False)
+    for line in done.stdout.decode("utf-8", "surrogateescape").splitlines(True):
+        cells = line.rstrip("\r\n").split(", ")
+        if done.returncode != 0 or len(cells) != len(fields) + 1:
+            out.write(line.encode("utf-8", "surrogateescape"))  # an error, or a row we cannot read
+            continue
+        uuid, cells = cells[0], cells[1:]
+        if uuid.strip() != "uuid":
+            used = own.get(uuid.strip(), 0)
+            for number, field in enumerate(fields):
+                value = {"memory.total": total, "memory.used": used, "memory.free": max(0, total - used)}.get(field)
+                if value is not None and not cells[number].startswith("["):
+                    cells[number] = "%d%s" % (value, " MiB" if cells[number].endswith("MiB") else "")
+        out.write((", ".join(cells) + "\n").encode("utf-8", "surrogateescape"))
+    return done.returncode
+
+
+def apps_args(args: List[str]) -> List[str]:
+    """Put ``pid`` first in the user's ``--query-compute-apps`` fields."""
+    result = []
+    for arg in args:
+        if arg.startswith("--query-compute-apps="):
+            arg = "--query-compute-apps=pid," + arg[len("--query-compute-apps="):]
+        result.append(arg)
+    return result
+
+
+def output_file(args: List[str]) -> Tuple[List[str], Optional[str]]:
+    """Take ``-f FILE`` / ``--filename=FILE`` out of the arguments: the
+    filtered output goes there, not nvidia-smi's own."""
+    rest: List[str] = []
+    target = None
+    words = iter(args)
+    for arg in words:
+        if arg in ("-f", "--filename"):
+            target = next(words, None)
+            if target is None:
+                rest.append(arg)  # let nvidia-smi complain
+        elif arg.startswith(("-f=", "--filename=")):
+            target = arg.partition("=")[2]
+        else:
+            rest.append(arg)
+    return rest, target
+
+
+def main(argv: List[str]) -> int:
+    mode, real, args = argv[0], argv[1], argv[2:]
+    args, target = output_file(args)
+    if target is not None:
+        try:
+            with open(target, "wb") as handle:
+                return _main(mode, real, args, handle)
+        except OSError as error:
+            sys.stderr.write("genv: cannot write %s: %s\n" % (target, error.strerror))
+            return 1
+    return _main(mode, real, args, sys.stdout.buffer)
+
+
+def _main(mode: str, real: str, args: List[str], out: IO[bytes]) -> int:
+    import subprocess
+
+    member = member_test()
+    total = share()
+    if mode == "gpu":
+        if total is None:
+            os.execv(real, [real] + args)
+        return gpu_query(real, args, member, total, out)
+    if mode == "apps":
+        args = apps_args(args)
+    try:
+        child = subprocess.Popen([real] + args, stdout=subprocess.PIPE)
+    except OSError as error:
+        sys.stderr.write("genv: cannot run %s: %s\n" % (real, error.strerror))
+        return 127
+    assert child.stdout is not None
+    try:
+        if mode == "apps":
+            filter_apps(child.stdout, out, member)
+        else:
+            filter_table(child.stdout, out, member, total)
+    except BrokenPipeError:
+        child.kill()
+    except KeyboardInterrupt:
+        child.wait()
+        return 130
+    return child.wait()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+    from genv.shim_filter import main as run
+
+    try:
+        status = run(sys.argv[1:])
+        sys.stdout.flush()
+    except BrokenPipeError:
+        status = 141
+    os._exit(status)
