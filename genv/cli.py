@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextvars import ContextVar
 
 
 from .errors import GenvError, UsageError
@@ -59,11 +60,20 @@ def out(text: str) -> None:
     sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
 
 
+# Where messages go: stderr for commands; the SDK (a library prints nothing)
+# sends them to the logger "genv" instead, for the duration of a call.
+MESSAGES: ContextVar[Optional[Callable[[str], None]]] = ContextVar("genv_messages", default=None)
+
+
 def err(text: str) -> None:
     """One line on stderr; control characters in it (from a name or an id)
     are escaped so that they cannot act on the terminal."""
     from .text import printable
 
+    sink = MESSAGES.get()
+    if sink is not None:
+        sink(printable(text))
+        return
     sys.stderr.buffer.write(("genv: %s\n" % printable(text)).encode("utf-8", "backslashreplace"))
     sys.stderr.flush()
 

@@ -30,7 +30,7 @@ from .text import encodable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+    from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
 
     Identity = Tuple[int, ...]
 

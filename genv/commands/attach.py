@@ -4,23 +4,20 @@ optionally exactly some GPUs, optionally waiting in line for them."""
 from __future__ import annotations
 
 import os
-import time
 
-from .. import environments
-from ..allocate import Refused, Request, Waiter, allocate
+from ..allocate import Request
 from ..cli import Context, complete_options, err, parse
 from ..errors import GenvError, UsageError
 from ..gpus import parse_count
 from ..shell import Script, sync
-from ._session import Session, emit, request_of, waiting_request
+from . import _line as line
+from ._session import Session, emit, request_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Any, Dict, List, Optional, Tuple
 
 OPTIONS = {"--count": True, "--index": True, "--over-subscribe": False, "-o": False, "--wait": True}
-POLL = 0.25  # seconds between looks at the state while waiting
-OBSERVE_EVERY = 2.0  # seconds between nvidia-smi process queries while waiting
 
 
 def complete(words: List[str]) -> List[str]:
@@ -118,98 +115,10 @@ def _first_try(ctx: Context, eid: str, plan: Plan) -> Tuple[bytes, Optional[str]
         failure = session.attach(owner, env, request, detach=plan.wait is None or plan.wait == 0)
         waits = failure is not None and plan.wait is not None and plan.wait > 0
         if waits:
-            token = session.processes.token(os.getpid())
-            assert token is not None
-            env["waiting"] = {
-                "pid": os.getpid(), "token": token, "since": session.now, "count": request.count,
-                "memory": request.memory, "indices": list(request.indices) if request.indices else None,
-                "over_subscribe": request.over_subscribe,
-            }
+            line.join(session, env, request)
         session.deliver_warnings(owner, env)
         payload = _script(env)
     return payload, failure, request.count if waits else 0
-
-
-def _estimate(folder: Any, eid: str, busy: Dict[int, List[str]]) -> Tuple[bool, int]:
-    """Without the lock: could the waiting request be met now, and how many
-    requests are ahead of it? (The real decision is made under the lock.)"""
-    from ..procs import processes
-
-    # Files that did not change are not parsed again.
-    users = environments.live_view(folder.read_all(reuse=True), processes())
-    found = environments.find(users, eid)
-    if found is None or not found[1].get("waiting"):
-        return True, 0  # something changed: look under the lock
-    env = found[1]
-    ahead = environments.ahead_of(users, env)
-    machine = (users.get(os.geteuid()) or {}).get("devices") or {}
-    try:
-        allocate(users, env, machine.get("list", []), waiting_request(env["waiting"]), 0.0, str, busy,
-                 [Waiter(uid, other, waiting_request(other["waiting"])) for uid, other in ahead])
-    except Refused:
-        return False, len(ahead)
-    return True, len(ahead)
-
-
-def _try_in_line(ctx: Context, eid: str, give_up: bool) -> Tuple[Optional[bytes], Optional[str], Dict[int, List[str]]]:
-    """Under the lock: take the GPUs if the line allows. Returns the script
-    when done (attached, or given up), the failure, and the busy GPUs seen."""
-    session = Session(ctx, observe=True)
-    with session:
-        owner, env = session.owned_env(eid)
-        waiting = env.get("waiting")
-        if not waiting or waiting["pid"] != os.getpid():
-            raise GenvError("environment %s lost its place in line (another command took it)" % eid)
-        failure = session.attach(owner, env, waiting_request(waiting), detach=give_up)
-        if failure is None or give_up:
-            env["waiting"] = None
-            session.tx.changed(owner)
-            return _script(env), failure, {}
-        return None, failure, session.busy()
-
-
-def _leave_line(ctx: Context, eid: str) -> None:
-    with Session(ctx) as session:
-        found = environments.find(session.users, eid)
-        if found is not None and (found[1].get("waiting") or {}).get("pid") == os.getpid():
-            found[1]["waiting"] = None
-            session.tx.changed(found[0])
-
-
-def _wait(ctx: Context, eid: str, seconds: float, count: int) -> Tuple[bytes, Optional[str]]:
-    import signal
-
-    from ..store import StateDir
-
-    folder = StateDir()
-    deadline = time.monotonic() + seconds
-    told: Optional[int] = None
-    busy: Dict[int, List[str]] = {}
-    observed = time.monotonic()
-    what = "%d GPU%s" % (count, "" if count == 1 else "s")
-    try:
-        while True:
-            could, ahead = _estimate(folder, eid, busy)
-            if ahead != told:
-                err("waiting for %s: %s ahead in line" % (
-                    what, "no request" if not ahead else "%d request%s" % (ahead, "" if ahead == 1 else "s")))
-                told = ahead
-            now = time.monotonic()
-            give_up = now >= deadline
-            if give_up or (could and (not busy or now - observed >= OBSERVE_EVERY)):
-                # From here until the script is printed, a signal must not
-                # split the state from the shell: it is held back.
-                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
-                payload, failure, busy = _try_in_line(ctx, eid, give_up)
-                observed = time.monotonic()
-                if payload is not None:
-                    return payload, failure
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
-            time.sleep(POLL)
-    except KeyboardInterrupt:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        _leave_line(ctx, eid)
-        raise
 
 
 def main(argv: List[str]) -> int:
@@ -220,7 +129,11 @@ def main(argv: List[str]) -> int:
     payload, failure, waiting_for = _first_try(ctx, eid, plan)
     if waiting_for:
         assert plan.wait is not None
-        payload, failure = _wait(ctx, eid, plan.wait, waiting_for)
+        # Signals stay held back until the script is printed (then the
+        # process ends): the shell must get what the state says.
+        script, failure = line.wait(ctx, eid, plan.wait, waiting_for, _script)
+        assert script is not None
+        payload = script
     emit(payload)
     if failure is not None:
         err(failure)

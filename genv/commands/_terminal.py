@@ -1,0 +1,192 @@
+"""A process (not a shell) as an environment's terminal: ``genv run`` and
+the SDK's ``environment()``.
+
+``enter`` creates an environment whose terminal is this process (or joins
+one of the user's own), attaches GPUs (or waits in line for them), and
+either succeeds or holds nothing. ``adopt`` adds another process (the
+command ``genv run`` starts) as a terminal too, so that the environment
+lives exactly as long as any of them. ``leave`` removes this process's
+terminals; the environment goes with its last. ``variables`` says what a
+process of the environment must see in its environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .. import environments
+from ..errors import GenvError
+from ..shell import FRACTIONS, GROWTH, fraction, gpu_list
+from . import _line as line
+from ._session import Session, request_of, shims
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
+    from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+    from ..cli import Context
+
+
+class Settings:
+    """What to ask for: the configuration (count, share, name), exact GPUs,
+    over-subscription, how long to wait, or an environment to join."""
+
+    def __init__(self, config: Optional[Dict[str, Any]] = None, indices: Optional[Sequence[int]] = None,
+                 over_subscribe: bool = False, wait: Optional[float] = None, join: Optional[str] = None) -> None:
+        self.config = dict(config or {})
+        self.indices = list(indices) if indices is not None else None
+        self.over_subscribe = over_subscribe
+        self.wait = wait
+        self.join = join
+
+
+def _request(settings: Settings, config: Dict[str, Any]) -> Any:
+    from ..allocate import Request
+
+    if settings.indices is not None:
+        config["gpus"] = len(set(settings.indices))
+    base = request_of(config)
+    return Request(base.count, base.memory, settings.indices, settings.over_subscribe)
+
+
+def enter(ctx: Context, settings: Settings) -> Dict[str, Any]:
+    """Make this process a terminal of an environment with its GPUs; returns
+    a copy of the environment. Raises GenvError (attach's message when the
+    GPUs cannot be had and it does not wait); then nothing is held."""
+    pid = os.getpid()
+    session = Session(ctx, observe=True)
+    token = session.processes.token(pid)
+    if token is None:
+        raise GenvError("cannot find this process (pid %d)" % pid)
+    with session:
+        if settings.join is not None:
+            owner, env = session.owned_env(settings.join)
+            environments.add_terminal(env, pid, token)
+            if owner != ctx.euid:
+                environments.record_join(session.users, owner, env, pid, token)
+                session.tx.changed(ctx.euid)
+            env["config"].update(settings.config)
+        else:
+            owner = ctx.euid
+            env = environments.new_env(environments.new_id(session.users, pid), session.now, settings.config,
+                                       pid, token)
+            session.tx.user(owner)["envs"].append(env)
+        session.tx.changed(owner)
+        request = _request(settings, env["config"])
+        failure = session.attach(owner, env, request, detach=False) if request.count else None
+        if failure is not None:
+            if not settings.wait:
+                # Leaving the block with an exception: nothing is written.
+                raise GenvError(failure)
+            line.join(session, env, request)
+        result = _copy(env)
+        eid = env["id"]
+    if failure is not None:
+        assert settings.wait is not None
+        try:
+            attached, failure = line.wait(ctx, eid, settings.wait, request.count, _copy)
+            if failure is not None:
+                raise GenvError(failure)
+            assert attached is not None
+            result = attached
+            _unblock()  # a signal held back during the last try arrives here
+        except BaseException:
+            _block()
+            leave(ctx, eid)
+            _unblock()
+            raise
+    return result
+
+
+def _block() -> None:
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
+def _unblock() -> None:
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
+def _copy(env: Dict[str, Any]) -> Dict[str, Any]:
+    return {**env, "config": dict(env["config"]), "devices": [dict(d) for d in env["devices"]]}
+
+
+def adopt(ctx: Context, eid: str, pid: int) -> None:
+    """Another process (started by this one) becomes a terminal too."""
+    with Session(ctx) as session:
+        owner, env = session.owned_env(eid)
+        token = session.processes.token(pid)
+        if token is None:
+            raise GenvError("the command's process (pid %d) is gone" % pid)
+        environments.add_terminal(env, pid, token)
+        if owner != ctx.euid:
+            environments.record_join(session.users, owner, env, pid, token)
+            session.tx.changed(ctx.euid)
+        session.tx.changed(owner)
+
+
+def leave(ctx: Context, eid: str, pids: Sequence[int] = ()) -> None:
+    """This process (and ``pids``) stop being terminals of ``eid``; the
+    environment goes with its last terminal, and its GPUs with it."""
+    gone = set(pids) | {os.getpid()}
+    with Session(ctx) as session:
+        found = environments.find(session.users, eid)
+        if found is None:
+            return
+        owner, env = found
+        for pid in gone:
+            if any(t["pid"] == pid for t in env["terminals"]):
+                environments.remove_terminal(session.tx.user(owner), env, pid)
+                if owner != ctx.euid:
+                    environments.forget_join(session.users, owner, env, pid)
+                    session.tx.changed(ctx.euid)
+        session.tx.changed(owner)
+
+
+def variables(ctx: Context, env: Dict[str, Any], base: Mapping[str, str]) -> Dict[str, Optional[str]]:
+    """What a process of ``env`` sees, as changes to ``base`` (None: unset):
+    the GPUs for CUDA (in nvidia-smi's order), the environment's id, its
+    share and the framework hints (values already in ``base`` win), and the
+    nvidia-smi shim first on PATH (where genv's shims are)."""
+    gpus = gpu_list(env)
+    changes: Dict[str, Optional[str]] = {
+        "CUDA_VISIBLE_DEVICES": gpus,
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "GENV_ENVIRONMENT_ID": env["id"],
+        "GENV_ATTACHED_GPUS": gpus,
+    }
+    memory = next((d["memory"] for d in env["devices"] if d.get("memory") is not None), None)
+    changes["GENV_GPU_MEMORY"] = str(memory) if memory is not None else None
+    share = fraction(env)
+    if share is not None:
+        for name in FRACTIONS:
+            if name not in base:
+                changes[name] = share
+        if GROWTH not in base:
+            changes[GROWTH] = "true"
+    folder = shims(ctx)
+    if os.path.isfile(os.path.join(folder, "nvidia-smi")):
+        path = base.get("PATH", "")
+        if folder not in path.split(os.pathsep):
+            changes["PATH"] = folder + (os.pathsep + path if path else "")
+    return changes
+
+
+def apply(changes: Mapping[str, Optional[str]], environ: Any) -> Dict[str, Optional[str]]:
+    """Apply ``changes`` to ``environ``; returns what it held before (None:
+    unset), to restore exactly."""
+    before: Dict[str, Optional[str]] = {}
+    for name, value in changes.items():
+        before[name] = environ.get(name)
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
+    return before
+
+
+def holding(env: Dict[str, Any]) -> List[int]:
+    return environments.indices(env)
