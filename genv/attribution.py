@@ -41,7 +41,8 @@ MAX_DEPTH = 256
 class Process:
     """One GPU process on one GPU, attributed."""
 
-    __slots__ = ("gpu", "pid", "uid", "owner", "env", "memory", "command", "known", "misplaced", "token")
+    __slots__ = ("gpu", "pid", "uid", "owner", "env", "memory", "command", "known", "misplaced", "token",
+                 "program")
 
     def __init__(self, gpu: Optional[int], pid: int, memory: Optional[int], command: Optional[str]) -> None:
         self.gpu = gpu
@@ -54,6 +55,7 @@ class Process:
         self.env: Optional[Env] = None
         self.misplaced = False
         self.token: Optional[str] = None  # its identity, to check before signalling it
+        self.program: Optional[str] = command  # the executable's path (nvidia-smi's name until /proc says)
 
     @property
     def managed(self) -> Optional[bool]:
@@ -137,6 +139,7 @@ def attribute(apps: Sequence[App], machine: Sequence[Dict[str, Any]], users: Use
             process.token = facts.token(app.pid)
             process.uid = facts.uid(app.pid)
             process.command = facts.command(app.pid) or app.name
+            process.program = facts.executable(app.pid) or app.name
             found = _environment(app.pid, facts, users, terms)
             if found is not None:
                 process.owner, process.env = found

@@ -10,7 +10,11 @@ policy it returns the violations, each with the process to act on:
   fits);
 - **over-cap**: a user holds more than a cap allows (after the policy
   changed): the processes of their most recently attached environments,
-  until the rest is within the caps.
+  until the rest is within the caps (an over-cap environment without
+  processes is reported with no process to act on);
+- **conflict**: a GPU held whole by two environments, or whole by one and
+  shared by others, which genv never hands out (somebody wrote their own
+  state file): the processes on it of every holder but the first.
 
 Never chosen: processes of exempt users or with exempt names, PID 1, and any
 process that cannot be attributed safely (it exited, its PID was reused, or
@@ -25,19 +29,25 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Callable, Dict, List, Sequence, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
     from .attribution import Process
     from .policy import Policy
 
-RULES = ("unmanaged", "misplaced", "over-cap", "over-share")
+RULES = ("unmanaged", "misplaced", "conflict", "over-cap", "over-share")
 
 
 class Violation:
-    __slots__ = ("rule", "process", "detail")
+    """A rule broken, by a process (or, for over-cap, possibly by an
+    environment with no process to act on: ``process`` is None)."""
 
-    def __init__(self, rule: str, process: Process, detail: str) -> None:
+    __slots__ = ("rule", "process", "detail", "uid", "env")
+
+    def __init__(self, rule: str, process: Optional[Process], detail: str, uid: Optional[int] = None,
+                 env: Optional[Dict[str, Any]] = None) -> None:
         self.rule, self.process, self.detail = rule, process, detail
+        self.uid = process.uid if process is not None else uid
+        self.env = process.env if process is not None else env
 
 
 def _over_share(processes: Sequence[Process]) -> List[Violation]:
@@ -66,7 +76,7 @@ def _over_share(processes: Sequence[Process]) -> List[Violation]:
 
 def _over_cap(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machine: Any, policy: Policy,
               user: Callable[[int], str]) -> List[Violation]:
-    from .policy import CAPS, held
+    from .policy import CAPS, UNIT, held
 
     found = []
     for uid, state in users.items():
@@ -78,17 +88,34 @@ def _over_cap(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], ma
             continue
         holding = [env for env in state["envs"] if env["devices"]]
         holding.sort(key=lambda env: max(d["attached"] for d in env["devices"]))
-        over: List[Dict[str, Any]] = []
         while holding:
             now = held({uid: {"envs": holding}}, uid, machine)
-            excess = [cap for cap, value in caps.items() if value is not None and now[cap] > value + 1e-9]
+            excess = [cap for cap, value in caps.items() if value is not None and now[cap] > value * UNIT]
             if not excess:
                 break
-            over.append(holding.pop())  # the newest first
+            newest = holding.pop()
             detail = "%s holds more than %s = %d" % (name, excess[0], caps[excess[0]] or 0)
-            for process in processes:
-                if process.env is over[-1]:
-                    found.append(Violation("over-cap", process, detail))
+            own = [process for process in processes if process.env is newest]
+            found += [Violation("over-cap", process, detail) for process in own]
+            if not own:
+                found.append(Violation("over-cap", None, detail, uid, newest))
+    return found
+
+
+def _conflicts(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machine: Any) -> List[Violation]:
+    from .environments import holdings
+
+    found = []
+    for index, holders in holdings(users, machine).items():
+        if len(holders) < 2 or all(reserved.get("memory") is not None for _, _, reserved in holders):
+            continue
+        ordered = sorted(holders, key=lambda holder: (holder[2]["attached"], holder[0], holder[1]["id"]))
+        first = ordered[0][1]
+        later = [env for _, env, _ in ordered[1:]]
+        detail = "GPU %d is also held by environment %s, which attached it first" % (index, first["id"])
+        for process in processes:
+            if process.gpu == index and any(process.env is env for env in later):
+                found.append(Violation("conflict", process, detail))
     return found
 
 
@@ -97,7 +124,7 @@ def decide(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machi
     """The violations, one per process (its first rule in RULES order)."""
     safe = [p for p in processes
             if p.known and p.uid is not None and p.pid != 1 and p.token is not None
-            and not policy.exempt(user(p.uid), p.command)]
+            and not policy.exempt(user(p.uid), p.program)]
     found: List[Violation] = []
     for process in safe:
         if process.env is None:
@@ -105,17 +132,20 @@ def decide(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machi
         elif process.misplaced:
             found.append(Violation("misplaced", process, "on GPU %s, which environment %s does not hold"
                                    % (_gpu(process), process.env["id"])))
-    found += _over_cap(safe, users, machine, policy, user)
+    found += _conflicts(safe, users, machine)
+    found += [v for v in _over_cap(safe, users, machine, policy, user)
+              if v.uid is None or user(v.uid) not in policy.exempt_users]
     found += _over_share(safe)
     seen = set()
     result = []
     for violation in found:
-        key = (violation.process.pid, violation.process.gpu)
+        p = violation.process
+        key = (p.pid, p.gpu) if p is not None else (-1, id(violation.env))
         if key not in seen:
             seen.add(key)
             result.append(violation)
-    result.sort(key=lambda v: (RULES.index(v.rule), v.process.gpu if v.process.gpu is not None else -1,
-                               v.process.pid))
+    result.sort(key=lambda v: (RULES.index(v.rule), (v.process.gpu if v.process.gpu is not None else -1)
+                               if v.process else -2, v.process.pid if v.process else -1))
     return result
 
 

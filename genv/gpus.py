@@ -135,29 +135,22 @@ def parse_query(output: str) -> List[Record]:
 def run_nvidia_smi(path: str, args: Tuple[str, ...]) -> str:
     """Run nvidia-smi; its output, or GenvError with its first line. Exit 6
     with 'No devices were found' is an empty answer, not an error."""
-    import subprocess
+    from . import spawn
 
     try:
-        done = subprocess.run(
-            [path, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            timeout=60,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise GenvError("cannot run %s: %s" % (path, error)) from None
-    out = done.stdout.decode("utf-8", "replace")
-    if done.returncode == 6 and "No devices were found" in out:
+        status, stdout, stderr = spawn.run([path, *args], timeout=60)
+    except OSError as error:
+        raise GenvError("cannot run %s: %s" % (path, error.strerror or error)) from None
+    out = stdout.decode("utf-8", "replace")
+    if status == 6 and "No devices were found" in out:
         return ""
-    if done.returncode < 0:
-        raise GenvError("nvidia-smi was killed by signal %d" % -done.returncode)
-    if done.returncode != 0:
-        said = (done.stderr or done.stdout).decode("utf-8", "replace").strip().splitlines()
+    if status < 0:
+        raise GenvError("nvidia-smi was killed by signal %d" % -status)
+    if status != 0:
+        said = (stderr or stdout).decode("utf-8", "replace").strip().splitlines()
         raise GenvError(
             "nvidia-smi failed with exit status %d%s"
-            % (done.returncode, (": " + said[0][:200]) if said else "")
+            % (status, (": " + said[0][:200]) if said else "")
         )
     return out
 

@@ -35,12 +35,13 @@ from .errors import GenvError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Callable, Dict, FrozenSet, Optional
+    from typing import Any, Callable, Dict, FrozenSet, List, Optional
 
 DEFAULT_PATH = "/etc/genv/policy.json"
 CAPS = ("max_gpus", "max_environments")
 KEYS = ("default", "users", "exempt_users", "exempt_process_names")
 MAX_BYTES = 1 << 20
+UNIT = 1000000  # caps are counted in millionths of a GPU: exact, whole numbers
 
 
 class Invalid(ValueError):
@@ -63,19 +64,23 @@ class Policy:
         own = self.users.get(user, {})
         return own[name] if name in own else self.default.get(name)
 
-    def exempt(self, user: Optional[str], command: Optional[str]) -> bool:
-        """Whether enforcement must leave this process alone."""
+    def exempt(self, user: Optional[str], program: Optional[str]) -> bool:
+        """Whether enforcement must leave this process alone: its user is
+        exempt, or the program it runs (its executable's path, not the name
+        it gives itself) has an exempt name."""
         if user is not None and user in self.exempt_users:
             return True
-        if command:
-            program = command.split()[0] if command.split() else ""
-            if os.path.basename(program) in self.exempt_process_names:
-                return True
-        return False
+        return bool(program) and os.path.basename(program or "") in self.exempt_process_names
 
 
 def path() -> str:
-    return os.environ.get("GENV_POLICY") or DEFAULT_PATH
+    """The policy file: /etc/genv/policy.json. ``GENV_POLICY`` names another
+    (for tests) only where that one does not exist: on a machine with a
+    policy, no user can switch it off by pointing elsewhere."""
+    chosen = os.environ.get("GENV_POLICY")
+    if not chosen or os.path.lexists(DEFAULT_PATH):
+        return DEFAULT_PATH
+    return chosen
 
 
 def _cap(value: Any, where: str) -> int:
@@ -129,6 +134,8 @@ def _trusted(info: os.stat_result, what: str) -> None:
 def load(warn: Optional[Callable[[str], None]] = None) -> Policy:
     """The policy in force (see the module's docstring)."""
     where = path()
+    if not os.path.isabs(where):
+        return _ignored(where, "GENV_POLICY must be an absolute path", warn)
     folder, name = os.path.split(where)
     try:
         dir_fd = os.open(folder or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -137,6 +144,10 @@ def load(warn: Optional[Callable[[str], None]] = None) -> Policy:
     except OSError as error:
         return _ignored(where, error.strerror or str(error), warn)
     try:
+        try:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return Policy()  # no policy: nothing to say
         _trusted(os.fstat(dir_fd), "folder")
         info, raw = files.read_regular(dir_fd, name, MAX_BYTES)
         _trusted(info, "file")
@@ -180,22 +191,38 @@ def check_caps(policy: Policy, users: Dict[int, Dict[str, Any]], uid: int, user:
         env["devices"] = before
     for name in CAPS:
         cap = policy.cap(user, name)
-        if cap is not None and now[name] > cap + 1e-9:
-            what = "GPUs" if name == "max_gpus" else "environments holding GPUs"
-            raise CapExceeded("cannot attach: %s would hold %s %s, over the cap %s = %d for them in %s"
-                              % (user, ("%g" % now[name]), what, name, cap, policy.path))
+        if cap is not None and now[name] > cap * UNIT:
+            amount = now[name] / UNIT
+            if name == "max_gpus":
+                what = "GPU" if amount == 1 else "GPUs"
+            else:
+                what = "environment holding GPUs" if amount == 1 else "environments holding GPUs"
+            raise CapExceeded("cannot attach: %s would hold %g %s, over the cap %s = %d for them in %s"
+                              % (user, amount, what, name, cap, policy.path))
 
 
-def held(users: Dict[int, Dict[str, Any]], uid: int, machine: Any) -> Dict[str, float]:
-    """What a user holds, as the caps count it: ``gpus`` (a share counts
-    its fraction of the GPU's memory) and ``environments`` holding GPUs."""
+def least(request: Any, machine: Any) -> List[Dict[str, Any]]:
+    """The least an attach for ``request`` can hold (a share counted on the
+    largest GPU), to refuse at once what no free GPU would ever allow."""
+    sizes = [device.get("total") for device in machine if device.get("total")]
+    largest = max(sizes) if sizes else None
+    indices = list(request.indices) if request.indices is not None else []
+    count = len(indices) if indices else request.count
+    return [{"index": indices[n] if indices else -1 - n, "memory": request.memory,
+             "total": largest if request.memory is not None else None} for n in range(count)]
+
+
+def held(users: Dict[int, Dict[str, Any]], uid: int, machine: Any) -> Dict[str, int]:
+    """What a user holds, as the caps count it, in millionths (``UNIT``):
+    ``max_gpus`` (a share counts its fraction of the GPU's memory) and
+    ``max_environments`` (those holding GPUs)."""
     totals = {device["index"]: device.get("total") for device in machine}
-    gpus = 0.0
+    gpus = 0
     environments = 0
     for env in users.get(uid, {}).get("envs", ()):
         if env["devices"]:
             environments += 1
         for reserved in env["devices"]:
             share, total = reserved.get("memory"), reserved.get("total") or totals.get(reserved["index"])
-            gpus += 1.0 if share is None or not total else min(1.0, share / total)
-    return {"max_gpus": gpus, "max_environments": float(environments)}
+            gpus += UNIT if share is None or not total else min(UNIT, share * UNIT // total)
+    return {"max_gpus": gpus, "max_environments": environments * UNIT}

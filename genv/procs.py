@@ -177,6 +177,17 @@ class ProcFS:
         data = _read("%d/environ" % pid, ENV_VAR_LIMIT, self._proc_fd)
         return _find_var(data, name) if data else None
 
+    def executable(self, pid: int) -> Optional[str]:
+        """The program the process runs (``/proc/<pid>/exe``: not the name it
+        gives itself in argv[0]); None if unreadable (another user's)."""
+        if pid <= 0 or self._proc_fd < 0:
+            return None
+        try:
+            path = os.readlink("%d/exe" % pid, dir_fd=self._proc_fd)
+        except OSError:
+            return None
+        return path[: -len(" (deleted)")] if path.endswith(" (deleted)") else path
+
     def command(self, pid: int) -> Optional[str]:
         """The command line, arguments joined by spaces; None if unreadable."""
         if pid <= 0 or self._proc_fd < 0:
@@ -292,6 +303,15 @@ class Psutil(ProcFS):
             return None
         try:
             return process.environ().get(name)  # type: ignore[no-any-return]
+        except (self._psutil.Error, ValueError, OSError):
+            return None
+
+    def executable(self, pid: int) -> Optional[str]:
+        process = self._process(pid)
+        if process is None:
+            return None
+        try:
+            return str(process.exe()) or None
         except (self._psutil.Error, ValueError, OSError):
             return None
 

@@ -28,7 +28,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import IO, Callable, Dict, List, Optional, Tuple
+    from typing import IO, Callable, Dict, Iterable, List, Optional, Tuple
 
 NO_PROCESSES = "  No running processes found"
 MIB = 1 << 20
@@ -84,7 +84,7 @@ def _mib(word: str) -> int:
     return int(word[:-3]) if word.endswith("MiB") and word[:-3].isdigit() else 0
 
 
-def filter_table(lines: IO[bytes], out: IO[bytes], member: Callable[[int], bool],
+def filter_table(lines: Iterable[bytes], out: IO[bytes], member: Callable[[int], bool],
                  total: Optional[int] = None) -> None:
     """Pass the table through, keeping only the environment's process rows.
     The process section starts after a line with ``Processes:``; its header
@@ -160,7 +160,7 @@ def filter_table(lines: IO[bytes], out: IO[bytes], member: Callable[[int], bool]
     flush()
 
 
-def filter_apps(lines: IO[bytes], out: IO[bytes], member: Callable[[int], bool]) -> None:
+def filter_apps(lines: Iterable[bytes], out: IO[bytes], member: Callable[[int], bool]) -> None:
     """``--query-compute-apps`` with ``pid`` put first by ``apps_args``: keep
     the environment's rows, and drop that first column again."""
     for raw in lines:
@@ -184,12 +184,11 @@ def gpu_query(real: str, args: List[str], member: Callable[[int], bool], total: 
     """``--query-gpu`` in an environment with a share: ``uuid`` is put
     first (to know each row's GPU) and dropped again; memory fields show the
     environment's view. One more nvidia-smi call gives the processes."""
-    import subprocess
+    from . import spawn
 
     own: Dict[str, int] = {}
-    apps = subprocess.run([real, "--query-compute-apps=pid,gpu_uuid,used_memory", "--format=csv,noheader,nounits"],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False)
-    for line in apps.stdout.decode("utf-8", "replace").splitlines():
+    _, apps, _ = spawn.run([real, "--query-compute-apps=pid,gpu_uuid,used_memory", "--format=csv,noheader,nounits"])
+    for line in apps.decode("utf-8", "replace").splitlines():
         parts = [part.strip() for part in line.split(",")]
         if len(parts) == 3 and parts[0].isdigit() and member(int(parts[0])):
             own[parts[1]] = own.get(parts[1], 0) + (int(parts[2]) if parts[2].isdigit() else 0)
@@ -200,10 +199,12 @@ def gpu_query(real: str, args: List[str], member: Callable[[int], bool], total: 
             fields = [field.strip() for field in arg[len("--query-gpu="):].split(",")]
             arg = "--query-gpu=uuid," + arg[len("--query-gpu="):]
         query.append(arg)
-    done = subprocess.run([real] + query, stdout=subprocess.PIPE, check=False)
-    for line in done.stdout.decode("utf-8", "surrogateescape").splitlines(True):
+    status, stdout, stderr = spawn.run([real] + query)
+    if stderr:
+        sys.stderr.buffer.write(stderr)
+    for line in stdout.decode("utf-8", "surrogateescape").splitlines(True):
         cells = line.rstrip("\r\n").split(", ")
-        if done.returncode != 0 or len(cells) != len(fields) + 1:
+        if status != 0 or len(cells) != len(fields) + 1:
             out.write(line.encode("utf-8", "surrogateescape"))  # an error, or a row we cannot read
             continue
         uuid, cells = cells[0], cells[1:]
@@ -214,7 +215,7 @@ def gpu_query(real: str, args: List[str], member: Callable[[int], bool], total: 
                 if value is not None and not cells[number].startswith("["):
                     cells[number] = "%d%s" % (value, " MiB" if cells[number].endswith("MiB") else "")
         out.write((", ".join(cells) + "\n").encode("utf-8", "surrogateescape"))
-    return done.returncode
+    return status
 
 
 def apps_args(args: List[str]) -> List[str]:
@@ -259,7 +260,7 @@ def main(argv: List[str]) -> int:
 
 
 def _main(mode: str, real: str, args: List[str], out: IO[bytes]) -> int:
-    import subprocess
+    from . import spawn
 
     member = member_test()
     total = share()
@@ -270,23 +271,23 @@ def _main(mode: str, real: str, args: List[str], out: IO[bytes]) -> int:
     if mode == "apps":
         args = apps_args(args)
     try:
-        child = subprocess.Popen([real] + args, stdout=subprocess.PIPE)
+        pid, fd = spawn.stream([real] + args)
     except OSError as error:
         sys.stderr.write("genv: cannot run %s: %s\n" % (real, error.strerror))
         return 127
-    assert child.stdout is not None
     try:
         if mode == "apps":
-            filter_apps(child.stdout, out, member)
+            filter_apps(spawn.lines(fd), out, member)
         else:
-            filter_table(child.stdout, out, member, total)
+            filter_table(spawn.lines(fd), out, member, total)
     except BrokenPipeError:
-        child.kill()
+        os.kill(pid, 9)
     except KeyboardInterrupt:
-        child.wait()
+        spawn.wait(pid)
         return 130
-    return child.wait()
-
+    finally:
+        os.close(fd)
+    return spawn.wait(pid)
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(__file__))))

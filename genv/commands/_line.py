@@ -33,7 +33,8 @@ OBSERVE_EVERY = 2.0  # seconds between nvidia-smi process queries while waiting
 
 
 def join(session: Session, env: Dict[str, Any], request: Request) -> None:
-    """Put ``env`` in line for ``request``, with this process as the waiter."""
+    """Put ``env`` in line for ``request``, with this process as the waiter
+    (the caller marks the owner's state changed)."""
     token = session.processes.token(os.getpid())
     assert token is not None
     env["waiting"] = {

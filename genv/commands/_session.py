@@ -139,11 +139,18 @@ class Session:
         before = env["devices"]
         ahead = [Waiter(uid, other, waiting_request(other["waiting"]))
                  for uid, other in environments.ahead_of(self.users, env)]
+        capped = owner != 0 and self.ctx.euid != 0  # root is not capped
+        if capped and request.count:
+            from ..policy import check_caps, least
+
+            # Even the least this request could get: refused at once, waiting would not help.
+            check_caps(self.policy(), self.users, owner, self.ctx.user(owner), env, least(request, self.machine),
+                       self.machine)
         try:
             chosen = allocate(self.users, env, self.machine, request, self.now, self.ctx.describe, self.busy(),
                               ahead)
             failure = None
-            if chosen and owner != 0 and self.ctx.euid != 0:  # root is not capped
+            if chosen and capped:
                 from ..policy import check_caps
 
                 check_caps(self.policy(), self.users, owner, self.ctx.user(owner), env, chosen, self.machine)

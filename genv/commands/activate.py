@@ -48,12 +48,15 @@ def _saved() -> Dict[str, Any]:
         raise GenvError("%s (activate with --no-load to skip it)" % error) from None
 
 
-def _attach(session: Session, owner: int, env: Dict[str, Any]) -> Optional[str]:
+def _attach(session: Session, owner: int, env: Dict[str, Any], before: Dict[str, Any]) -> Optional[str]:
+    """Attach; a cap refusal changes nothing (the configuration goes back to
+    ``before``), and the terminal stays activated with what it has."""
     from ..policy import CapExceeded
 
     try:
         return session.attach(owner, env, request_of(env["config"]))
     except CapExceeded as error:
+        env["config"] = before
         return str(error)
 
 
@@ -68,9 +71,10 @@ def _join(session: Session, eid: str, settings: Dict[str, Any], pid: int, token:
     if owner != session.ctx.euid:  # root joins a user's environment
         environments.record_join(session.users, owner, env, pid, token)
         session.tx.changed(session.ctx.euid)
+    before = dict(env["config"])
     env["config"].update(settings)
     session.tx.changed(owner)
-    failure = _attach(session, owner, env) if attach else None
+    failure = _attach(session, owner, env, before) if attach else None
     return owner, env, failure
 
 
@@ -80,7 +84,7 @@ def _create(session: Session, config: Dict[str, Any], pid: int, token: str,
     env = environments.new_env(environments.new_id(session.users, pid), session.now, config, pid, token)
     session.tx.user(owner)["envs"].append(env)
     session.tx.changed(owner)
-    failure = _attach(session, owner, env) if attach else None
+    failure = _attach(session, owner, env, dict(env["config"])) if attach else None
     return owner, env, failure
 
 

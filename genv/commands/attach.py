@@ -116,6 +116,7 @@ def _first_try(ctx: Context, eid: str, plan: Plan) -> Tuple[bytes, Optional[str]
         waits = failure is not None and plan.wait is not None and plan.wait > 0
         if waits:
             line.join(session, env, request)
+            session.tx.changed(owner)
         session.deliver_warnings(owner, env)
         payload = _script(env)
     return payload, failure, request.count if waits else 0

@@ -7,7 +7,7 @@ import time
 
 from .. import enforce
 from ..cli import Context, complete_options, out, output_format, parse, print_json
-from ..errors import UsageError
+from ..errors import GenvError, UsageError
 from ..procs import processes
 from ..table import render, size
 from ._session import Session
@@ -18,6 +18,8 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
 
 OPTIONS = {"--kill": False, "--grace": True, "--interval": True, "--format": True, "--json": False}
 HEADER = ("RULE", "GPU", "PID", "USER", "ENV ID", "MEMORY", "COMMAND", "OUTCOME")
+MIN_INTERVAL = 0.1
+ERROR = 2  # exit status when enforce cannot look (1: the rules are broken)
 
 
 def complete(words: List[str]) -> List[str]:
@@ -31,7 +33,7 @@ def _seconds(text: str, option: str, least: float) -> float:
         value = -1.0
     if not least <= value < 1e9:
         raise UsageError("invalid %s %r: expected a number of seconds%s" % (
-            option, text, " above 0" if least > 0 else ""))
+            option, text, " of at least %g" % least if least > 0 else ""))
     return value
 
 
@@ -42,23 +44,29 @@ class Action:
         self.violation = violation
         self.user = user
         process = violation.process
-        self.permitted = euid == 0 or process.uid == euid
-        self.outcome = "would stop" if self.permitted else "not permitted"
-        self.failed = not self.permitted
+        if process is None:
+            self.permitted = False
+            self.outcome = "no process to stop"
+            self.failed = True  # the rule stays broken whatever --kill does
+        else:
+            self.permitted = euid == 0 or process.uid == euid
+            self.outcome = "would stop" if self.permitted else "not permitted"
+            self.failed = not self.permitted
 
-    def doc(self) -> Dict[str, Any]:
-        p = self.violation.process
-        return {"rule": self.violation.rule, "detail": self.violation.detail, "gpu": p.gpu, "pid": p.pid,
-                "uid": p.uid, "user": self.user, "env_id": p.env["id"] if p.env else None,
-                "memory": None if p.memory is None else p.memory >> 20, "command": p.command,
-                "outcome": self.outcome}
+    def cells(self) -> Dict[str, Any]:
+        v = self.violation
+        p = v.process
+        return {"rule": v.rule, "detail": v.detail, "gpu": p.gpu if p else None, "pid": p.pid if p else None,
+                "uid": v.uid, "user": self.user, "env_id": v.env["id"] if v.env else None,
+                "memory": None if p is None or p.memory is None else p.memory >> 20,
+                "command": p.command if p else None, "outcome": self.outcome}
 
 
 def find(ctx: Context) -> List[Action]:
     """The violations now (one look at the GPUs, one at the state)."""
     with Session(ctx, listing=True, observe=True) as session:
         found = enforce.decide(session.attributed(), session.users, session.machine, session.policy(), ctx.user)
-    return [Action(v, ctx.user(v.process.uid) if v.process.uid is not None else "?", ctx.euid) for v in found]
+    return [Action(v, ctx.user(v.uid) if v.uid is not None else "?", ctx.euid) for v in found]
 
 
 def stop(actions: List[Action], grace: float) -> None:
@@ -67,11 +75,10 @@ def stop(actions: List[Action], grace: float) -> None:
 
     pending = []
     for action in actions:
-        if not action.permitted:
+        process = action.violation.process
+        if not action.permitted or process is None:
             continue
-        p = action.violation.process
-        assert p.token is not None
-        sent = enforce.signal(p.pid, p.token, signal.SIGTERM, processes)
+        sent = enforce.signal(process.pid, process.token or "", signal.SIGTERM, processes)
         if sent == "sent":
             pending.append(action)
         else:
@@ -79,19 +86,21 @@ def stop(actions: List[Action], grace: float) -> None:
             action.failed = sent != "gone"
     deadline = time.monotonic() + grace
     while pending and time.monotonic() < deadline:
-        pending = [a for a in pending if enforce.alive(a.violation.process.pid, a.violation.process.token or "",
-                                                       processes)]
-        for action in actions:
-            if action.outcome == "would stop" and action not in pending and action.permitted:
+        still = []
+        for action in pending:
+            process = action.violation.process
+            assert process is not None
+            if enforce.alive(process.pid, process.token or "", processes):
+                still.append(action)
+            else:
                 action.outcome = "terminated (SIGTERM)"
+        pending = still
         if pending:
             time.sleep(0.1)
-    for action in actions:
-        if action.outcome == "would stop" and action.permitted and action not in pending:
-            action.outcome = "terminated (SIGTERM)"
     for action in pending:
-        p = action.violation.process
-        sent = enforce.signal(p.pid, p.token or "", signal.SIGKILL, processes)
+        process = action.violation.process
+        assert process is not None
+        sent = enforce.signal(process.pid, process.token or "", signal.SIGKILL, processes)
         if sent == "sent":
             action.outcome = "killed (SIGKILL after %gs)" % grace
         elif sent == "gone":
@@ -102,28 +111,39 @@ def stop(actions: List[Action], grace: float) -> None:
 
 def report(actions: List[Action], form: str) -> None:
     if form == "json":
-        print_json([action.doc() for action in actions])
+        print_json([action.cells() for action in actions])
         return
     if not actions:
         out("No process breaks the rules\n")
         return
-    out(render(HEADER, [
-        (a.violation.rule, "-" if a.violation.process.gpu is None else str(a.violation.process.gpu),
-         str(a.violation.process.pid), a.user, a.violation.process.env["id"] if a.violation.process.env else "-",
-         size(None if a.violation.process.memory is None else a.violation.process.memory >> 20),
-         a.violation.process.command or "", a.outcome) for a in actions]))
+    rows = []
+    for action in actions:
+        c = action.cells()
+        rows.append((c["rule"], "-" if c["gpu"] is None else str(c["gpu"]), "-" if c["pid"] is None else str(c["pid"]),
+                     c["user"], c["env_id"] or "-", size(c["memory"]), c["command"] or "", c["outcome"]))
+    out(render(HEADER, rows))
 
 
 def log(action: Action) -> None:
-    p = action.violation.process
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    line = "%s rule=%s pid=%d user=%s gpu=%s env=%s outcome=%s" % (
-        stamp, action.violation.rule, p.pid, action.user, "-" if p.gpu is None else p.gpu,
-        p.env["id"] if p.env else "-", action.outcome.replace(" ", "_"))
     from ..text import printable
 
+    c = action.cells()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    line = "%s rule=%s pid=%s user=%s gpu=%s env=%s outcome=%s" % (
+        stamp, c["rule"], "-" if c["pid"] is None else c["pid"], c["user"], "-" if c["gpu"] is None else c["gpu"],
+        c["env_id"] or "-", c["outcome"].replace(" ", "_"))
     sys.stdout.write(printable(line) + "\n")
     sys.stdout.flush()
+
+
+def _round(ctx: Context, kill: bool, grace: float) -> List[Action]:
+    try:
+        actions = find(ctx)
+    except GenvError as error:
+        raise GenvError(str(error), ERROR) from None
+    if kill:
+        stop(actions, grace)
+    return actions
 
 
 def main(argv: List[str]) -> int:
@@ -131,27 +151,38 @@ def main(argv: List[str]) -> int:
     if opts.get("--format") == "csv":
         raise UsageError("invalid --format 'csv' for enforce (formats: table, json)")
     form = output_format(opts)
-    grace = _seconds(opts["--grace"], "--grace", 0) if "--grace" in opts else 10.0
-    interval: Optional[float] = _seconds(opts["--interval"], "--interval", 0.1) if "--interval" in opts else None
     kill = "--kill" in opts
+    if "--grace" in opts and not kill:
+        raise UsageError("--grace goes with --kill")
+    grace = _seconds(opts["--grace"], "--grace", 0) if "--grace" in opts else 10.0
+    interval: Optional[float] = None
+    if "--interval" in opts:
+        interval = _seconds(opts["--interval"], "--interval", MIN_INTERVAL)
+        if "--format" in opts or "--json" in opts:
+            raise UsageError("--interval logs one line per action; --format is for a single run")
     ctx = Context()
     if interval is None:
-        actions = find(ctx)
-        if kill:
-            stop(actions, grace)
+        actions = _round(ctx, kill, grace)
         report(actions, form)
         broke = any(a.failed for a in actions) if kill else bool(actions)
         return 1 if broke else 0
-    # A service: one line per action (or, without --kill, per new finding).
+    # A service: one line per action (or, without --kill, per new finding);
+    # a round that cannot look is logged, and the next one tries again.
     seen = set()
     while True:
-        actions = find(ctx)
-        if kill:
-            stop(actions, grace)
+        try:
+            actions = _round(ctx, kill, grace)
+        except GenvError as error:
+            from ..cli import err
+
+            err("%s this round failed: %s" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), error))
+            actions = []
+        keys = set()
         for action in actions:
-            key = (action.violation.rule, action.violation.process.pid, action.violation.process.token)
+            p = action.violation.process
+            key = (action.violation.rule, p.pid if p else -1, p.token if p else None)
+            keys.add(key)
             if kill or key not in seen:
                 log(action)
-        seen = {(a.violation.rule, a.violation.process.pid, a.violation.process.token) for a in actions}
+        seen = keys
         time.sleep(interval)
-

@@ -1,0 +1,119 @@
+"""Running nvidia-smi without ``import subprocess``.
+
+``subprocess`` pulls in ``threading``, ``selectors``, ``locale`` and more:
+measured, about as much as a second interpreter start, paid by every command
+that asks nvidia-smi something (``ps``, ``devices``, ``attach``, the shim's
+filter). ``os.posix_spawn`` with two pipes and ``select.poll`` does the same
+job for the few calls genv makes.
+"""
+
+from __future__ import annotations
+
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
+    from typing import Dict, Iterator, List, Sequence, Tuple
+
+
+class Timeout(OSError):
+    """The program did not finish in time (it was killed)."""
+
+
+def _spawn(argv: Sequence[str], stdout: int, stderr: int) -> int:
+    actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+               (os.POSIX_SPAWN_DUP2, stdout, 1)]
+    if stderr >= 0:
+        actions.append((os.POSIX_SPAWN_DUP2, stderr, 2))
+    return os.posix_spawn(argv[0], list(argv), dict(os.environ), file_actions=actions)
+
+
+def status_of(wait_status: int) -> int:
+    """A return code as subprocess gives it: negative for a signal."""
+    if os.WIFSIGNALED(wait_status):
+        return -os.WTERMSIG(wait_status)
+    return os.WEXITSTATUS(wait_status)
+
+
+def run(argv: Sequence[str], timeout: float = 60.0, capture_stderr: bool = True) -> Tuple[int, bytes, bytes]:
+    """Run ``argv`` (a path, not searched on PATH) with stdin from /dev/null;
+    its return code and what it wrote on stdout and stderr. Raises OSError
+    if it cannot be started, Timeout if it runs longer than ``timeout``."""
+    import select
+    import time
+
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe() if capture_stderr else (-1, -1)
+    try:
+        pid = _spawn(argv, out_w, err_w)
+    except BaseException:
+        for fd in (out_r, out_w, err_r, err_w):
+            if fd >= 0:
+                os.close(fd)
+        raise
+    os.close(out_w)
+    if err_w >= 0:
+        os.close(err_w)
+    chunks: Dict[int, List[bytes]] = {out_r: [], err_r: []}
+    poller = select.poll()
+    for fd in (out_r, err_r):
+        if fd >= 0:
+            poller.register(fd, select.POLLIN | select.POLLHUP)
+    open_fds = {fd for fd in (out_r, err_r) if fd >= 0}
+    deadline = time.monotonic() + timeout
+    try:
+        while open_fds:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                raise Timeout("timed out after %g s" % timeout)
+            for fd, _ in poller.poll(int(left * 1000) + 1):
+                data = os.read(fd, 65536)
+                if data:
+                    chunks[fd].append(data)
+                else:
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
+        _, wait_status = os.waitpid(pid, 0)
+    finally:
+        for fd in (out_r, err_r):
+            if fd >= 0:
+                os.close(fd)
+    return status_of(wait_status), b"".join(chunks[out_r]), b"".join(chunks.get(err_r, []))
+
+
+def stream(argv: Sequence[str]) -> Tuple[int, int]:
+    """Start ``argv`` with its stdout on a pipe (stderr as ours); its PID and
+    the read end of the pipe."""
+    out_r, out_w = os.pipe()
+    try:
+        pid = _spawn(argv, out_w, -1)
+    except BaseException:
+        os.close(out_r)
+        raise
+    finally:
+        os.close(out_w)
+    return pid, out_r
+
+
+def wait(pid: int) -> int:
+    """The return code of a process started by ``stream``."""
+    return status_of(os.waitpid(pid, 0)[1])
+
+
+def lines(fd: int) -> Iterator[bytes]:
+    """The lines read from ``fd``, as they come (the last one may lack its
+    newline)."""
+    pending = b""
+    while True:
+        data = os.read(fd, 65536)
+        if not data:
+            break
+        pending += data
+        while b"\n" in pending:
+            line, _, pending = pending.partition(b"\n")
+            yield line + b"\n"
+    if pending:
+        yield pending
+
