@@ -93,6 +93,19 @@ class ProcFS:
         self._stat: Dict[int, Optional[Tuple[str, int, float]]] = {}
         self._uid: Dict[int, Optional[int]] = {}
 
+    def close(self) -> None:
+        """Let go of the open /proc (also when the object is dropped: a
+        long-running waiter or monitor asks afresh many times)."""
+        if self._proc_fd >= 0:
+            try:
+                os.close(self._proc_fd)
+            except OSError:
+                pass
+            self._proc_fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
     # -- identity and liveness --
 
     def _stat_of(self, pid: int) -> Optional[Tuple[str, int, float]]:

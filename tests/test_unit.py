@@ -248,3 +248,19 @@ def test_backend_switch(monkeypatch):
     pytest.importorskip("psutil")
     monkeypatch.setenv("GENV_PROCESS_BACKEND", "psutil")
     assert type(processes()) is Psutil
+
+
+def test_process_facts_do_not_leak_descriptors():
+    """A waiter or the monitor asks afresh four times a second: each look
+    must let go of its /proc descriptor (it leaked one per look)."""
+    from genv.procs import processes
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(200):
+        facts = processes()
+        facts.token(os.getpid())
+    del facts
+    assert len(os.listdir("/proc/self/fd")) <= before + 1
+    facts = processes()
+    facts.close()
+    facts.close()
+    assert facts.token(os.getpid()) is None  # closed: it knows nothing more

@@ -97,7 +97,10 @@ class Session:
         return self
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
-        self.tx.__exit__(kind, value, traceback)
+        try:
+            self.tx.__exit__(kind, value, traceback)
+        finally:
+            self.processes.close()
 
     @property
     def users(self) -> Dict[int, Dict[str, Any]]:

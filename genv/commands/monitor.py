@@ -1,0 +1,338 @@
+"""genv monitor: Prometheus metrics about environments, GPUs and their
+processes, served over HTTP.
+
+Each reading is one fresh ``Session`` (one nvidia-smi query of each kind,
+run before the state lock, then the state under the lock, briefly) turned
+into the listings' documents and from those into metrics
+(``genv.metrics``). A reading happens when Prometheus scrapes, not in a
+loop; a scrape within ``--interval`` seconds of the last reading is served
+that reading again. prometheus-client is an optional dependency
+(``pip install 'genv-shell[monitor]'``), imported only here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+from .. import metrics
+from ..cli import Context, complete_options, err, out, parse
+from ..errors import GenvError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
+    from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+
+    Doc = Dict[str, Any]
+
+OPTIONS = {"--port": True, "--address": True, "--interval": True}
+DEFAULT_PORT = 9759
+"""Not among the common exporters' ports (node_exporter 9100, DCGM 9400,
+nvidia_gpu_exporter 9835); see docs/admin.md."""
+DEFAULT_ADDRESS = "0.0.0.0"
+DEFAULT_INTERVAL = 5.0
+PACKAGE = "prometheus-client>=0.16"
+
+
+def complete(words: List[str]) -> List[str]:
+    return complete_options(words, OPTIONS, {"--address": lambda: ["0.0.0.0", "127.0.0.1", "::", "::1"]})
+
+
+def _port(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 5 or int(text) > 65535:
+        raise UsageError("invalid --port %r: expected a TCP port from 0 to 65535 (0: any free one)" % text)
+    return int(text)
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e9:
+        raise UsageError("invalid --interval %r: expected a number of seconds (0: read at every scrape)" % text)
+    return value
+
+
+def _address(text: str) -> str:
+    if not text or text != text.strip():
+        raise UsageError("invalid --address %r: expected an IP address or a host name" % text)
+    return text
+
+
+def prometheus_client() -> Any:
+    """The prometheus_client package, or a one-line GenvError saying how
+    to install it. genv runs with ``-S``: site-packages are added first."""
+    import importlib
+
+    try:
+        return importlib.import_module("prometheus_client")
+    except ImportError:
+        import site
+
+        site.main()
+    try:
+        return importlib.import_module("prometheus_client")
+    except ImportError:
+        raise GenvError(
+            "genv monitor needs the Python package prometheus-client, which %s does not have: install it "
+            "with '%s -m pip install \"%s\"' (or pip install 'genv-shell[monitor]'), or set GENV_PYTHON to "
+            "an interpreter that has it" % (sys.executable, sys.executable, PACKAGE)
+        ) from None
+
+
+# --- reading --------------------------------------------------------------------
+
+
+def _release(facts: Any) -> None:
+    """Close what a process-facts object holds open (ProcFS keeps /proc
+    open, and a long-running command makes one per reading)."""
+    close = getattr(facts, "close", None)
+    if callable(close):
+        close()
+        return
+    fd = getattr(facts, "_proc_fd", -1)
+    if isinstance(fd, int) and fd >= 0:
+        os.close(fd)
+        facts._proc_fd = -1
+
+
+def read_documents() -> Tuple[List[Doc], List[Doc], List[Doc]]:
+    """One reading: the documents of ``genv envs``, ``genv devices`` and
+    ``genv ps``, from one session (one nvidia-smi query of each kind)."""
+    from ..listing import devices_docs, envs_docs, ps_docs
+    from ._session import Session
+
+    ctx = Context()
+    session = Session(ctx, listing=True)
+    try:
+        session.observe(usage=True)
+        with session:
+            snapshot = session.snapshot
+            assert snapshot is not None
+            processes = session.attributed()
+            envs = envs_docs(session.users, ctx.user)
+            devices = devices_docs(session.users, session.machine, snapshot.used, processes, ctx.user)
+            procs = ps_docs(processes, ctx.user)
+    finally:
+        _release(session.processes)
+    return envs, devices, procs
+
+
+class _Captured:
+    """Stands in for sys.stderr during a reading, to collect its ``genv:``
+    lines (``cli.err`` writes to ``sys.stderr.buffer``)."""
+
+    def __init__(self) -> None:
+        import io
+
+        self.buffer = io.BytesIO()
+
+    def write(self, text: str) -> int:
+        self.buffer.write(text.encode("utf-8", "backslashreplace"))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def lines(self) -> List[bytes]:
+        return [line for line in self.buffer.getvalue().splitlines() if line]
+
+
+class Reader:
+    """The latest reading and the monitor's own counts. A reading within
+    ``interval`` seconds of the last one is reused; one at a time.
+
+    Warnings and errors of a reading go to stderr once: a line that the
+    previous reading printed too is not repeated (a journal would otherwise
+    get the same warning at every scrape)."""
+
+    def __init__(self, interval: float, read: Any = read_documents) -> None:
+        self.interval = interval
+        self._read = read
+        self._lock = threading.Lock()
+        self._started: Optional[float] = None  # monotonic time of the last reading
+        self._said: Set[bytes] = set()
+        self.families: List[metrics.Family] = []
+        self.up = False
+        self.read_at: Optional[float] = None
+        self.duration: Optional[float] = None
+        self.reads = 0
+        self.errors = 0
+
+    def current(self) -> List[metrics.Family]:
+        """The families to serve now: the health metrics, and the last
+        reading's (read again if older than the interval)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._started is None or now - self._started >= self.interval:
+                self._started = now
+                self._reading()
+            return metrics.health(self.up, self.read_at, self.duration, self.reads, self.errors) + self.families
+
+    def _reading(self) -> None:
+        started = time.monotonic()
+        self.read_at = time.time()
+        captured: Any = _Captured()
+        stderr = sys.stderr
+        sys.stderr = captured
+        try:
+            self.families = metrics.collect(*self._read())
+            self.up = True
+        except GenvError as error:
+            self.families, self.up = [], False
+            err(str(error))
+        except Exception as error:  # a monitor keeps serving; the reading says it failed
+            if os.environ.get("GENV_DEBUG"):
+                import traceback
+
+                traceback.print_exc()
+            self.families, self.up = [], False
+            err("internal error: %s: %s (run with GENV_DEBUG=1 for details)" % (type(error).__name__, error))
+        finally:
+            sys.stderr = stderr
+        self.duration = time.monotonic() - started
+        self.reads += 1
+        self.errors += 0 if self.up else 1
+        lines = captured.lines()
+        news = [line for line in lines if line not in self._said]
+        self._said = set(lines)
+        if news:
+            try:
+                sys.stderr.buffer.write(b"".join(line + b"\n" for line in news))
+                sys.stderr.flush()
+            except OSError:
+                pass
+
+
+# --- serving -------------------------------------------------------------------------
+
+
+def prometheus_families(core: Any, families: List[metrics.Family]) -> Iterator[Any]:
+    """prometheus_client's metric families (``core``: prometheus_client.core)
+    for ours."""
+    for family in families:
+        spec = family.spec
+        if spec.kind == "info":
+            made = core.InfoMetricFamily(spec.name[: -len("_info")], spec.help, labels=spec.labels)
+            for labels in family.samples:
+                made.add_metric(labels, {})
+        else:
+            kind = core.CounterMetricFamily if spec.kind == "counter" else core.GaugeMetricFamily
+            made = kind(spec.name, spec.help, labels=spec.labels, unit=spec.unit)
+            for labels, value in family.samples.items():
+                made.add_metric(labels, value)
+        yield made
+
+
+class Collector:
+    """A prometheus_client collector that reads at each scrape (within the
+    interval) instead of in a background loop."""
+
+    def __init__(self, core: Any, reader: Reader) -> None:
+        self.core, self.reader = core, reader
+
+    def describe(self) -> List[Any]:
+        return []  # nothing to read when registered
+
+    def collect(self) -> Iterator[Any]:
+        return prometheus_families(self.core, self.reader.current())
+
+
+def make_server(address: str, port: int, app: Any) -> Any:
+    """A threading WSGI server on ``address``:``port`` that logs nothing
+    per request."""
+    import socket
+    import socketserver
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+    try:
+        found = socket.getaddrinfo(address, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as error:
+        raise GenvError("invalid --address %r: %s" % (address, error)) from None
+
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = found[0][0]
+
+        def server_bind(self) -> None:
+            # HTTPServer.server_bind would ask DNS for the host's name.
+            socketserver.TCPServer.server_bind(self)
+            self.server_name, self.server_port = "genv", self.server_address[1]
+            self.setup_environ()
+
+    class Handler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    where: Any = found[0][4][:2]  # (host, port), IPv4 or IPv6
+    try:
+        server = Server(where, Handler)
+    except OSError as error:
+        raise GenvError("cannot listen on %s port %d: %s" % (address, port, error.strerror or error)) from None
+    server.set_app(app)
+    return server
+
+
+class _Stop(BaseException):
+    """SIGTERM or SIGINT, raised in the main thread, which only waits."""
+
+
+_stopping: List[int] = []
+
+
+def _stop(signum: int, frame: Any) -> None:
+    if not _stopping:  # a second signal must not interrupt the shutdown
+        _stopping.append(signum)
+        raise _Stop()
+
+
+def main(argv: List[str]) -> int:
+    opts, _ = parse(argv, OPTIONS, 0)
+    port = _port(opts.get("--port", str(DEFAULT_PORT)))
+    address = _address(opts.get("--address", DEFAULT_ADDRESS))
+    interval = _interval(opts.get("--interval", str(DEFAULT_INTERVAL)))
+    client = prometheus_client()
+    import importlib
+
+    reader = Reader(interval)
+    registry = client.CollectorRegistry()
+    registry.register(Collector(importlib.import_module("prometheus_client.core"), reader))
+    client.ProcessCollector(registry=registry)
+    server = make_server(address, port, client.make_wsgi_app(registry))
+    host, bound = server.server_address[:2]
+    shown = "[%s]" % host if ":" in host else host
+    out("genv monitor: serving metrics at http://%s:%d/metrics (reading at most every %gs)\n"
+        % (shown, bound, interval))
+    sys.stdout.flush()
+
+    def serve() -> None:
+        reader.current()  # the first reading: problems show at once
+        server.serve_forever()
+
+    # The server runs in a thread; the main thread only waits for a signal,
+    # so that a signal never breaks into a request or a reading. Python runs
+    # signal handlers in the main thread, but the kernel may deliver the
+    # signal to another one: the wakeup socket wakes the main thread then.
+    # On a signal the process exits at once (cli.run ends it with _exit): a
+    # reading in progress is dropped, as a killed genv command's would be.
+    import select
+    import signal
+    import socket
+
+    wake, woken = socket.socketpair()
+    woken.setblocking(False)
+    signal.set_wakeup_fd(woken.fileno(), warn_on_full_buffer=False)
+    threading.Thread(target=serve, name="genv-monitor", daemon=True).start()
+    try:
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        while True:
+            select.select([wake], [], [])
+            wake.recv(256)
+    except _Stop:
+        pass
+    server.server_close()
+    return 0
