@@ -60,12 +60,14 @@ def _ttl() -> float:
 
 
 def find_nvidia_smi() -> Optional[str]:
-    """The first nvidia-smi on PATH that is not genv's shim."""
-    root = os.environ.get("GENV_ROOT", "")
-    shims = os.path.realpath(os.path.join(root, "shims")) if root else None
+    """The first nvidia-smi on PATH that is not genv's shim (the shim of the
+    genv running, and of the genv this package belongs to: the SDK and
+    ``python -m genv`` run without GENV_ROOT)."""
+    here = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    shims = {os.path.realpath(os.path.join(root, "shims")) for root in (os.environ.get("GENV_ROOT"), here) if root}
     for entry in os.environ.get("PATH", "").split(os.pathsep):
         entry = entry or "."
-        if shims and os.path.realpath(entry) == shims:
+        if os.path.realpath(entry) in shims:
             continue
         candidate = os.path.join(entry, "nvidia-smi")
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):

@@ -103,6 +103,12 @@ def environment(gpus: Optional[int] = None, gpu_memory: Union[str, int, None] = 
         config["gpu_memory"] = parse_size(str(gpu_memory), "GPU memory")
     if name is not None:
         config["name"] = check_text(name, "name")
+    if wait is not None:
+        import math
+
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or math.isnan(wait) or wait < 0:
+            raise Error("invalid wait %r: expected a number of seconds (float('inf'): as long as it takes)"
+                        % (wait,))
     if _cuda_started():
         import warnings
 

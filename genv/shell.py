@@ -24,7 +24,7 @@ from .text import printable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Dict, List, Optional, Sequence
+    from typing import Any, Dict, List, Mapping, Optional
 
 SNAPSHOT = "_GENV_SAVED"
 # Hints that keep frameworks to an environment's share of GPU memory: JAX
@@ -136,27 +136,34 @@ def fraction(env: Optional[Dict[str, Any]]) -> Optional[str]:
     return "%d.%02d" % divmod(hundredths, 100)
 
 
-def hints(script: Script, env: Optional[Dict[str, Any]]) -> None:
-    """Export the framework hints for the environment's share, or remove
-    those genv exported before; a value the user set is never touched."""
+def hint_changes(env: Optional[Dict[str, Any]], base: Mapping[str, str]) -> Dict[str, Optional[str]]:
+    """The framework hints for the environment's share, as changes to the
+    variables ``base`` has (None: unset): genv's values, or the removal of
+    those genv set before (``_GENV_HINTS`` says which); a value the user set
+    is never touched."""
     wanted = fraction(env)
-    before = os.environ.get(HINTS_SET) or None
+    before = base.get(HINTS_SET) or None
     values = {name: wanted for name in FRACTIONS}
     values[GROWTH] = "true" if wanted is not None else None
     genv_set = {name: before for name in FRACTIONS}
     genv_set[GROWTH] = "true" if before is not None else None
+    changes: Dict[str, Optional[str]] = {}
     for name, value in values.items():
-        current = os.environ.get(name)
+        current = base.get(name)
         if current is not None and current != genv_set[name]:
             continue  # the user's own value keeps priority
-        if value is not None:
-            script.export(name, value)
-        elif current is not None:
-            script.unset(name)
-    if wanted is not None:
-        script.export(HINTS_SET, wanted)
-    elif before is not None:
-        script.unset(HINTS_SET)
+        if value is not None or current is not None:
+            changes[name] = value
+    if wanted is not None or before is not None:
+        changes[HINTS_SET] = wanted
+    return changes
+
+
+def hints(script: Script, env: Optional[Dict[str, Any]]) -> None:
+    """Export the framework hints for the environment's share (see
+    ``hint_changes``)."""
+    for name, value in hint_changes(env, os.environ).items():
+        script.restore(name, value)
 
 
 def sync(script: Script, env: Optional[Dict[str, Any]]) -> None:
@@ -179,9 +186,3 @@ def prompt_name(script: Script, env: Optional[Dict[str, Any]], helper: str, *fir
     name = env["config"].get("name") if env else None
     script.call(helper, *(first + ((printable(name),) if name is not None else ())))
 
-
-def lines(values: Sequence[str]) -> Script:
-    script = Script()
-    for value in values:
-        script.echo(value)
-    return script

@@ -65,8 +65,8 @@ def _estimate(folder: Any, eid: str, busy: Dict[int, List[str]]) -> Tuple[bool, 
     return True, len(ahead)
 
 
-def _try(ctx: Context, eid: str, give_up: bool,
-         done: Callable[[Dict[str, Any]], T]) -> Tuple[bool, Optional[T], Optional[str], Dict[int, List[str]]]:
+def _try(ctx: Context, eid: str, give_up: bool, done: Callable[[Dict[str, Any]], T],
+         detach: bool) -> Tuple[bool, Optional[T], Optional[str], Dict[int, List[str]]]:
     """Under the lock: take the GPUs if the line allows. Returns whether the
     wait is over (attached, or given up), ``done(env)`` computed under the
     lock when it is, the failure, and the busy GPUs seen."""
@@ -76,7 +76,7 @@ def _try(ctx: Context, eid: str, give_up: bool,
         waiting = env.get("waiting")
         if not waiting or waiting["pid"] != os.getpid():
             raise GenvError("environment %s lost its place in line (another command took it)" % eid)
-        failure = session.attach(owner, env, waiting_request(waiting), detach=give_up)
+        failure = session.attach(owner, env, waiting_request(waiting), detach=give_up and detach)
         if failure is None or give_up:
             env["waiting"] = None
             session.tx.changed(owner)
@@ -93,13 +93,15 @@ def leave(ctx: Context, eid: str) -> None:
             session.tx.changed(found[0])
 
 
-def wait(ctx: Context, eid: str, seconds: float, count: int,
-         done: Callable[[Dict[str, Any]], T]) -> Tuple[Optional[T], Optional[str]]:
+def wait(ctx: Context, eid: str, seconds: float, count: int, done: Callable[[Dict[str, Any]], T],
+         detach: bool = True) -> Tuple[Optional[T], Optional[str]]:
     """Wait in line for at most ``seconds`` (``inf``: as long as it takes).
     Returns ``done(env)`` (computed under the lock, once attached or given
     up) and the failure (None once attached). From the last try on, SIGINT,
     SIGTERM and SIGHUP are held back (the caller unblocks them once what it
-    prints or sets agrees with the state). KeyboardInterrupt leaves the line."""
+    prints or sets agrees with the state). KeyboardInterrupt leaves the line.
+    ``detach``: giving up detaches the environment, as a plain attach would
+    (genv run and the SDK remove it instead)."""
     import signal
 
     from ..store import StateDir
@@ -122,7 +124,7 @@ def wait(ctx: Context, eid: str, seconds: float, count: int,
             give_up = now >= deadline
             if give_up or (could and (not busy or now - observed >= OBSERVE_EVERY)):
                 signal.pthread_sigmask(signal.SIG_BLOCK, held)
-                over, result, failure, busy = _try(ctx, eid, give_up, done)
+                over, result, failure, busy = _try(ctx, eid, give_up, done, detach)
                 observed = time.monotonic()
                 if over:
                     return result, failure

@@ -16,7 +16,7 @@ import os
 
 from .. import environments
 from ..errors import GenvError
-from ..shell import FRACTIONS, GROWTH, fraction, gpu_list
+from ..shell import gpu_list, hint_changes
 from . import _line as line
 from ._session import Session, request_of, shims
 
@@ -60,7 +60,12 @@ def enter(ctx: Context, settings: Settings) -> Dict[str, Any]:
         raise GenvError("cannot find this process (pid %d)" % pid)
     with session:
         if settings.join is not None:
-            owner, env = session.owned_env(settings.join)
+            found = environments.find(session.users, settings.join)
+            if found is None:
+                raise GenvError("there is no environment %s (it may have ended; 'genv envs' lists the live ones)"
+                                % settings.join)
+            owner, env = found
+            environments.check_owner(owner, ctx.euid, settings.join, ctx.describe)
             environments.add_terminal(env, pid, token)
             if owner != ctx.euid:
                 environments.record_join(session.users, owner, env, pid, token)
@@ -84,7 +89,7 @@ def enter(ctx: Context, settings: Settings) -> Dict[str, Any]:
     if failure is not None:
         assert settings.wait is not None
         try:
-            attached, failure = line.wait(ctx, eid, settings.wait, request.count, _copy)
+            attached, failure = line.wait(ctx, eid, settings.wait, request.count, _copy, detach=False)
             if failure is not None:
                 raise GenvError(failure)
             assert attached is not None
@@ -160,19 +165,20 @@ def variables(ctx: Context, env: Dict[str, Any], base: Mapping[str, str]) -> Dic
     }
     memory = next((d["memory"] for d in env["devices"] if d.get("memory") is not None), None)
     changes["GENV_GPU_MEMORY"] = str(memory) if memory is not None else None
-    share = fraction(env)
-    if share is not None:
-        for name in FRACTIONS:
-            if name not in base:
-                changes[name] = share
-        if GROWTH not in base:
-            changes[GROWTH] = "true"
-    folder = shims(ctx)
-    if os.path.isfile(os.path.join(folder, "nvidia-smi")):
-        path = base.get("PATH", "")
-        if folder not in path.split(os.pathsep):
-            changes["PATH"] = folder + (os.pathsep + path if path else "")
+    changes.update(hint_changes(env, base))
+    path = base.get("PATH", "")
+    wanted = command_path(ctx, path)
+    if wanted != path:
+        changes["PATH"] = wanted
     return changes
+
+
+def command_path(ctx: Context, path: str) -> str:
+    """PATH with genv's nvidia-smi shim first (where genv's shims are)."""
+    folder = shims(ctx)
+    if not os.path.isfile(os.path.join(folder, "nvidia-smi")) or folder in path.split(os.pathsep):
+        return path
+    return folder + (os.pathsep + path if path else "")
 
 
 def apply(changes: Mapping[str, Optional[str]], environ: Any) -> Dict[str, Optional[str]]:

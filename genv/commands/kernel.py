@@ -105,6 +105,7 @@ def install(argv: List[str]) -> int:
 
     opts, _ = parse(argv, INSTALL, 0)
     name = check_name(opts.get("--name", DEFAULT_NAME))
+    folder = os.path.join(data_dir(opts), "kernels", name)  # bad folder options: refused first
     run_options: List[str] = ["--name", name]
     what: List[str] = []
     meta: Dict[str, Any] = {}
@@ -125,16 +126,18 @@ def install(argv: List[str]) -> int:
     python = _python(opts)
     ctx = Context()
     genv = os.path.join(ctx.root, "bin", "genv")
-    if not os.access(genv, os.X_OK):
-        raise GenvError("cannot find genv's bin/genv under %s" % ctx.root)
+    # From a clone, genv's own command; installed with pip (no bin/), the
+    # kernel's Python runs the package: python -m genv run.
+    runner = [genv, "run"] if os.access(genv, os.X_OK) else [python, "-m", "genv", "run"]
     spec = {
-        "argv": [genv, "run"] + run_options + ["--", python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "argv": runner + run_options + ["--", python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python (genv%s)" % (": " + ", ".join(what) if what else ""),
         "language": "python",
         "interrupt_mode": "signal",
         "metadata": {"genv": dict(meta, root=ctx.root, python=python), "debugger": True},
     }
-    folder = os.path.join(data_dir(opts), "kernels", name)
+    if os.path.islink(folder):
+        raise GenvError("%s is a symbolic link; genv does not write through it" % folder)
     old = read_spec(folder)
     if old is not None and not isinstance(old.get("metadata", {}).get("genv"), dict):
         raise GenvError("a kernel %s that genv did not install is in %s; choose another --name" % (name, folder))
@@ -192,6 +195,8 @@ def remove(argv: List[str]) -> int:
         raise UsageError("which kernel? genv kernel remove NAME")
     name = check_name(names[0])
     folder = os.path.join(data_dir(opts), "kernels", name)
+    if os.path.islink(folder):
+        raise GenvError("%s is a symbolic link; remove it yourself if it is genv's" % folder)
     spec = read_spec(folder)
     if spec is None:
         raise GenvError("there is no kernel %s in %s" % (name, os.path.dirname(folder)))
@@ -200,7 +205,7 @@ def remove(argv: List[str]) -> int:
     try:
         shutil.rmtree(folder)
     except OSError as error:
-        raise GenvError("cannot remove %s: %s" % (folder, error.strerror)) from None
+        raise GenvError("cannot remove %s: %s" % (folder, error.strerror or error)) from None
     out("removed the kernel %s from %s\n" % (name, os.path.dirname(folder)))
     return 0
 

@@ -16,7 +16,7 @@ from .attach import _argv, _indices, _seconds
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Dict, List, Optional, Tuple
+    from typing import Any, Dict, List, Optional, Set, Tuple
 
 OPTIONS = {"--gpus": True, "--gpu-memory": True, "--name": True, "--index": True, "--over-subscribe": False,
            "-o": False, "--wait": True, "--id": True, "--no-load": False}
@@ -56,6 +56,8 @@ def settings(opts: Dict[str, Any]) -> terminal.Settings:
     if "--name" in opts:
         config["name"] = environments.check_text(opts["--name"], "name")
     indices = _indices(opts["--index"]) if "--index" in opts else None
+    if indices is not None and "gpus" in config and config["gpus"] != len(set(indices)):
+        raise UsageError("--gpus %d and --index %s disagree" % (config["gpus"], opts["--index"]))
     join = environments.check_text(opts["--id"], "environment id") if "--id" in opts else None
     if join is None and "--no-load" not in opts:
         home = project.find_home()
@@ -65,32 +67,59 @@ def settings(opts: Dict[str, Any]) -> terminal.Settings:
     return terminal.Settings(config, indices, "--over-subscribe" in opts or "-o" in opts, wait, join)
 
 
-def resolve(command: List[str]) -> str:
-    """The program to run, found on PATH now: a command that does not exist
-    is refused before anything is held."""
-    import shutil
-
+def resolve(command: List[str], path: str) -> str:
+    """The program to run, looked up as the command's own PATH will find
+    it (the shim first): a command that does not exist (127) or cannot run
+    (126) is refused before anything is held."""
     program = command[0]
-    found = shutil.which(program) if "/" not in program else (program if os.access(program, os.X_OK) else None)
-    if found is None or os.path.isdir(found):
+    if "/" in program:
+        found: Optional[str] = program
+    else:
+        found = None
+        for folder in path.split(os.pathsep):
+            candidate = os.path.join(folder or ".", program)
+            if os.path.exists(candidate) and not os.path.isdir(candidate):
+                found = candidate
+                if os.access(candidate, os.X_OK):
+                    break
+    if found is None or not os.path.exists(found):
         raise GenvError("cannot run %s: command not found" % program, 127)
+    if os.path.isdir(found):
+        raise GenvError("cannot run %s: it is a folder" % program, 126)
+    if not os.access(found, os.X_OK):
+        raise GenvError("cannot run %s: permission denied" % program, 126)
     return found
 
 
-def start(program: str, command: List[str], changes: Dict[str, Optional[str]]) -> Tuple[int, int]:
+def foreground() -> bool:
+    """Whether genv run is in the foreground of a terminal (whose ^C and
+    hang-up reach the command directly, as part of the same process group)."""
+    for fd in (0, 1, 2):
+        try:
+            return os.tcgetpgrp(fd) == os.getpgrp()
+        except OSError:
+            continue
+    return False
+
+
+def start(program: str, command: List[str], environ: Dict[str, str], own_group: bool,
+          ignored: Set[int]) -> Tuple[int, int]:
     """Fork the command, held before exec until it is a terminal too
     (the environment must outlive this process if it is killed). Returns the
-    child's PID and the write end of its go-ahead pipe."""
-    environ = dict(os.environ)
-    terminal.apply(changes, environ)
+    child's PID and the write end of its go-ahead pipe. ``own_group``: the
+    command gets a process group of its own (signals sent to genv run's
+    group then reach it once, through genv run). Signals genv run was
+    started ignoring (nohup) stay ignored."""
     ready, go = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child
         try:
             os.close(go)
-            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            if own_group:
+                os.setpgid(0, 0)
             for signum in FORWARDED:
-                signal.signal(signum, signal.SIG_DFL)
+                signal.signal(signum, signal.SIG_IGN if signum in ignored else signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
             if os.read(ready, 1) != b"g":
                 os._exit(125)  # genv run died before the command was a terminal
             os.close(ready)
@@ -100,52 +129,75 @@ def start(program: str, command: List[str], changes: Dict[str, Optional[str]]) -
             os._exit(127 if isinstance(error, FileNotFoundError) else 126)
         os._exit(127)  # pragma: no cover
     os.close(ready)
+    if own_group:
+        try:
+            os.setpgid(pid, pid)  # also here: no race with a signal sent right away
+        except OSError:
+            pass
     return pid, go
 
 
-def supervise(pid: int) -> int:
-    """Wait for the command; pass SIGINT, SIGTERM and SIGHUP on to it (but
-    not the terminal's own ^C, which reaches it already); its status, 128+N
-    if signal N ended it."""
+def supervise(pid: int, own_group: bool) -> int:
+    """Wait for the command and return its wait status. SIGINT, SIGTERM and
+    SIGHUP sent to genv run are passed on to the command (to its whole group
+    when it has its own); in the foreground of a terminal, the terminal's ^C
+    and hang-up reach the command already and are not passed on twice."""
     wanted = set(FORWARDED) | {signal.SIGCHLD}
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done == pid:
-            if os.WIFSIGNALED(status):
-                return 128 + os.WTERMSIG(status)
-            return os.WEXITSTATUS(status)
+            return status
         if hasattr(signal, "sigwaitinfo"):
             info = signal.sigwaitinfo(wanted)
             signum, code = info.si_signo, info.si_code
-        else:  # pragma: no cover - no sigwaitinfo (macOS): forward everything
+        else:  # pragma: no cover - no sigwaitinfo (macOS): pass everything on
             signum, code = signal.sigwait(wanted), 0
-        if signum != signal.SIGCHLD and not (signum in (signal.SIGINT, signal.SIGHUP) and code == SI_KERNEL):
-            try:
+        if signum == signal.SIGCHLD or (not own_group and code == SI_KERNEL):
+            continue
+        try:
+            if own_group:
+                os.killpg(pid, signum)
+            else:
                 os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def main(argv: List[str]) -> int:
     opts, command = split(argv)
     chosen = settings(opts)
-    program = resolve(command)
     ctx = Context()
+    resolve(command, terminal.command_path(ctx, os.environ.get("PATH", "")))  # before anything is held
+    ignored = {int(signum) for signum in FORWARDED if signal.getsignal(signum) == signal.SIG_IGN}
     eid: Optional[str] = None
     child = -1
+    status = 0
     try:
         # Ctrl-C while waiting in line leaves the line (exit 130).
         env = terminal.enter(ctx, chosen)
         eid = env["id"]
         # From here on, signals wait for supervise(), which passes them on.
         signal.pthread_sigmask(signal.SIG_BLOCK, set(FORWARDED) | {signal.SIGCHLD})
-        child, go = start(program, command, terminal.variables(ctx, env, os.environ))
+        environ = dict(os.environ)
+        terminal.apply(terminal.variables(ctx, env, os.environ), environ)
+        own_group = not foreground()
+        child, go = start(resolve(command, environ.get("PATH", "")), command, environ, own_group, ignored)
         terminal.adopt(ctx, eid, child)
         os.write(go, b"g")
         os.close(go)
-        return supervise(child)
+        status = supervise(child, own_group)
     finally:
         if eid is not None:
             signal.pthread_sigmask(signal.SIG_BLOCK, set(FORWARDED))
             terminal.leave(ctx, eid, [child] if child > 0 else [])
         sys.stdout.flush()
+    if os.WIFSIGNALED(status):
+        died = os.WTERMSIG(status)
+        if died in FORWARDED and died not in ignored:
+            # Die of it too: a shell running genv run in a loop then stops
+            # at ^C, as it would for the command itself.
+            signal.signal(died, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {died})
+            os.kill(os.getpid(), died)
+        return 128 + died
+    return os.WEXITSTATUS(status)

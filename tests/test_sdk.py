@@ -1,0 +1,802 @@
+"""genv.sdk (issue 12): GPU environments for Python programs.
+
+Every test runs real Python processes (the test runner's interpreter, as a
+user's program would be) with the copied genv's root on ``sys.path`` and
+nothing else of genv's set up: no ``genv init``, no GENV_ROOT, no shell. The
+processes and the test take turns through files in the test's folder
+(``touch`` / ``wait_file``) and the processes write what they saw to a JSON
+file (``report``), so that their stdout and stderr can be checked to be
+empty: the SDK prints nothing.
+
+The sections:
+
+1. environment(): os.environ inside and restored after, the Environment,
+   release however the block ends, joining, nesting
+2. the CUDA warning
+3. errors: genv.sdk.Error with the command line's message, nothing printed
+4. two processes at once: racing for one GPU, waiting in line, lock()
+5. status(), envs(), devices(), ps()
+6. the package: import cost, type hints, an installed copy without the clone
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, system_python
+from test_run import VARS, assert_free, envs, holders, script, wait_for, DUMP
+
+PRELUDE = r'''
+import json, os, sys, time
+sys.path.insert(0, %(root)r)
+BASE = %(base)r
+NAME = %(name)r
+def report(**values):
+    path = os.path.join(BASE, NAME + ".json")
+    with open(path + ".tmp", "w") as handle:
+        json.dump(values, handle)
+    os.rename(path + ".tmp", path)
+def touch(name):
+    open(os.path.join(BASE, name), "w").close()
+def wait_file(name, timeout=60):
+    end = time.time() + timeout
+    while not os.path.exists(os.path.join(BASE, name)):
+        if time.time() > end:
+            raise SystemExit("timed out waiting for " + name)
+        time.sleep(0.01)
+def log(line):
+    with open(os.path.join(BASE, "shared.log"), "a") as handle:
+        handle.write(line + "\n")
+VARS = %(vars)r
+'''
+
+
+class Program:
+    """A Python program using the SDK, run in the background."""
+
+    def __init__(self, genv, name, code, python=None, **env):
+        self.genv, self.name = genv, name
+        prelude = PRELUDE % {"root": genv.root, "base": genv.base, "name": name, "vars": VARS}
+        self.proc = subprocess.Popen([python or sys.executable, "-c", prelude + code], env=genv.environ(**env),
+                                     cwd=genv.work, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.pid = self.proc.pid
+
+    def finish(self, timeout=60):
+        """Wait for it; it must exit 0 having printed nothing. Its report."""
+        out, err = self.proc.communicate(timeout=timeout)
+        assert (self.proc.returncode, out, err) == (0, b"", b""), (self.proc.returncode, out, err.decode())
+        return self.report()
+
+    def report(self):
+        path = os.path.join(self.genv.base, self.name + ".json")
+        with open(path) as handle:
+            return json.load(handle)
+
+    def reported(self):
+        return os.path.exists(os.path.join(self.genv.base, self.name + ".json"))
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
+@pytest.fixture
+def programs(genv):
+    started = []
+
+    def start(name, code, **env):
+        program = Program(genv, name, code, **env)
+        started.append(program)
+        return program
+
+    try:
+        yield start
+    finally:
+        open(os.path.join(genv.base, "leave"), "w").close()
+        for program in started:
+            program.kill()
+
+
+def run(genv, name, code, **env):
+    """Run a program to its end; its report (it must print nothing)."""
+    return Program(genv, name, code, **env).finish()
+
+
+def touch(genv, name):
+    open(os.path.join(genv.base, name), "w").close()
+
+
+def exists(genv, name):
+    return os.path.exists(os.path.join(genv.base, name))
+
+
+def cli_message(genv, *argv):
+    """The message of a failing genv command, without 'genv: '."""
+    done = genv.cli(*argv)
+    assert done.returncode != 0, done
+    lines = done.stderr.decode().splitlines()
+    assert lines and lines[-1].startswith("genv: "), done
+    return lines[-1][len("genv: "):]
+
+
+HOLDERS = []
+
+
+def hold_gpus(genv, count=1, *options):
+    """A genv run holding ``count`` GPUs until the test ends (the ``held``
+    fixture stops it)."""
+    stop = os.path.join(genv.base, "leave")
+    proc = subprocess.Popen([os.path.join(genv.root, "bin", "genv"), "run", "--gpus", str(count), *options, "--",
+                             "sh", "-c", "n=0; while [ ! -e %s ] && [ $n -lt 6000 ]; do sleep 0.02; n=$((n+1)); done"
+                             % stop], env=genv.environ(), cwd=genv.work, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    HOLDERS.append(proc)
+    wait_for(lambda: any(proc.pid in env["pids"] for env in envs(genv)), 30, "the holder")
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def stop_holders():
+    yield
+    while HOLDERS:
+        proc = HOLDERS.pop()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+# === 1. environment() ===================================================================
+
+
+def test_environment_sets_what_a_terminal_sees_and_restores_os_environ_exactly(genv, programs):
+    program = programs("p", r'''
+os.environ["GENV_TEST_EMPTY"] = ""
+os.environ["CUDA_VISIBLE_DEVICES"] = ""          # empty before: empty after, not unset
+os.environ.pop("CUDA_DEVICE_ORDER", None)        # unset before: unset after
+os.environ.pop("GENV_ENVIRONMENT_ID", None)
+os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "false"  # the user's own: kept inside too
+before = dict(os.environ)
+import genv.sdk
+with genv.sdk.environment(gpus=1, gpu_memory="8g", name="sdk") as env:
+    inside = {name: os.environ.get(name) for name in VARS}
+    info = {"id": env.id, "gpus": env.gpus, "uuids": env.uuids, "name": env.name, "gpu_memory": env.gpu_memory,
+            "repr": repr(env), "pid": os.getpid()}
+    touch("in")
+    wait_file("go")
+after = dict(os.environ)
+report(inside=inside, info=info, same=after == before,
+       changed={k: (before.get(k), after.get(k)) for k in set(before) | set(after) if before.get(k) != after.get(k)})
+''')
+    wait_for(lambda: exists(genv, "in") or program.proc.poll() is not None, 30, "the block")
+    [env] = envs(genv)
+    assert env["name"] == "sdk" and env["pids"] == [program.pid] and env["devices"] == [0]
+    assert env["gpu_memory"] == 8192
+    touch(genv, "go")
+    seen = program.finish()
+    assert seen["same"], seen["changed"]
+    info, inside = seen["info"], seen["inside"]
+    assert info["id"] == env["id"] == inside["GENV_ENVIRONMENT_ID"] == str(info["pid"])
+    assert info["gpus"] == [0] and info["name"] == "sdk" and info["gpu_memory"] == 8 << 30
+    assert info["uuids"] == ["GPU-3f1e2d00-5ee0-4c1a-9a3e-00000000a100"]
+    assert info["repr"] == "Environment(id=%r, gpus=[0])" % env["id"]
+    # What `genv run` gives its command (a terminal's view) for the same request.
+    command = dump(genv, "--gpus", "1", "--gpu-memory", "8g", TF_FORCE_GPU_ALLOW_GROWTH="false")
+    for name in VARS:
+        if name != "GENV_ENVIRONMENT_ID":
+            assert inside[name] == command[name], name
+    assert inside["PATH"].split(":")[0] == os.path.join(genv.root, "shims")
+    assert inside["TF_FORCE_GPU_ALLOW_GROWTH"] == "false" and inside["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.20"
+    assert_free(genv)
+
+
+def dump(genv, *options, **env):
+    out = os.path.join(genv.base, "dump.json")
+    done = genv.cli("run", *options, "--", system_python(), script(genv, "dump.py", DUMP), out, *VARS, **env)
+    assert done.returncode == 0, done
+    with open(out) as handle:
+        return json.load(handle)
+
+
+def test_changes_made_inside_the_block(genv):
+    """What the code does with the user's own changes inside the block: the
+    variables genv set are put back as they were before the block (a PATH
+    extended inside the block loses the extension); anything else stays."""
+    seen = run(genv, "p", r'''
+import genv.sdk
+before = dict(os.environ)
+with genv.sdk.environment(gpus=1):
+    os.environ["PATH"] += ":/opt/mine/bin"
+    os.environ["CUDA_VISIBLE_DEVICES"] = "7"
+    os.environ["GENV_TEST_MINE"] = "1"
+    del os.environ["CUDA_DEVICE_ORDER"]
+report(path=os.environ["PATH"], before=before["PATH"], cuda=os.environ.get("CUDA_VISIBLE_DEVICES"),
+       cuda_before=before.get("CUDA_VISIBLE_DEVICES"), mine=os.environ.get("GENV_TEST_MINE"),
+       order=os.environ.get("CUDA_DEVICE_ORDER"))
+''')
+    assert seen["path"] == seen["before"]
+    assert seen["cuda"] == seen["cuda_before"] is None
+    assert seen["order"] is None
+    assert seen["mine"] == "1"
+    assert_free(genv)
+
+
+@pytest.mark.parametrize("how", ["exception", "keyboard-interrupt", "sys-exit"])
+def test_leaving_the_block_by_an_exception_releases_and_restores(genv, how):
+    raise_it = {"exception": "raise ValueError('boom')", "keyboard-interrupt": "raise KeyboardInterrupt",
+                "sys-exit": "raise SystemExit(0)"}[how]
+    seen = run(genv, "p", r'''
+import genv.sdk
+before = dict(os.environ)
+caught = None
+try:
+    with genv.sdk.environment(gpus=2):
+        %s
+except BaseException as error:
+    caught = type(error).__name__
+report(caught=caught, same=dict(os.environ) == before, envs=genv.sdk.envs())
+''' % raise_it)
+    assert seen["caught"] in ("ValueError", "KeyboardInterrupt", "SystemExit") and seen["same"]
+    assert seen["envs"] == []
+    assert_free(genv)
+
+
+def test_the_process_dying_releases(genv, programs):
+    program = programs("p", r'''
+import genv.sdk
+with genv.sdk.environment(gpus=4):
+    touch("in")
+    time.sleep(600)
+''')
+    wait_for(lambda: exists(genv, "in"), 30, "the block")
+    assert all(holders(genv).values())
+    os.kill(program.pid, signal.SIGKILL)
+    program.proc.wait()
+    assert_free(genv)
+    assert genv.cli("run", "--gpus", "4", "--", "true").returncode == 0
+
+
+def test_join_an_environment_of_ones_own(genv, sh):
+    shell = genv.shell(sh)
+    shell.ok("genv activate --gpus 1 --name term --no-prompt")
+    eid = shell.var("GENV_ENVIRONMENT_ID")
+    seen = run(genv, "p", r'''
+import genv.sdk
+with genv.sdk.environment(join=%r) as env:
+    report(id=env.id, gpus=env.gpus, cuda=os.environ["CUDA_VISIBLE_DEVICES"], envs=genv.sdk.envs(),
+           pid=os.getpid())
+''' % eid)
+    assert seen["id"] == eid and seen["gpus"] == [0] and seen["cuda"] == "0"
+    [env] = seen["envs"]
+    assert set(env["pids"]) == {shell.pid, seen["pid"]}
+    [env] = envs(genv)
+    assert env["pids"] == [shell.pid] and env["devices"] == [0], "the terminal keeps its environment"
+
+
+def test_nested_blocks(genv):
+    seen = run(genv, "p", r'''
+import genv.sdk
+before = dict(os.environ)
+with genv.sdk.environment(gpus=1) as outer:
+    outer_env = dict(os.environ)
+    with genv.sdk.environment(gpus=1) as inner:
+        inner_cuda = os.environ["CUDA_VISIBLE_DEVICES"]
+    back = dict(os.environ) == outer_env
+report(outer=outer.gpus, inner=inner.gpus, inner_cuda=inner_cuda, back=back, same=dict(os.environ) == before)
+''')
+    assert seen["outer"] == [0] and seen["inner"] == [1] and seen["inner_cuda"] == "1"
+    assert seen["back"] and seen["same"]
+    assert_free(genv)
+
+
+def test_index_and_over_subscribe(genv):
+    seen = run(genv, "p", r'''
+import genv.sdk
+with genv.sdk.environment(index=[2, 3], gpu_memory="30g") as a:
+    try:
+        with genv.sdk.environment(index=[3], gpu_memory="30g"):
+            second = "attached"
+    except genv.sdk.Error as error:
+        second = str(error)
+    with genv.sdk.environment(index=[3], gpu_memory="30g", over_subscribe=True) as b:
+        third = b.gpus
+report(first=a.gpus, second=second, third=third)
+''')
+    assert seen["first"] == [2, 3] and seen["third"] == [3]
+    assert "GPU 3" in seen["second"]
+
+
+# === 2. the CUDA warning ====================================================================
+
+WARN = r'''
+import types, warnings
+torch = types.ModuleType("torch")
+def is_initialized():
+    %s
+torch.cuda = types.SimpleNamespace(is_initialized=is_initialized)
+if %r:
+    sys.modules["torch"] = torch
+import genv.sdk
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    with genv.sdk.environment(gpus=1):  # THE WITH LINE
+        pass
+report(warnings=[[w.category.__name__, str(w.message), w.filename, w.lineno] for w in caught])
+'''
+
+
+@pytest.mark.parametrize("body,imported,warned", [
+    ("return True", True, True),
+    ("return False", True, False),
+    ("raise RuntimeError('no CUDA in this build')", True, False),
+    ("return True", False, False),  # torch not imported: not imported by genv either
+])
+def test_a_warning_when_cuda_was_initialised_before(genv, body, imported, warned):
+    seen = run(genv, "p", WARN % (body, imported))
+    if not warned:
+        assert seen["warnings"] == []
+        return
+    [[category, message, filename, line]] = seen["warnings"]
+    assert category == "RuntimeWarning"
+    assert "CUDA" in message and "process" in message
+    # It points at the user's `with` line, not into genv or contextlib.
+    source = (PRELUDE + WARN).splitlines()
+    expected = next(n for n, text in enumerate(source, 1) if "THE WITH LINE" in text)
+    assert filename == "<string>" and line == expected, (filename, line)
+
+
+# === 3. errors ===========================================================================
+
+ERRORS = [
+    ("gpus=9", ["--gpus", "9"]),
+    ("gpus=-1", ["--gpus", "-1"]),
+    ("gpu_memory='3q'", ["--gpu-memory", "3q"]),
+    ("gpu_memory=0", ["--gpu-memory", "0"]),
+    ("gpu_memory='2p'", ["--gpu-memory", "2p"]),
+    ("name=''", ["--name", ""]),
+    ("name='x' * 300", ["--name", "x" * 300]),
+    ("join='99999'", ["--id", "99999"]),
+    ("index=[7]", ["--index", "7"]),
+    ("gpus=1, gpu_memory='41g'", ["--gpus", "1", "--gpu-memory", "41g"]),
+]
+
+
+@pytest.mark.parametrize("arguments,cli", ERRORS, ids=[a for a, _ in ERRORS])
+def test_errors_are_genv_sdk_error_with_the_command_lines_message(genv, arguments, cli):
+    seen = run(genv, "p", r'''
+import genv.sdk, genv.errors
+before = dict(os.environ)
+try:
+    with genv.sdk.environment(%s):
+        result = "entered"
+except Exception as error:
+    result = [type(error).__name__, isinstance(error, genv.sdk.Error), genv.sdk.Error is genv.errors.GenvError,
+              str(error)]
+report(result=result, same=dict(os.environ) == before)
+''' % arguments)
+    name, is_error, documented, message = seen["result"]
+    assert is_error and documented, seen
+    assert message == cli_message(genv, "run", *cli, "--", "true")
+    assert seen["same"]
+    assert_free(genv)
+
+
+@pytest.mark.parametrize("wait", ["-1", "float('nan')", "'10'"])
+def test_a_bad_wait_is_an_error_at_once(genv, wait):
+    """As `genv run --wait -1` / `--wait nan` are refused: an Error, at once
+    (nan once waited forever; a string raised TypeError from deep inside)."""
+    genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "1"
+    hold_gpus(genv, 1)
+    program = Program(genv, "p", r'''
+import genv.sdk
+try:
+    with genv.sdk.environment(gpus=1, wait=%s):
+        result = "entered"
+except Exception as error:
+    result = [type(error).__name__, isinstance(error, genv.sdk.Error), str(error)]
+report(result=result)
+''' % wait)
+    try:
+        seen = program.finish(timeout=20)
+    except subprocess.TimeoutExpired:
+        program.kill()
+        raise AssertionError("environment(wait=%s) waited on" % wait)
+    name, is_error, message = seen["result"]
+    assert is_error, seen
+    assert "wait" in message, message
+
+
+def test_lock_errors(genv):
+    seen = run(genv, "p", r'''
+import genv.sdk
+results = []
+for where in ("outside", "no gpus"):
+    try:
+        if where == "outside":
+            with genv.sdk.lock():
+                results.append("locked")
+        else:
+            with genv.sdk.environment(gpus=0):
+                with genv.sdk.lock():
+                    results.append("locked")
+    except genv.sdk.Error as error:
+        results.append(str(error))
+report(results=results)
+''')
+    outside, without = seen["results"]
+    assert outside == cli_message(genv, "lock", "--", "true")
+    assert "no GPUs attached" in without
+
+
+def test_messages_go_to_the_logger_not_to_stderr(genv, programs):
+    genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "1"
+    hold_gpus(genv, 1)
+    seen = run(genv, "p", r'''
+import logging
+records = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append([record.name, record.levelname, record.getMessage()])
+logging.getLogger("genv").addHandler(Keep())
+logging.getLogger("genv").setLevel(logging.INFO)
+import genv.sdk
+try:
+    with genv.sdk.environment(gpus=1, wait=0.5):
+        pass
+except genv.sdk.Error as error:
+    message = str(error)
+report(records=records, message=message)
+''')
+    assert seen["records"][0][:2] == ["genv", "INFO"]
+    assert seen["records"][0][2].startswith("waiting for 1 GPU")
+    assert seen["message"].startswith("cannot attach 1 GPU")
+
+
+# === 4. two processes at once =========================================================
+
+RACER = r'''
+import genv.sdk
+wait_file("go")
+try:
+    with genv.sdk.environment(gpus=1, wait=%s) as env:
+        touch(NAME + ".won")
+        got = env.gpus
+        wait_file("leave-" + NAME)
+    report(won=True, gpus=got, at=time.time())
+except genv.sdk.Error as error:
+    report(won=False, error=str(error), at=time.time())
+'''
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_two_processes_race_for_one_gpu_exactly_one_wins(genv, programs, attempt):
+    genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "1"
+    racers = [programs("r%d" % n, RACER % "None") for n in range(2)]
+    touch(genv, "go")
+    wait_for(lambda: any(exists(genv, r.name + ".won") for r in racers) and any(r.reported() for r in racers),
+             30, "a winner and a loser")
+    [winner] = [r for r in racers if exists(genv, r.name + ".won")]
+    [loser] = [r for r in racers if r is not winner]
+    result = loser.finish()
+    assert result["won"] is False
+    assert result["error"].startswith("cannot attach 1 GPU"), result
+    [env] = envs(genv)
+    assert env["pids"] == [winner.pid] and env["devices"] == [0]
+    touch(genv, "leave-" + winner.name)
+    assert winner.finish()["won"] is True
+    assert_free(genv)
+
+
+def test_with_wait_the_second_gets_the_gpu_when_the_first_leaves(genv, programs):
+    genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "1"
+    racers = [programs("w%d" % n, RACER % "30") for n in range(2)]
+    touch(genv, "go")
+    first = wait_for(lambda: [r for r in racers if exists(genv, r.name + ".won")], 30, "a first")[0]
+    [second] = [r for r in racers if r is not first]
+    wait_for(lambda: any(env["waiting"] for env in envs(genv)), 30, "the second to wait in line")
+    time.sleep(0.5)
+    assert not exists(genv, second.name + ".won")
+    left = time.time()
+    touch(genv, "leave-" + first.name)
+    wait_for(lambda: exists(genv, second.name + ".won"), 30, "the second to get the GPU")
+    touch(genv, "leave-" + second.name)
+    assert first.finish()["won"] is True
+    result = second.finish()
+    assert result["won"] is True and result["gpus"] == [0] and result["at"] >= left
+    assert_free(genv)
+
+
+def test_a_wait_that_times_out(genv):
+    genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "1"
+    holder = hold_gpus(genv, 1)
+    seen = run(genv, "p", r'''
+import genv.sdk
+start = time.monotonic()
+before = dict(os.environ)
+try:
+    with genv.sdk.environment(gpus=1, wait=1):
+        result = "entered"
+except genv.sdk.Error as error:
+    result = str(error)
+report(result=result, waited=time.monotonic() - start, same=dict(os.environ) == before)
+''')
+    assert seen["waited"] >= 1 and seen["same"]
+    [env] = envs(genv)
+    assert env["pids"][0] == holder.pid and env["waiting"] is None
+    # The message of a failure without waiting: no environment is left to
+    # be "now detached".
+    assert seen["result"] == "cannot attach 1 GPU: only 0 of this machine's 1 are free"
+
+
+def test_ctrl_c_while_waiting_leaves_the_line(genv, programs):
+    genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "1"
+    holder = hold_gpus(genv, 1)
+    program = programs("p", r'''
+import genv.sdk
+before = dict(os.environ)
+try:
+    with genv.sdk.environment(gpus=1, wait=float("inf")):
+        result = "entered"
+except KeyboardInterrupt:
+    result = "interrupted"
+report(result=result, same=dict(os.environ) == before, envs=genv.sdk.envs())
+''')
+    wait_for(lambda: any(env["waiting"] for env in envs(genv)), 30, "the program to wait in line")
+    os.kill(program.pid, signal.SIGINT)
+    seen = program.finish()
+    assert seen["result"] == "interrupted" and seen["same"]
+    [env] = seen["envs"]
+    assert env["pids"][0] == holder.pid and env["waiting"] is None
+    [env] = envs(genv)
+    assert env["pids"][0] == holder.pid and env["waiting"] is None
+
+
+LOCKER = r'''
+import genv.sdk
+with genv.sdk.environment(gpus=1, gpu_memory="10g") as env:
+    touch(NAME + ".env")
+    if NAME == "a":
+        wait_file("b.env")
+        with genv.sdk.lock():
+            log("a in")
+            touch("a.locked")
+            wait_file("a.release")
+            log("a out")
+        report(gpus=env.gpus)
+    else:
+        wait_file("a.locked")
+        try:
+            with genv.sdk.lock(timeout=0.5):
+                log("b early")
+        except genv.sdk.Error as error:
+            touch("b.timedout")
+            message = str(error)
+        with genv.sdk.lock():
+            log("b in")
+        report(gpus=env.gpus, message=message)
+'''
+
+
+def test_lock_is_mutual_exclusion_between_processes(genv, programs):
+    genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "1"
+    a = programs("a", LOCKER)
+    b = programs("b", LOCKER)
+    wait_for(lambda: exists(genv, "b.timedout") or b.proc.poll() is not None, 30, "b's first try")
+    time.sleep(0.3)
+    with open(os.path.join(genv.base, "shared.log")) as handle:
+        assert handle.read().splitlines() == ["a in"]
+    touch(genv, "a.release")
+    first, second = a.finish(), b.finish()
+    assert first["gpus"] == second["gpus"] == [0]
+    assert second["message"].startswith("gave up after 0.5 s waiting for the lock on GPU 0"), second
+    with open(os.path.join(genv.base, "shared.log")) as handle:
+        assert handle.read().splitlines() == ["a in", "a out", "b in"]
+    assert_free(genv)
+
+
+# === 5. status(), envs(), devices(), ps() =================================================
+
+
+def put_process(genv, pid, gpu, mib=100):
+    apps = os.path.join(genv.base, "apps")
+    with open(apps, "a") as handle:
+        handle.write("%d %d %d python\n" % (pid, gpu, mib))
+
+
+LISTINGS = r'''
+import subprocess, genv.sdk
+def cli(name):
+    done = subprocess.run([%r, name, "--format", "json"], capture_output=True, check=True)
+    return json.loads(done.stdout)
+sdk = {"status": genv.sdk.status(), "envs": genv.sdk.envs(), "devices": genv.sdk.devices(), "ps": genv.sdk.ps()}
+report(sdk=sdk, cli={name: cli(name) for name in sdk})
+'''
+
+
+def test_listings_outside_a_block_are_the_commands_documents(genv):
+    apps = os.path.join(genv.base, "apps")
+    open(apps, "w").close()
+    genv.extra["FAKE_NVIDIA_SMI_APPS"] = apps
+    holder = hold_gpus(genv, 2, "--name", "holder")
+    put_process(genv, holder.pid, 1, 500)
+    seen = run(genv, "p", LISTINGS % os.path.join(genv.root, "bin", "genv"))
+    assert seen["sdk"] == seen["cli"]
+    assert seen["sdk"]["status"] == {"active": False}
+    [env] = seen["sdk"]["envs"]
+    assert env["name"] == "holder" and env["devices"] == [0, 1]
+    [row] = seen["sdk"]["ps"]
+    assert row["pid"] == holder.pid and row["env_id"] == env["id"] and row["memory"] == 500
+    fields = {"index", "uuid", "name", "memory_total", "memory_used", "memory_available", "environments",
+              "processes"}
+    assert all(fields <= set(device) for device in seen["sdk"]["devices"])
+
+
+def test_status_inside_a_block(genv):
+    apps = os.path.join(genv.base, "apps")
+    open(apps, "w").close()
+    genv.extra["FAKE_NVIDIA_SMI_APPS"] = apps
+    seen = run(genv, "p", r'''
+import subprocess, genv.sdk
+with open(%r, "a") as handle:
+    handle.write("%%d 0 300 python\n" %% os.getpid())
+with genv.sdk.environment(gpus=1, name="inside") as env:
+    mine = genv.sdk.status()
+    cli = json.loads(subprocess.run([%r, "status", "--format", "json"], capture_output=True, check=True).stdout)
+report(sdk=mine, cli=cli, id=env.id, pid=os.getpid(), after=genv.sdk.status())
+''' % (apps, os.path.join(genv.root, "bin", "genv")))
+    assert seen["sdk"] == seen["cli"]
+    status = seen["sdk"]
+    assert status["active"] is True and status["id"] == seen["id"] and status["name"] == "inside"
+    assert status["pids"] == [seen["pid"]] and status["devices"] == [0]
+    assert [p["pid"] for p in status["processes"]] == [seen["pid"]]
+    assert seen["after"] == {"active": False}
+
+
+def test_listings_inside_a_block_see_the_machine_and_change_nothing(genv):
+    """Inside the block the shim is first on PATH (for the program's child
+    processes); genv's own queries must still see the real nvidia-smi (the
+    whole machine), and must not store the shim's view of it."""
+    apps = os.path.join(genv.base, "apps")
+    open(apps, "w").close()
+    genv.extra["FAKE_NVIDIA_SMI_APPS"] = apps
+    holder = hold_gpus(genv, 1, "--name", "holder")
+    put_process(genv, holder.pid, 0, 500)
+    [held] = envs(genv)
+    seen = run(genv, "p", r'''
+import genv.sdk
+with genv.sdk.environment(gpus=1, gpu_memory="8g") as env:
+    devices, ps, others = genv.sdk.devices(), genv.sdk.ps(), genv.sdk.envs()
+report(gpus=env.gpus, devices=devices, ps=ps, envs=others)
+''')
+    assert seen["gpus"] == [1]
+    assert [d["index"] for d in seen["devices"]] == [0, 1, 2, 3]
+    assert all(d["memory_total"] == 40960 for d in seen["devices"])
+    assert [row["pid"] for row in seen["ps"]] == [holder.pid]
+    assert holders(genv)[0] == [held["id"]], "the other environment lost its GPU"
+    assert envs(genv)[0]["devices"] == [0]
+
+
+@pytest.mark.parametrize("call", ["status", "ps", "devices", "lock"])
+def test_a_query_inside_a_block_leaves_other_environments_alone(genv, call):
+    """The most innocent call inside the block must not take GPUs from the
+    user's other environments (it once stored the shim's one-GPU view of the
+    machine as the machine)."""
+    holder = hold_gpus(genv, 2, "--name", "holder")
+    [held] = envs(genv)
+    seen = run(genv, "p", r'''
+import genv.sdk
+with genv.sdk.environment(gpus=1) as env:
+    if %r == "lock":
+        with genv.sdk.lock():
+            pass
+    else:
+        getattr(genv.sdk, %r)()
+report(gpus=env.gpus)
+''' % (call, call))
+    assert seen["gpus"] == [2]
+    [env] = envs(genv)
+    assert env["id"] == held["id"] and holder.pid in env["pids"]
+    assert env["devices"] == [0, 1], "genv.sdk.%s() inside a block detached another environment" % call
+
+
+# === 6. the package ===================================================================
+
+FORBIDDEN = ["json", "typing", "subprocess", "logging", "threading", "socket", "argparse", "shutil",
+             "genv.cli", "genv.store", "genv.commands", "genv.jsonio", "genv.procs", "genv.gpus"]
+
+
+def test_import_genv_sdk_loads_little(genv):
+    """`import genv.sdk` costs at most 20 ms: checked by what it loads (a
+    test that times it would be flaky); the time measured is printed."""
+    code = ("import sys, time; sys.path.insert(0, %r); before = set(sys.modules); start = time.perf_counter(); "
+            "import genv.sdk; took = time.perf_counter() - start; "
+            "print(repr(sorted(set(sys.modules) - before))); print(took)") % genv.root
+    for python in (system_python(), sys.executable):
+        warm = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        subprocess.run([python, "-c", code], capture_output=True, check=True, env=warm)  # .pyc written
+        done = subprocess.run([python, "-I", "-S", "-c", code], capture_output=True, check=True, text=True)
+        loaded, took = done.stdout.splitlines()
+        loaded = eval(loaded)
+        assert "genv.sdk" in loaded
+        assert [name for name in loaded if name in FORBIDDEN or name.startswith("genv.commands")] == []
+        print("import genv.sdk with %s: %.1f ms, loads %s" % (python, float(took) * 1000, loaded))
+
+
+def test_type_hints_and_py_typed(genv):
+    assert os.path.isfile(os.path.join(REPO, "genv", "py.typed"))
+    user = os.path.join(genv.base, "user.py")
+    with open(user, "w") as handle:
+        handle.write('''from typing import Any, Dict, List, Optional
+import genv.sdk
+
+
+def train() -> List[int]:
+    with genv.sdk.environment(gpus=1, gpu_memory="8g", name=None, wait=None) as env:
+        ident: str = env.id
+        uuids: List[Optional[str]] = env.uuids
+        with genv.sdk.lock(timeout=1.0):
+            pass
+        status: Dict[str, Any] = genv.sdk.status()
+        rows: List[Dict[str, Any]] = genv.sdk.devices() + genv.sdk.envs() + genv.sdk.ps()
+        del ident, uuids, status, rows
+        return env.gpus
+
+
+try:
+    train()
+except genv.sdk.Error as error:
+    print(error)
+''')
+    try:
+        import mypy  # noqa: F401
+    except ImportError:
+        pytest.skip("needs mypy (pip install mypy)")
+    done = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--cache-dir", os.devnull,
+                           user], capture_output=True, text=True, cwd=genv.base, env={**os.environ,
+                                                                                      "MYPYPATH": genv.root})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "genv.sdk" not in done.stdout
+
+
+def test_an_installed_package_without_the_clone(genv, tmp_path):
+    """What pip installs: the package alone (no bin/, libexec/, shims/).
+    The SDK works (no shim to put on PATH), and so does python -m genv."""
+    site = tmp_path / "site"
+    shutil.copytree(os.path.join(genv.root, "genv"), str(site / "genv"))
+    env = {**genv.environ(), "PYTHONPATH": str(site)}
+    env["PATH"] = "%s/tests/fake:/usr/local/bin:/usr/bin:/bin" % genv.root  # no genv on PATH
+    code = ("import os, genv.sdk\nbefore = dict(os.environ)\nwith genv.sdk.environment(gpus=1) as e:\n"
+            "    print(e.gpus, os.environ['CUDA_VISIBLE_DEVICES'], os.environ['PATH'] == before['PATH'])\n"
+            "print(dict(os.environ) == before)\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=str(tmp_path))
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[0] 0 True\nTrue\n", "")
+    done = subprocess.run([sys.executable, "-m", "genv", "run", "--gpus", "2", "--", "sh", "-c",
+                           "echo $CUDA_VISIBLE_DEVICES"], env=env, capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "0,1\n", "")
+    done = subprocess.run([sys.executable, "-m", "genv", "nonsense"], env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and done.stderr.startswith("usage: python -m genv")
+    assert_free(genv)
+
+
+@pytest.mark.parametrize("kind", ["bash", "zsh"])
+def test_python_m_genv_in_an_activated_terminal_leaves_other_environments_alone(genv, kind):
+    """`python -m genv status` (no bin/genv, so no GENV_ROOT) in a terminal
+    whose PATH starts with the shim: genv must still ask the real
+    nvidia-smi, and store nothing else as the machine."""
+    holder = hold_gpus(genv, 2, "--name", "holder")
+    shell = genv.shell(kind)
+    shell.ok("genv activate --gpus 1 --no-prompt")
+    assert shell.var("PATH").startswith(os.path.join(genv.root, "shims") + ":")
+    shell.ok("PYTHONPATH=%s %s -m genv status >/dev/null" % (genv.root, system_python()))
+    mine = {env["name"]: env for env in envs(genv)}
+    assert holder.pid in mine["holder"]["pids"]
+    assert mine["holder"]["devices"] == [0, 1], "python -m genv status detached another environment"
