@@ -1,8 +1,9 @@
-"""genv's benchmark suite (issues 5, 9 and 10). Run it with ``bench/run``.
+"""genv's benchmark suite (issues 5, 9, 10, 11 and 12). Run it with ``bench/run``.
 
 Every scenario is timed from inside one long-lived bash process with
 ``$EPOCHREALTIME`` around the command, so bash's own start-up is excluded;
-results are medians over repeated runs. genv runs on a plain venv
+results are medians over repeated runs (what talks HTTP or starts Jupyter
+kernels is timed from Python instead). genv runs on a plain venv
 interpreter made for the run (no site-packages, no version-manager shim),
 and the floors are measured with that same interpreter. GPUs come from the
 fake nvidia-smi in tests/fake, which genv and the upstream genv both query.
@@ -29,6 +30,22 @@ Scenarios (--only/--skip take these names):
   wait    (issue 10) N terminals in 'attach --wait' while N holders hold all
           N GPUs (--waiters): their CPU use over --idle seconds, then each
           release (kill -9 and deactivate in turn) to the next attach
+  admin   (issue 11) with N environments (real background terminals) and N
+          GPU processes (--admin): 'genv enforce' (a dry run; exit 1 as it
+          finds the unmanaged quarter of the processes) and one /metrics
+          scrape of 'genv monitor --interval 0' (urllib), each beside its
+          nvidia-smi calls made straight to the fake; prometheus-client is
+          installed into the bench's venv with pip (the scrape is skipped,
+          with the reason, if that fails)
+  run     (issue 12) 'genv run -- true' and 'genv run --gpus 1 -- true'
+          beside true itself, their nvidia-smi calls and the bare interpreter
+  sdk     (issue 12) python -I -S -c 'import genv.sdk' beside the bare one
+  kernel  (issue 12) a Jupyter kernel's start (start_kernel() to
+          wait_for_ready()), a plain ipykernel kernelspec against one made by
+          'genv kernel install --gpus 1', in turn (--kernel-reps); in an
+          interpreter with ipykernel and jupyter_client (--kernel-python, else
+          a venv made for them with pip; skipped, with the reason, if that
+          fails)
 """
 
 import argparse
@@ -673,6 +690,399 @@ def waiting(tool: Tool, waiters: int, idle: float) -> Dict[str, Any]:
             shell.wait()
 
 
+# --- issue 11: enforce and the monitor -------------------------------------------
+
+ADMIN_SHARE = "2g"  # each attached environment's share: 20 of them fit a fake 40 GB GPU
+
+
+def pip_install(python: str, packages: List[str]) -> Optional[str]:
+    """Install ``packages`` with pip into the venv whose interpreter is
+    ``python``: its own pip, else the base interpreter's (``pip --python``),
+    else ensurepip first. None when it worked; else why not (one line)."""
+    base_python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+
+    def attempt(command: List[str]) -> Optional[str]:
+        try:
+            done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return str(error)
+        if done.returncode == 0:
+            return None
+        lines = [line.strip() for line in (done.stderr + done.stdout).splitlines()
+                 if line.strip() and not line.startswith("WARNING")]
+        return lines[-1] if lines else "exit status %d" % done.returncode
+
+    install = ["install", "-q", "--disable-pip-version-check", *packages]
+    if attempt([python, "-m", "pip", "--version"]) is None:
+        why = attempt([python, "-m", "pip", *install])
+    else:
+        why = attempt([base_python, "-m", "pip", "--python", python, *install])
+        if why is not None and attempt([python, "-m", "ensurepip", "-q"]) is None:
+            why = attempt([python, "-m", "pip", *install])
+    return None if why is None else "pip install %s failed: %s" % (" ".join(packages), why)
+
+
+def _kill_all(shells: List["subprocess.Popen[str]"], pids: List[int],
+              others: List["subprocess.Popen[bytes]"]) -> None:
+    for shell in shells:
+        if shell.poll() is None:
+            shell.kill()
+    for shell in shells:
+        shell.wait()
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for process in others:
+        process.kill()
+    for process in others:
+        process.wait()
+
+
+def _metric(text: str, name: str) -> float:
+    """The sum of a metric's samples in a Prometheus text exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith((name + " ", name + "{")):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _start_monitor(tool: Tool, extra: Dict[str, str]) -> Tuple["subprocess.Popen[str]", str]:
+    """``genv monitor --port 0 --interval 0`` on the loopback; its URL."""
+    import select
+
+    errors = os.path.join(tool.base, "monitor.err")
+    with open(errors, "w") as stderr:
+        monitor = subprocess.Popen(["genv", "monitor", "--port", "0", "--interval", "0", "--address", "127.0.0.1"],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+                                   env=tool.environ(extra), cwd=tool.base, text=True)
+    assert monitor.stdout is not None
+    ready, _, _ = select.select([monitor.stdout], [], [], 60)
+    line = monitor.stdout.readline() if ready else ""
+    words = [word for word in line.split() if word.startswith("http://")]
+    if not words:
+        monitor.kill()
+        monitor.wait()
+        with open(errors) as handle:
+            raise RuntimeError("%s: genv monitor did not start: %r %s" % (tool.name, line, handle.read()[-1000:]))
+    return monitor, words[0]
+
+
+def _scrape(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=60) as answer:
+        body: bytes = answer.read()
+    return body.decode("utf-8")
+
+
+def administration(tool: Tool, count: int, reps: int, python: str,
+                   monitor_unavailable: Optional[str]) -> Tuple[Dict[str, List[float]], Dict[str, Any]]:
+    """``genv enforce`` (a dry run) and one ``/metrics`` scrape of ``genv
+    monitor --interval 0`` while ``count`` real background terminals each
+    hold an environment and ``count`` real processes (``sleep``) are on the
+    fake's GPUs: three quarters of the terminals attached a share of a GPU
+    and started one process on it (managed), the rest of the processes were
+    started by the bench outside genv (unmanaged: enforce's findings). Each
+    is timed beside the same nvidia-smi calls made straight to the fake (its
+    calls are logged once with FAKE_NVIDIA_SMI_LOG; the device list is
+    cached, as on a warm machine). ``monitor_unavailable``: why the scrape
+    cannot run (prometheus-client missing), or None."""
+    tool.reset()
+    base = tool.base
+    apps = os.path.join(base, "apps")
+    log = os.path.join(base, "smi.log")
+    attached = count - count // 4
+    unmanaged = count - attached
+    gpus = max(8, -(-attached // 16))
+    extra = {"FAKE_NVIDIA_SMI_APPS": apps, "FAKE_NVIDIA_SMI_GPUS": str(gpus),
+             # The cached device list stays valid however long the set-up takes.
+             "GENV_DEVICES_TTL": "86400"}
+    for name in os.listdir(base):
+        if name.startswith(("apps", "smi.log", "admin.", "findings")):
+            os.unlink(os.path.join(base, name))
+    shells: List["subprocess.Popen[str]"] = []
+    sleepers: List[Tuple[int, int]] = []  # (pid, GPU)
+    outside: List["subprocess.Popen[bytes]"] = []
+    monitor: Optional["subprocess.Popen[str]"] = None
+    try:
+        def done_count() -> int:
+            return sum(1 for name in os.listdir(base) if name.startswith("admin.") and not name.endswith(".tmp"))
+
+        for number in range(count):
+            done = os.path.join(base, "admin.%d" % number)
+            if number < attached:
+                setup = ('genv config gpus 1 >/dev/null && genv config gpu-memory %s >/dev/null && '
+                         'genv attach >/dev/null || exit 1\nsleep %s & p=$!\n' % (ADMIN_SHARE, SLEEP))
+            else:
+                setup = "p=\n"
+            shells.append(tool.terminal(
+                'eval "$(%s)" && genv activate --name admin >/dev/null || exit 1\n%s'
+                'echo "$GENV_ENVIRONMENT_ID ${GENV_ATTACHED_GPUS:--} ${p:--}" > "%s.tmp" && mv "%s.tmp" "%s"\n'
+                % (tool.init, setup, done, done, done), subprocess.DEVNULL, extra))
+            # At most a few set-ups in flight (2 cores).
+            while len(shells) - done_count() > 4:
+                if any(shell.poll() is not None for shell in shells):
+                    raise RuntimeError("%s: a terminal failed to set up" % tool.name)
+                time.sleep(0.005)
+        for number, shell in enumerate(shells):
+            fields = _wait_for(os.path.join(base, "admin.%d" % number), shell, "%s: a terminal" % tool.name).split()
+            if number < attached:
+                if fields[1] == "-" or fields[2] == "-":
+                    raise RuntimeError("%s: terminal %d attached no GPU" % (tool.name, number))
+                sleepers.append((int(fields[2]), int(fields[1])))
+        for _ in range(unmanaged):
+            outside.append(subprocess.Popen(["sleep", SLEEP], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL, env=tool.env, cwd=base))
+        lines = ["%d %d %d /usr/bin/python3 train.py" % (pid, gpu, 1000 + number % 1000)
+                 for number, (pid, gpu) in enumerate(sleepers)]
+        lines += ["%d %d %d /usr/bin/python3 other.py" % (process.pid, number % gpus, 500 + number % 1000)
+                  for number, process in enumerate(outside)]
+        with open(apps + ".tmp", "w") as handle:
+            handle.write("".join(line + "\n" for line in lines))
+        os.rename(apps + ".tmp", apps)
+
+        # The calls enforce makes, and what it finds (exit 1: it found some).
+        probe = """
+genv devices >/dev/null || exit 1
+test "$(genv envs | grep -c admin)" = %(count)d || { echo "expected %(count)d environments" >&2; exit 1; }
+: > %(log)s
+FAKE_NVIDIA_SMI_LOG=%(log)s genv enforce --json > %(findings)s
+rc=$?
+test $rc -le 1 || { echo "genv enforce failed ($rc)" >&2; exit 1; }
+echo "fact rc $rc"
+cat %(log)s
+""" % {"count": count, "log": shlex.quote(log), "findings": shlex.quote(os.path.join(base, "findings.json"))}
+        out = tool.script(probe, extra=extra)
+        calls = "".join(line + "\n" for line in out.splitlines() if not line.startswith("fact "))
+        with open(os.path.join(base, "findings.json")) as handle:
+            findings: Dict[str, int] = {}
+            for finding in json.load(handle):
+                findings[finding["rule"]] = findings.get(finding["rule"], 0) + 1
+        n = count
+        body = _direct_calls("S_enforce", calls) + """
+for i in $(seq %(reps)d); do
+  T enforce_%(n)d genv enforce
+  T enforce_smi_%(n)d S_enforce
+  T floor_admin_%(n)d %(python)s -I -S -c pass
+done
+""" % {"reps": reps, "n": n, "python": shlex.quote(python)}
+        data = timings(tool.bash(body, extra=extra))
+        facts: Dict[str, Any] = {"environments": count, "processes": count, "attached": attached,
+                                 "unmanaged": unmanaged, "gpus": gpus, "findings": findings,
+                                 "calls": {"enforce": _kinds(calls)}, "scrape": None}
+
+        if monitor_unavailable is None:
+            monitor_log = os.path.join(base, "smi.log.monitor")
+            env = dict(extra, FAKE_NVIDIA_SMI_LOG=monitor_log)
+            monitor, url = _start_monitor(tool, env)
+            text = _scrape(url)  # (waits for the first reading, made at start)
+            seen = {"environments": _metric(text, "genv_environments"),
+                    "unmanaged": _metric(text, "genv_unmanaged_processes"),
+                    "processes": _metric(text, "genv_gpu_processes")}
+            if seen != {"environments": count, "unmanaged": unmanaged, "processes": count}:
+                raise RuntimeError("%s: the monitor shows %s" % (tool.name, seen))
+            open(monitor_log, "w").close()
+            _scrape(url)
+            with open(monitor_log) as handle:
+                scrape_calls = handle.read()
+            commands = [[os.path.join(FAKE, "nvidia-smi")] + line.split() for line in scrape_calls.splitlines()]
+            environ = tool.environ(env)  # (the direct calls log too, as the monitor's do)
+            scrapes, smi = [], []
+            for _ in range(reps):
+                started = time.perf_counter()
+                _scrape(url)
+                scrapes.append((time.perf_counter() - started) * 1000)
+                started = time.perf_counter()
+                for command in commands:
+                    subprocess.run(command, env=environ, stdout=subprocess.DEVNULL, check=True)
+                smi.append((time.perf_counter() - started) * 1000)
+            data["scrape_%d" % n] = scrapes
+            data["scrape_smi_%d" % n] = smi
+            facts["calls"]["scrape"] = _kinds(scrape_calls)
+            facts["scrape"] = seen
+        return data, facts
+    finally:
+        if monitor is not None:
+            monitor.terminate()
+            try:
+                monitor.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                monitor.kill()
+                monitor.communicate()
+        _kill_all(shells, [pid for pid, _ in sleepers], outside)
+
+
+# --- issue 12: genv run, the SDK, Jupyter kernels ----------------------------------
+
+
+def run_overhead(tool: Tool, reps: int, python: str) -> Tuple[Dict[str, List[float]], Dict[str, Any]]:
+    """``genv run -- true`` and ``genv run --gpus 1 -- true`` beside ``true``
+    run directly (the same program), the nvidia-smi calls each makes (logged
+    once, then made straight to the fake with the same arguments) and the
+    bare interpreter, all in the same loop. genv is run as a script or a
+    kernel runs it: no shell integration."""
+    tool.reset()
+    log = os.path.join(tool.base, "smi.log")
+    true = shutil.which("true", path=tool.env["PATH"]) or "/bin/true"
+    probe = """
+genv devices >/dev/null || exit 1
+logged() {
+  local name=$1; shift; : > %(log)s
+  FAKE_NVIDIA_SMI_LOG=%(log)s "$@" >/dev/null || { echo "$* failed" >&2; exit 1; }
+  echo "== $name"; cat %(log)s
+}
+logged plain genv run -- true
+logged gpu genv run --gpus 1 -- true
+test "$(genv envs --json)" = "[]" || { echo "genv run left an environment" >&2; exit 1; }
+""" % {"log": shlex.quote(log)}
+    calls: Dict[str, str] = {}
+    name = None
+    extra = {"GENV_DEVICES_TTL": "86400"}  # the cached device list stays valid for the whole run
+    for line in tool.script(probe, extra=extra).splitlines():
+        if line.startswith("== "):
+            name = line[3:]
+            calls[name] = ""
+        elif name is not None:
+            calls[name] += line + "\n"
+    body = _direct_calls("S_plain", calls["plain"]) + _direct_calls("S_gpu", calls["gpu"]) + """
+for i in $(seq %(reps)d); do
+  T run_direct %(true)s
+  T run_plain genv run -- true
+  T run_plain_smi S_plain
+  T run_gpu genv run --gpus 1 -- true
+  T run_gpu_smi S_gpu
+  T floor_run %(python)s -I -S -c pass
+done
+""" % {"reps": reps, "true": shlex.quote(true), "python": shlex.quote(python)}
+    return timings(tool.bash(body, extra=extra)), {name: _kinds(text) for name, text in calls.items()}
+
+
+def sdk_import(tool: Tool, reps: int, python: str) -> Dict[str, List[float]]:
+    """``import genv.sdk`` in a bare interpreter, beside the bare interpreter."""
+    code = shlex.quote("import sys; sys.path.insert(0, %r); import genv.sdk" % REPO)
+    body = """
+%(python)s -I -S -c %(code)s || exit 1
+for i in $(seq %(reps)d); do
+  T sdk_import %(python)s -I -S -c %(code)s
+  T sdk_floor %(python)s -I -S -c pass
+done
+""" % {"reps": reps, "python": shlex.quote(python), "code": code}
+    return timings(tool.bash(body))
+
+
+KERNEL_HELPER = r'''
+"""Runs in an interpreter with jupyter_client: starts kernels, as Jupyter
+does, and times each from start_kernel() to wait_for_ready()."""
+import json
+import sys
+import time
+
+from jupyter_client import KernelManager
+
+job = json.loads(sys.stdin.read())
+
+
+def start(name, extra=None):
+    manager = KernelManager(kernel_name=name)
+    env = dict(job["env"], **(extra or {}))
+    began = time.perf_counter()
+    manager.start_kernel(env=env, cwd=job["cwd"])
+    client = manager.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=120)
+        took = (time.perf_counter() - began) * 1000
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel()  # a shutdown request, as Jupyter sends
+    return took
+
+
+# Warm-ups (not timed); the genv one logs its nvidia-smi calls.
+start(job["plain"])
+start(job["genv"], {"FAKE_NVIDIA_SMI_LOG": job["log"]})
+times = {job["plain"]: [], job["genv"]: []}
+for number in range(job["reps"]):
+    order = [job["plain"], job["genv"]]
+    for name in order if number % 2 == 0 else order[::-1]:
+        times[name].append(start(name))
+print(json.dumps({"plain": times[job["plain"]], "genv": times[job["genv"]]}))
+'''
+
+
+def kernel_python(given: Optional[str], work: str) -> Tuple[Optional[str], Optional[str]]:
+    """An interpreter with ipykernel and jupyter_client: ``given``, or a
+    venv made for them. (The interpreter, why there is none.)"""
+    probe = "import ipykernel, jupyter_client"
+    if given:
+        done = subprocess.run([given, "-c", probe], capture_output=True, timeout=120)
+        if done.returncode == 0:
+            return given, None
+        return None, "%s has no ipykernel and jupyter_client" % given
+    try:
+        python = make_venv(os.path.join(work, "kernel-venv"), [])
+    except subprocess.CalledProcessError as error:
+        return None, "cannot make a venv: %s" % error
+    why = pip_install(python, ["ipykernel", "jupyter_client"])
+    return (None, why) if why else (python, None)
+
+
+def kernels(tool: Tool, reps: int, kpython: str) -> Tuple[Dict[str, List[float]], Dict[str, Any]]:
+    """A Jupyter kernel's start, from KernelManager.start_kernel() to the
+    client's wait_for_ready(), for a plain ipykernel kernelspec and for a
+    genv kernelspec (``genv kernel install --gpus 1``), in turn; the genv
+    kernel's nvidia-smi calls are logged once and made straight to the fake."""
+    tool.reset()
+    base = tool.base
+    prefix = os.path.join(base, "prefix")
+    jupyter = os.path.join(prefix, "share", "jupyter")
+    log = os.path.join(base, "smi.log")
+    shutil.rmtree(prefix, ignore_errors=True)
+    plain = os.path.join(jupyter, "kernels", "bench-plain")
+    os.makedirs(plain)
+    with open(os.path.join(plain, "kernel.json"), "w") as handle:
+        json.dump({"argv": [kpython, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                   "display_name": "Python (plain)", "language": "python", "interrupt_mode": "signal",
+                   "metadata": {"debugger": True}}, handle)
+    installed = subprocess.run([kpython, "-m", "genv", "kernel", "install", "--gpus", "1", "--name", "bench-genv",
+                                "--prefix", prefix], env=tool.environ({"PYTHONPATH": REPO}), cwd=base,
+                               capture_output=True, text=True, timeout=300)
+    if installed.returncode != 0:
+        raise RuntimeError("%s: genv kernel install failed: %s" % (tool.name, installed.stderr[-1000:]))
+    jupyter_env = {"JUPYTER_PATH": jupyter, "JUPYTER_DATA_DIR": os.path.join(base, "jupyter-data"),
+                   "JUPYTER_RUNTIME_DIR": os.path.join(base, "jupyter-runtime"),
+                   "JUPYTER_CONFIG_DIR": os.path.join(base, "jupyter-config"),
+                   "IPYTHONDIR": os.path.join(base, "ipython"), "JUPYTER_PLATFORM_DIRS": "1",
+                   # The cached device list stays valid for the whole run.
+                   "GENV_DEVICES_TTL": "86400"}
+    for folder in jupyter_env.values():
+        if folder.startswith(base):
+            os.makedirs(folder, exist_ok=True)
+    helper = os.path.join(base, "kernels.py")
+    with open(helper, "w") as handle:
+        handle.write(KERNEL_HELPER)
+    open(log, "w").close()
+    tool.script("genv devices >/dev/null\n", extra=jupyter_env)  # the device list cached: a warm machine
+    job = {"env": tool.environ(jupyter_env), "cwd": base, "plain": "bench-plain", "genv": "bench-genv",
+           "log": log, "reps": reps}
+    done = subprocess.run([kpython, helper], input=json.dumps(job), env=tool.environ(jupyter_env), cwd=base,
+                          capture_output=True, text=True, timeout=600 + 60 * reps)
+    if done.returncode != 0:
+        raise RuntimeError("%s: the kernel starts failed: %s" % (tool.name, done.stderr[-2000:]))
+    times = json.loads(done.stdout.strip().splitlines()[-1])
+    with open(log) as handle:
+        calls = handle.read()
+    left = json.loads(tool.script("genv envs --json\n", extra=jupyter_env))
+    body = _direct_calls("S_kernel", calls) + "for i in $(seq %d); do T kernel_smi S_kernel; done\n" % max(reps, 5)
+    data = timings(tool.bash(body, extra=jupyter_env))
+    data["kernel_plain"] = times["plain"]
+    data["kernel_genv"] = times["genv"]
+    return data, {"calls": _kinds(calls), "reps": reps, "environments_left": len(left), "python": kpython}
+
+
 def visible(value: str) -> List[str]:
     """The GPUs a CUDA_VISIBLE_DEVICES value exposes, read as CUDA does: the
     first invalid entry (genv 1.4.3 detaches with -1) ends the list."""
@@ -696,7 +1106,7 @@ def median(values: List[float]) -> Optional[float]:
     return statistics.median(values) if values else None
 
 
-SCENARIOS = ("cycle", "shim", "envs", "race", "procs", "share", "pack", "wait")
+SCENARIOS = ("cycle", "shim", "envs", "race", "procs", "share", "pack", "wait", "admin", "run", "sdk", "kernel")
 
 
 def counts(text: str) -> List[int]:
@@ -716,6 +1126,14 @@ def main() -> int:
                         help="terminals waiting in line with 'attach --wait' (default 16; 0 skips)")
     parser.add_argument("--idle", type=float, default=4.0,
                         help="seconds over which the waiters' CPU use is measured (default 4)")
+    parser.add_argument("--admin", default="100",
+                        help="environments and GPU processes (as many of each) for enforce and the monitor's "
+                             "scrape (default 100; a comma list; 0 skips)")
+    parser.add_argument("--kernel-reps", type=int, default=9,
+                        help="starts of each Jupyter kernel, plain and genv's (default 9; 0 skips)")
+    parser.add_argument("--kernel-python",
+                        help="an interpreter with ipykernel and jupyter_client for the kernels (default: a venv "
+                             "made for them with pip)")
     parser.add_argument("--only", default="", help="run only these scenarios (comma list of %s)" % ",".join(SCENARIOS))
     parser.add_argument("--skip", default="", help="skip these scenarios (same names)")
     parser.add_argument("--compare-upstream", action="store_true", help="also measure %s" % UPSTREAM)
@@ -731,6 +1149,7 @@ def main() -> int:
     env_counts = counts(args.envs) if "envs" in chosen else []
     racer_counts = counts(args.racers) if "race" in chosen else []
     proc_counts = counts(args.procs) if "procs" in chosen else []
+    admin_counts = [n for n in counts(args.admin) if n > 0] if "admin" in chosen else []
 
     work = tempfile.mkdtemp(prefix="genv-bench-")
     try:
@@ -744,7 +1163,8 @@ def main() -> int:
                               "genv shell --init", {}))
 
         results: Dict[str, Dict[str, Any]] = {tool.name: {} for tool in tools}
-        extras: Dict[str, Any] = {"procs": {}, "packing": None, "waiting": None}
+        extras: Dict[str, Any] = {"procs": {}, "packing": None, "waiting": None, "admin": {}, "run_calls": None,
+                                  "kernel": None, "skipped": {}}
 
         def record(tool: Tool, data: Dict[str, List[float]]) -> None:
             for label, values in data.items():
@@ -780,8 +1200,32 @@ def main() -> int:
             extras["packing"] = packing(ours, args.pack)
         if "wait" in chosen and args.waiters > 0:
             extras["waiting"] = waiting(ours, args.waiters, args.idle)
+        # Issues 11 and 12: genv only (1.4.3 has none of these commands).
+        if admin_counts:
+            # The monitor needs prometheus-client in genv's interpreter.
+            unavailable = pip_install(python, ["prometheus-client"])
+            if unavailable:
+                extras["skipped"]["scrape"] = unavailable
+                print("skipping the monitor's scrape: %s" % unavailable, file=sys.stderr)
+            for count in admin_counts:
+                data, facts = administration(ours, count, args.reps, python, unavailable)
+                record(ours, data)
+                extras["admin"][str(count)] = facts
+        if "run" in chosen:
+            data, extras["run_calls"] = run_overhead(ours, args.reps, python)
+            record(ours, data)
+        if "sdk" in chosen:
+            record(ours, sdk_import(ours, args.reps, python))
+        if "kernel" in chosen and args.kernel_reps > 0:
+            kpython, why = kernel_python(args.kernel_python, work)
+            if kpython is None:
+                extras["skipped"]["kernel"] = why
+                print("skipping the kernel starts: %s" % why, file=sys.stderr)
+            else:
+                data, extras["kernel"] = kernels(ours, args.kernel_reps, kpython)
+                record(ours, data)
 
-        summary = report(results, tools, python, env_counts, racer_counts, proc_counts, extras)
+        summary = report(results, tools, python, env_counts, racer_counts, proc_counts, admin_counts, extras)
         if args.json:
             with open(args.json, "w") as handle:
                 json.dump(summary, handle, indent=2)
@@ -797,8 +1241,18 @@ def paired(results: Dict[str, Any], minuend: str, subtrahend: str) -> Optional[f
     return median([a - b for a, b in zip(results[minuend], results[subtrahend])])
 
 
+def net(results: Dict[str, Any], minuend: str, *subtrahends: str) -> Optional[float]:
+    """The median of ``minuend - subtrahends...``, run by run (the scenarios
+    timed in the same loop)."""
+    if any(key not in results for key in (minuend,) + subtrahends):
+        return None
+    columns = [results[key] for key in (minuend,) + subtrahends]
+    return median([row[0] - sum(row[1:]) for row in zip(*columns)])
+
+
 def report(results: Dict[str, Dict[str, Any]], tools: List[Tool], python: str, env_counts: List[int],
-           racer_counts: List[int], proc_counts: List[int], extras: Dict[str, Any]) -> Dict[str, Any]:
+           racer_counts: List[int], proc_counts: List[int], admin_counts: List[int],
+           extras: Dict[str, Any]) -> Dict[str, Any]:
     med: Dict[str, Dict[str, Optional[float]]] = {
         name: {label: median(values) for label, values in data.items() if isinstance(values, list)}
         for name, data in results.items()}
@@ -813,6 +1267,17 @@ def report(results: Dict[str, Dict[str, Any]], tools: List[Tool], python: str, e
         ours["ps_net_%d" % n] = paired(raw, "ps_%d" % n, "ps_smi_%d" % n)
         ours["devices_procs_net_%d" % n] = paired(raw, "devices_procs_%d" % n, "devices_procs_smi_%d" % n)
         ours["attach_procs_net_%d" % n] = paired(raw, "attach_procs_%d" % n, "attach_procs_smi_%d" % n)
+    raw = results["genv"]
+    for n in admin_counts:
+        ours["enforce_net_%d" % n] = net(raw, "enforce_%d" % n, "enforce_smi_%d" % n)
+        ours["scrape_net_%d" % n] = net(raw, "scrape_%d" % n, "scrape_smi_%d" % n)
+    for what in ("plain", "gpu"):
+        ours["run_%s_over" % what] = net(raw, "run_%s" % what, "run_direct")
+        ours["run_%s_net" % what] = net(raw, "run_%s" % what, "run_direct", "run_%s_smi" % what)
+    ours["sdk_net"] = net(raw, "sdk_import", "sdk_floor")
+    ours["kernel_diff"] = net(raw, "kernel_genv", "kernel_plain")
+    if ours["kernel_diff"] is not None and ours.get("kernel_smi") is not None:
+        ours["kernel_net"] = ours["kernel_diff"] - ours["kernel_smi"]  # type: ignore[operator]
     rows = ["init", "activate", "config", "attach", "detach", "deactivate", "cycle"]
     rows += ["envs_%d" % n for n in env_counts] + ["devices_%d" % n for n in env_counts]
     rows += ["shim_overhead", "direct", "floor_bash", "floor_python", "floor_python_subprocess", "attach_nosmi"]
@@ -824,6 +1289,12 @@ def report(results: Dict[str, Dict[str, Any]], tools: List[Tool], python: str, e
             "plain_overhead_%d", "floor_procs_%d")]
     rows += ["share_plain_attach", "share_activate", "share_config", "share_memory", "share_attach", "share_detach",
              "share_deactivate", "share_cycle"]
+    for n in admin_counts:
+        rows += [key % n for key in ("enforce_%d", "enforce_smi_%d", "enforce_net_%d", "scrape_%d", "scrape_smi_%d",
+                                     "scrape_net_%d", "floor_admin_%d")]
+    rows += ["run_direct", "run_plain", "run_plain_smi", "run_plain_over", "run_plain_net", "run_gpu", "run_gpu_smi",
+             "run_gpu_over", "run_gpu_net", "floor_run", "sdk_import", "sdk_floor", "sdk_net", "kernel_plain",
+             "kernel_genv", "kernel_diff", "kernel_smi", "kernel_net"]
     names = [tool.name for tool in tools]
     print("genv benchmark: %s, %s cores, %s, Python %s (%s), %s" % (
         platform.node(), os.cpu_count(), platform.platform(), platform.python_version(), python,
@@ -886,6 +1357,34 @@ def report(results: Dict[str, Dict[str, Any]], tools: List[Tool], python: str, e
         print("Python starts per shim mode: %s" % "; ".join(
             "%s processes: %s" % (n, ", ".join("%s %d" % item for item in facts["python_starts"].items()))
             for n, facts in procs.items()))
+    admin = extras.get("admin") or {}
+    run_calls = extras.get("run_calls")
+    kernel = extras.get("kernel")
+    skipped = extras.get("skipped") or {}
+
+    def kinds(calls: Optional[Dict[str, int]]) -> str:
+        if calls is None:
+            return "not run"
+        return ", ".join("%s×%d" % (kind, number) for kind, number in sorted(calls.items())) or "none"
+
+    if admin or run_calls or kernel:
+        print()
+        print("nvidia-smi calls (device list cached):")
+    for n, facts in admin.items():
+        print("- enforce and a scrape, %s environments (%d attached, a %s share each, on %d GPUs) and %s processes "
+              "(%d unmanaged): enforce %s, finding %s; a scrape %s" % (
+                  n, facts["attached"], ADMIN_SHARE, facts["gpus"], n, facts["unmanaged"],
+                  kinds(facts["calls"]["enforce"]),
+                  ", ".join("%s×%d" % item for item in sorted(facts["findings"].items())) or "nothing",
+                  kinds(facts["calls"].get("scrape"))))
+    if run_calls:
+        print("- genv run -- true: %s; genv run --gpus 1 -- true: %s" % (kinds(run_calls["plain"]),
+                                                                      kinds(run_calls["gpu"])))
+    if kernel:
+        print("- a genv kernel's start (--gpus 1): %s; %d environments left after the kernels" % (
+            kinds(kernel["calls"]), kernel["environments_left"]))
+    for what, why in skipped.items():
+        print("- skipped %s: %s" % (what, why))
 
     floor = ours.get("floor_python")
     targets: List[Tuple[str, Optional[float], Optional[bool]]] = []
@@ -947,19 +1446,47 @@ def report(results: Dict[str, Dict[str, Any]], tools: List[Tool], python: str, e
     if wait:
         target("waiting: release to the next waiter's attach, worst ms (target <= 1000)", wait["latency_max_ms"], 1000)
         target("waiting: CPU while waiting, % of one core per waiter (target <= 1)", wait["cpu_per_waiter_pct"], 1)
+    if admin_counts:
+        at = ",".join(str(n) for n in admin_counts)
+        worst = [ours.get("enforce_net_%d" % n) for n in admin_counts]
+        if all(value is not None for value in worst):
+            target("genv enforce (dry run) less its nvidia-smi calls, ms, worst of %s environments and processes "
+                   "(target <= 100)" % at, max(worst), 100)  # type: ignore[type-var]
+        worst = [ours.get("scrape_net_%d" % n) for n in admin_counts]
+        if all(value is not None for value in worst):
+            target("a /metrics scrape (--interval 0) less its nvidia-smi calls, ms, worst of %s environments and "
+                   "processes (target <= 50)" % at, max(worst), 50)  # type: ignore[type-var]
+    run_net = [ours.get("run_plain_net"), ours.get("run_gpu_net")]
+    if all(value is not None for value in run_net) and ours.get("floor_run"):
+        target("genv run -- true over true, less its nvidia-smi calls, in interpreter starts (floor_run), worst of "
+               "no GPU and --gpus 1 (target <= 2)", max(run_net) / ours["floor_run"], 2)  # type: ignore
+    if ours.get("sdk_net") is not None:
+        target("import genv.sdk over the bare interpreter, ms (target <= 20)", ours["sdk_net"], 20)
+    if ours.get("kernel_net") is not None:
+        target("a kernel's start with genv (--gpus 1) minus without, less its nvidia-smi calls, ms "
+               "(target <= 100)", ours["kernel_net"], 100)
     print()
     for label, value, ok in targets:
         print("- %s: %s (%s)" % (label, _num(value, "%.2f"), "n/a" if ok is None else "met" if ok else "missed"))
     print("- races: %s" % ("no GPU handed out twice" if races_ok else "FAILED"))
     if pack or wait:
         print("- packing and waiting checks: %s" % ("passed" if checks_ok else "FAILED"))
+    if admin or kernel:
+        # enforce finds exactly the unmanaged processes; every kernel's
+        # environment is gone once the kernels are.
+        ours_ok = all(facts["findings"] == ({"unmanaged": facts["unmanaged"]} if facts["unmanaged"] else {})
+                      for facts in admin.values())
+        ours_ok = ours_ok and (kernel is None or kernel["environments_left"] == 0)
+        print("- enforce and kernel checks: %s" % ("passed" if ours_ok else "FAILED"))
+        checks_ok = checks_ok and ours_ok
     return {"medians": med, "races": {name: {k: v for k, v in results[name].items() if k.startswith("race")}
                                       for name in names},
             "targets": {label: value for label, value, _ in targets},
             "targets_met": {label: ok for label, _, ok in targets},
             "nvidia_smi_calls": {n: facts["calls"] for n, facts in procs.items()},
             "shim_python_starts": {n: facts["python_starts"] for n, facts in procs.items()},
-            "packing": pack, "waiting": wait, "races_ok": races_ok, "checks_ok": checks_ok}
+            "packing": pack, "waiting": wait, "admin": admin, "run_calls": run_calls, "kernel": kernel,
+            "skipped": skipped, "races_ok": races_ok, "checks_ok": checks_ok}
 
 
 def _num(value: Optional[float], form: str) -> str:

@@ -166,6 +166,35 @@ def complete_options(words: List[str], options: Options, values: Dict[str, Calla
     return [option for option in options if option not in used]
 
 
+def wait_argv(argv: List[str]) -> List[str]:
+    """``--wait`` takes an optional number of seconds: without one, it waits
+    as long as it takes (``--wait=forever``)."""
+    result = []
+    for position, arg in enumerate(argv):
+        if arg == "--wait":
+            following = argv[position + 1] if position + 1 < len(argv) else None
+            if following is None or following.startswith("-") or not following[:1].isdigit():
+                arg = "--wait=forever"
+        result.append(arg)
+    return result
+
+
+def wait_seconds(text: str) -> float:
+    from .sizes import parse_seconds
+
+    return float("inf") if text == "forever" else parse_seconds(text, "--wait", error=UsageError)
+
+
+def parse_indices(text: str) -> List[int]:
+    """``--index 0,2``: GPU indices."""
+    from .gpus import parse_count
+
+    parts = text.split(",")
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        raise UsageError("invalid --index %r: expected GPU indices such as 0 or 0,2" % text)
+    return [parse_count(part, "GPU index") for part in parts]
+
+
 FORMAT_OPTIONS = {"--format": True, "--json": False}
 FORMATS = ("table", "csv", "json")
 

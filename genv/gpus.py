@@ -47,16 +47,10 @@ def parse_count(text: str, what: str) -> int:
 
 
 def _ttl() -> float:
+    from .sizes import parse_seconds
+
     text = os.environ.get("GENV_DEVICES_TTL")
-    if text is None or text == "":
-        return DEFAULT_TTL
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 1e9:
-        raise GenvError("invalid GENV_DEVICES_TTL %r: expected a number of seconds" % text)
-    return value
+    return parse_seconds(text, "GENV_DEVICES_TTL") if text else DEFAULT_TTL
 
 
 def find_nvidia_smi() -> Optional[str]:

@@ -36,16 +36,10 @@ class _Tick(Exception):
 
 
 def timeout_from_env(default: float = DEFAULT_TIMEOUT) -> float:
+    from .sizes import parse_seconds
+
     text = os.environ.get("GENV_LOCK_TIMEOUT")
-    if text is None or text == "":
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 1e9:
-        raise GenvError("invalid GENV_LOCK_TIMEOUT %r: expected a number of seconds (0 = do not wait)" % text)
-    return value
+    return parse_seconds(text, "GENV_LOCK_TIMEOUT", hint="0 = do not wait") if text else default
 
 
 def holder(fd: int) -> Optional[Tuple[int, Optional[int]]]:

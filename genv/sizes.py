@@ -1,4 +1,5 @@
-"""Memory sizes as people write them: ``4g``, ``4096m``, ``4GiB``, ``4.5g``.
+"""Amounts as people write them: memory sizes (``4g``, ``4096m``,
+``4GiB``, ``4.5g``) and durations in seconds.
 
 A size is a number with an optional unit: ``b``, ``k``, ``m``, ``g``, ``t``
 (powers of 1024, as nvidia-smi's MiB are), also written ``kb``/``kib``,
@@ -70,3 +71,17 @@ def format_size(value: int) -> str:
 def mib(value: int) -> int:
     """Bytes to whole MiB, rounded down (nvidia-smi's unit)."""
     return value // MIB
+
+
+def parse_seconds(text: str, what: str, least: float = 0.0, hint: str = "", error: type = GenvError) -> float:
+    """A number of seconds (from an option or a variable): finite, at least
+    ``least``; otherwise ``error`` (GenvError or UsageError) saying so."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not least <= value < 1e9:  # also false for nan
+        raise error("invalid %s %r: expected a number of seconds%s%s" % (
+            what, text, " of at least %g" % least if least > 0 else "", " (%s)" % hint if hint else ""))
+    return value
+

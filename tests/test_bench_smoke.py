@@ -1,18 +1,33 @@
-"""The benchmark keeps working (issues 5, 9 and 10): a tiny run, no timing
-assertions."""
+"""The benchmark keeps working (issues 5, 9, 10, 11 and 12): a tiny run, no
+timing assertions.
+
+The kernel scenario starts kernels with the test runner's interpreter when it
+has ipykernel and jupyter_client (the test extra), instead of installing them
+into a venv; without them it is left out. The monitor's scrape needs
+prometheus-client installed into the bench's venv (pip): where that fails,
+the bench says why and the scrape is left out."""
 
 import json
 import os
 import subprocess
+import sys
 
 from conftest import REPO
 
 
+def has_jupyter(python):
+    probe = [python, "-c", "import ipykernel, jupyter_client"]
+    return subprocess.run(probe, capture_output=True, timeout=120).returncode == 0
+
+
 def test_bench_smoke(tmp_path):
     out = tmp_path / "bench.json"
+    kernel = has_jupyter(sys.executable)
+    kernel_options = ["--kernel-reps", "1", "--kernel-python", sys.executable] if kernel else ["--kernel-reps", "0"]
     done = subprocess.run(
         [os.path.join(REPO, "bench", "run"), "--reps", "2", "--envs", "1,3", "--racers", "6",
-         "--procs", "0,6", "--pack", "12", "--waiters", "2", "--idle", "1", "--json", str(out)],
+         "--procs", "0,6", "--pack", "12", "--waiters", "2", "--idle", "1", "--admin", "4", *kernel_options,
+         "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -60,6 +75,45 @@ def test_bench_smoke(tmp_path):
     assert len(wait["latencies_ms"]) == 2 and all(latency > 0 for latency in wait["latencies_ms"])
     assert wait["methods"] == ["kill -9", "deactivate"]
     assert wait["idle_s"] >= 1 and wait["cpu_s"] >= 0 and wait["cpu_per_waiter_pct"] >= 0
+
+    # Issue 11: enforce and the monitor's scrape, with 4 environments (3
+    # attached, each with a process) and 4 processes (1 unmanaged).
+    for scenario in ("enforce_4", "enforce_smi_4", "floor_admin_4"):
+        assert medians[scenario] is not None and medians[scenario] > 0, scenario
+    assert isinstance(medians["enforce_net_4"], float)
+    admin = summary["admin"]["4"]
+    assert admin["environments"] == 4 and admin["attached"] == 3 and admin["unmanaged"] == 1
+    assert admin["findings"] == {"unmanaged": 1}
+    assert admin["calls"]["enforce"] == {"--query-compute-apps": 1}
+    if "scrape" in summary["skipped"]:
+        assert summary["skipped"]["scrape"] and "skipped scrape: " in done.stdout
+        assert admin["scrape"] is None and "scrape_4" not in medians
+    else:
+        for scenario in ("scrape_4", "scrape_smi_4"):
+            assert medians[scenario] is not None and medians[scenario] > 0, scenario
+        assert isinstance(medians["scrape_net_4"], float)
+        assert admin["scrape"] == {"environments": 4, "unmanaged": 1, "processes": 4}
+        assert admin["calls"]["scrape"] == {"--query-compute-apps": 1, "--query-gpu": 1}
+
+    # Issue 12: genv run, import genv.sdk, kernels.
+    for scenario in ("run_direct", "run_plain", "run_plain_smi", "run_gpu", "run_gpu_smi", "floor_run",
+                     "sdk_import", "sdk_floor"):
+        assert medians[scenario] is not None and medians[scenario] > 0, scenario
+    for derived in ("run_plain_over", "run_plain_net", "run_gpu_over", "run_gpu_net", "sdk_net"):
+        assert isinstance(medians[derived], float), derived
+    calls = summary["run_calls"]
+    assert set(calls) == {"plain", "gpu"} and "--query-compute-apps" in calls["gpu"]
+    assert all(number >= 1 for kinds in calls.values() for number in kinds.values())
+    if kernel:
+        for scenario in ("kernel_plain", "kernel_genv", "kernel_smi"):
+            assert medians[scenario] is not None and medians[scenario] > 0, scenario
+        assert isinstance(medians["kernel_diff"], float) and isinstance(medians["kernel_net"], float)
+        facts = summary["kernel"]
+        assert facts["environments_left"] == 0 and facts["reps"] == 1
+        assert "--query-compute-apps" in facts["calls"]
+    else:
+        assert summary["kernel"] is None and "kernel_plain" not in medians
+    assert "enforce and kernel checks: passed" in done.stdout
     assert summary["checks_ok"] and summary["races_ok"]
     assert all(isinstance(value, (int, float)) for value in summary["targets"].values())
     assert set(summary["targets_met"]) == set(summary["targets"])

@@ -174,3 +174,19 @@ def test_commands_run_on_it(genv, command):
     result = genv.cli(*command)
     assert result.returncode == 0 and result.stderr == b"", result
     assert result.stdout.startswith(b"[")
+
+
+def test_the_signal_functions_genv_uses_are_in_the_c_module():
+    """genv/signals.py takes them from _signal (import signal costs enum)."""
+    run_python(r"""
+        import _signal
+        from genv import signals
+        for name in signals.__all__:
+            assert hasattr(_signal, name), name
+            assert getattr(signals, name) is getattr(_signal, name), name
+    """)
+    clean = subprocess.run([system_python(), "-I", "-S", "-c",
+                            "import sys; sys.path.insert(0, %r); import genv.signals; print('enum' in sys.modules)"
+                            % REPO], capture_output=True, text=True, timeout=60)
+    assert clean.stdout == "False\n", clean
+

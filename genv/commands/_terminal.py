@@ -3,9 +3,9 @@ the SDK's ``environment()``.
 
 ``enter`` creates an environment whose terminal is this process (or joins
 one of the user's own), attaches GPUs (or waits in line for them), and
-either succeeds or holds nothing. ``adopt`` adds another process (the
-command ``genv run`` starts) as a terminal too, so that the environment
-lives exactly as long as any of them. ``leave`` removes this process's
+either succeeds or holds nothing. The command ``genv run`` starts (forked
+first, held before its exec) becomes a terminal too, in the same step, so
+that the environment lives exactly as long as any of them. ``leave`` removes this process's
 terminals; the environment goes with its last. ``variables`` says what a
 process of the environment must see in its environment variables.
 """
@@ -17,7 +17,6 @@ import os
 from .. import environments
 from ..errors import GenvError
 from ..shell import gpu_list, hint_changes
-from . import _line as line
 from ._session import Session, request_of, shims
 
 TYPE_CHECKING = False
@@ -49,15 +48,19 @@ def _request(settings: Settings, config: Dict[str, Any]) -> Any:
     return Request(base.count, base.memory, settings.indices, settings.over_subscribe)
 
 
-def enter(ctx: Context, settings: Settings) -> Dict[str, Any]:
-    """Make this process a terminal of an environment with its GPUs; returns
-    a copy of the environment. Raises GenvError (attach's message when the
-    GPUs cannot be had and it does not wait); then nothing is held."""
+def enter(ctx: Context, settings: Settings, also: Sequence[int] = ()) -> Dict[str, Any]:
+    """Make this process (and the processes ``also``, started by it) terminals
+    of an environment with its GPUs; returns a copy of the environment.
+    Raises GenvError (attach's message when the GPUs cannot be had and it
+    does not wait); then nothing is held."""
     pid = os.getpid()
-    session = Session(ctx, observe=True)
-    token = session.processes.token(pid)
-    if token is None:
-        raise GenvError("cannot find this process (pid %d)" % pid)
+    # The processes on the GPUs matter only to an attach.
+    wants = bool(settings.indices) or bool(settings.config.get("gpus")) or settings.join is not None
+    session = Session(ctx, observe=wants)
+    tokens = [(each, session.processes.token(each)) for each in [pid, *also]]
+    for each, token in tokens:
+        if token is None:
+            raise GenvError("cannot find the process %d" % each)
     with session:
         if settings.join is not None:
             found = environments.find(session.users, settings.join)
@@ -66,16 +69,17 @@ def enter(ctx: Context, settings: Settings) -> Dict[str, Any]:
                                 % settings.join)
             owner, env = found
             environments.check_owner(owner, ctx.euid, settings.join, ctx.describe)
-            environments.add_terminal(env, pid, token)
-            if owner != ctx.euid:
-                environments.record_join(session.users, owner, env, pid, token)
-                session.tx.changed(ctx.euid)
             env["config"].update(settings.config)
         else:
             owner = ctx.euid
             env = environments.new_env(environments.new_id(session.users, pid), session.now, settings.config,
-                                       pid, token)
+                                       pid, tokens[0][1] or "")
             session.tx.user(owner)["envs"].append(env)
+        for each, token in tokens:
+            environments.add_terminal(env, each, token or "")
+            if owner != ctx.euid:
+                environments.record_join(session.users, owner, env, each, token or "")
+                session.tx.changed(ctx.euid)
         session.tx.changed(owner)
         request = _request(settings, env["config"])
         failure = session.attach(owner, env, request, detach=False) if request.count else None
@@ -83,11 +87,15 @@ def enter(ctx: Context, settings: Settings) -> Dict[str, Any]:
             if not settings.wait:
                 # Leaving the block with an exception: nothing is written.
                 raise GenvError(failure)
+            from . import _line as line
+
             line.join(session, env, request)
         result = _copy(env)
         eid = env["id"]
     if failure is not None:
         assert settings.wait is not None
+        from . import _line as line
+
         try:
             attached, failure = line.wait(ctx, eid, settings.wait, request.count, _copy, detach=False)
             if failure is not None:
@@ -104,33 +112,19 @@ def enter(ctx: Context, settings: Settings) -> Dict[str, Any]:
 
 
 def _block() -> None:
-    import signal
+    from .. import signals
 
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    signals.pthread_sigmask(signals.SIG_BLOCK, {signals.SIGINT, signals.SIGTERM, signals.SIGHUP})
 
 
 def _unblock() -> None:
-    import signal
+    from .. import signals
 
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    signals.pthread_sigmask(signals.SIG_UNBLOCK, {signals.SIGINT, signals.SIGTERM, signals.SIGHUP})
 
 
 def _copy(env: Dict[str, Any]) -> Dict[str, Any]:
     return {**env, "config": dict(env["config"]), "devices": [dict(d) for d in env["devices"]]}
-
-
-def adopt(ctx: Context, eid: str, pid: int) -> None:
-    """Another process (started by this one) becomes a terminal too."""
-    with Session(ctx) as session:
-        owner, env = session.owned_env(eid)
-        token = session.processes.token(pid)
-        if token is None:
-            raise GenvError("the command's process (pid %d) is gone" % pid)
-        environments.add_terminal(env, pid, token)
-        if owner != ctx.euid:
-            environments.record_join(session.users, owner, env, pid, token)
-            session.tx.changed(ctx.euid)
-        session.tx.changed(owner)
 
 
 def leave(ctx: Context, eid: str, pids: Sequence[int] = ()) -> None:

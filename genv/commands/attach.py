@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from ..allocate import Request
-from ..cli import Context, complete_options, err, parse
+from ..cli import Context, complete_options, err, parse, parse_indices, wait_argv, wait_seconds
 from ..errors import GenvError, UsageError
 from ..gpus import parse_count
 from ..shell import Script, sync
@@ -35,49 +35,17 @@ def _gpu_counts() -> List[str]:
     return [str(count) for count in range(1, len(_gpu_indices()) + 1)]
 
 
-def _argv(argv: List[str]) -> List[str]:
-    """``--wait`` takes an optional number of seconds: without one, it waits
-    as long as it takes."""
-    result = []
-    for position, arg in enumerate(argv):
-        if arg == "--wait":
-            following = argv[position + 1] if position + 1 < len(argv) else None
-            if following is None or following.startswith("-") or not following[:1].isdigit():
-                arg = "--wait=forever"
-        result.append(arg)
-    return result
-
-
-def _seconds(text: str) -> float:
-    if text == "forever":
-        return float("inf")
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 1e9:
-        raise UsageError("invalid --wait %r: expected a number of seconds" % text)
-    return value
-
-
-def _indices(text: str) -> List[int]:
-    parts = text.split(",")
-    if not all(part.isascii() and part.isdigit() for part in parts):
-        raise UsageError("invalid --index %r: expected GPU indices such as 0 or 0,2" % text)
-    return [parse_count(part, "GPU index") for part in parts]
-
-
 class Plan:
     """What the command line asks for."""
 
     def __init__(self, argv: List[str]) -> None:
-        opts, _ = parse(_argv(argv), OPTIONS, 0)
+        opts, _ = parse(wait_argv(argv), OPTIONS, 0)
         self.count = parse_count(opts["--count"], "GPU count") if "--count" in opts else None
-        self.indices = _indices(opts["--index"]) if "--index" in opts else None
+        self.indices = parse_indices(opts["--index"]) if "--index" in opts else None
         if self.count is not None and self.indices is not None and self.count != len(set(self.indices)):
             raise UsageError("--count %d and --index %s disagree" % (self.count, opts["--index"]))
         self.over_subscribe = "--over-subscribe" in opts or "-o" in opts
-        self.wait = _seconds(opts["--wait"]) if "--wait" in opts else None
+        self.wait = wait_seconds(opts["--wait"]) if "--wait" in opts else None
 
     def request(self, env: Dict[str, Any]) -> Request:
         """The request, after storing the count it implies in the config."""

@@ -27,14 +27,9 @@ def complete(words: List[str]) -> List[str]:
 
 
 def _seconds(text: str, option: str, least: float) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not least <= value < 1e9:
-        raise UsageError("invalid %s %r: expected a number of seconds%s" % (
-            option, text, " of at least %g" % least if least > 0 else ""))
-    return value
+    from ..sizes import parse_seconds
+
+    return parse_seconds(text, option, least, error=UsageError)
 
 
 class Action:

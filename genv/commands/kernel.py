@@ -101,7 +101,7 @@ def _python(opts: Dict[str, Any]) -> str:
 
 def install(argv: List[str]) -> int:
     from ..sizes import format_size, parse_size
-    from .attach import _seconds
+    from ..cli import wait_seconds
 
     opts, _ = parse(argv, INSTALL, 0)
     name = check_name(opts.get("--name", DEFAULT_NAME))
@@ -120,7 +120,7 @@ def install(argv: List[str]) -> int:
         what.append(memory + " each" if "--gpus" in opts else memory)
         meta["gpu_memory"] = memory
     if "--wait" in opts:
-        seconds = _seconds(opts["--wait"])
+        seconds = wait_seconds(opts["--wait"])
         run_options += ["--wait", "%g" % seconds]
         meta["wait"] = seconds
     python = _python(opts)

@@ -3,9 +3,7 @@ environment, so that environments sharing a GPU can take turns."""
 
 from __future__ import annotations
 
-import signal
-
-from .. import gpu_locks
+from .. import gpu_locks, signals
 from ..cli import Context, parse
 from ..errors import GenvError, UsageError
 from ..store import StateDir
@@ -15,7 +13,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Any, Dict, List
 
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+FORWARDED = (signals.SIGINT, signals.SIGTERM, signals.SIGHUP)
 
 
 def complete(words: List[str]) -> List[str]:
@@ -64,7 +62,7 @@ def run_holding(command: List[str]) -> int:
             pass
 
     for signum in FORWARDED:
-        signal.signal(signum, forward if signum != signal.SIGINT else signal.SIG_IGN)
+        signals.signal(signum, forward if signum != signals.SIGINT else signals.SIG_IGN)
     status = child.wait()
     return 128 - status if status < 0 else status
 

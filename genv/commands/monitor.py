@@ -47,13 +47,9 @@ def _port(text: str) -> int:
 
 
 def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 1e9:
-        raise UsageError("invalid --interval %r: expected a number of seconds (0: read at every scrape)" % text)
-    return value
+    from ..sizes import parse_seconds
+
+    return parse_seconds(text, "--interval", hint="0: read at every scrape", error=UsageError)
 
 
 def _address(text: str) -> str:

@@ -1,0 +1,23 @@
+"""The signal functions genv uses, without ``import signal``.
+
+``signal`` wraps the C module ``_signal`` in enums, and ``import enum``
+costs about 6 ms, half an interpreter start, on the path of ``genv run`` and
+``genv lock``. genv uses the C module's functions and plain integers
+directly; tests/test_interpreters.py checks on every interpreter CI finds
+that ``_signal`` has them (``signal`` is the fallback).
+"""
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from signal import (SIG_BLOCK, SIG_DFL, SIG_IGN, SIG_SETMASK, SIG_UNBLOCK, SIGCHLD, SIGHUP, SIGINT, SIGKILL,
+                        SIGTERM, getsignal, pthread_sigmask, sigpending, signal, sigwait, sigwaitinfo)
+else:
+    try:
+        from _signal import (SIG_BLOCK, SIG_DFL, SIG_IGN, SIG_SETMASK, SIG_UNBLOCK, SIGCHLD, SIGHUP, SIGINT, SIGKILL,
+                             SIGTERM, getsignal, pthread_sigmask, sigpending, signal, sigwait, sigwaitinfo)
+    except ImportError:  # pragma: no cover - an interpreter without the C module's names
+        from signal import (SIG_BLOCK, SIG_DFL, SIG_IGN, SIG_SETMASK, SIG_UNBLOCK, SIGCHLD, SIGHUP, SIGINT, SIGKILL,
+                            SIGTERM, getsignal, pthread_sigmask, sigpending, signal, sigwait, sigwaitinfo)
+
+__all__ = ["SIG_BLOCK", "SIG_DFL", "SIG_IGN", "SIG_SETMASK", "SIG_UNBLOCK", "SIGCHLD", "SIGHUP", "SIGINT", "SIGKILL",
+           "SIGTERM", "getsignal", "pthread_sigmask", "sigpending", "signal", "sigwait", "sigwaitinfo"]
