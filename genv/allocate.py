@@ -40,6 +40,14 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
 class Refused(GenvError):
     """Not enough GPUs for the request; the message says which and why."""
 
+    final = False  # True: no release could ever make it possible (do not wait)
+
+
+class Impossible(Refused):
+    """A request that this machine could not meet even with every GPU free."""
+
+    final = True
+
 
 class Request:
     """What an environment asks for: ``count`` GPUs, whole or a share of
@@ -163,15 +171,18 @@ def allocate(users: Users, env: Env, machine: Sequence[Dict[str, Any]], request:
     if request.indices is not None:
         missing = [index for index in request.indices if index not in {d["index"] for d in machine}]
         if missing:
-            raise Refused("cannot attach GPU %d: this machine has no such GPU (it has %d)" % (missing[0], len(machine)))
+            raise Impossible("cannot attach GPU %d: this machine has no such GPU (it has %d)"
+                             % (missing[0], len(machine)))
     elif count > len(machine):
-        raise Refused("cannot attach %d GPU%s: this machine has %d" % (count, plural, len(machine)))
+        raise Impossible("cannot attach %d GPU%s: this machine has %d" % (count, plural, len(machine)))
     if request.memory is not None and not request.over_subscribe:
         sizes = [d["total"] for d in machine if d.get("total") is not None]
         if sizes and request.memory > max(sizes):
-            raise Refused("cannot attach a share of %s: the largest GPU here has %s (use --over-subscribe to "
-                          "share it anyway)" % (_size(request.memory), _size(max(sizes))))
-    board = _board(users, machine, busy or {}, env)
+            raise Impossible("cannot attach a share of %s: the largest GPU here has %s (use --over-subscribe to "
+                             "share it anyway)" % (_size(request.memory), _size(max(sizes))))
+    # The environment's own GPUs are on the board while the requests ahead
+    # in line are placed: they are its own, not free for those requests.
+    board = _board(users, machine, busy or {}, None)
     # Requests ahead in line keep what they could take now.
     for waiter in ahead:
         if waiter.env is env:
@@ -185,10 +196,13 @@ def allocate(users: Users, env: Env, machine: Sequence[Dict[str, Any]], request:
             board[index].holders.append(_Holder(waiter.uid, waiter.env, memory))
             if index not in own:
                 board[index].kept += 1
+    for gpu in board.values():  # then they are this request's to keep
+        gpu.holders = [holder for holder in gpu.holders if holder.env is not env]
     current = {reserved["index"]: reserved for reserved in env["devices"]}
     chosen = _place(board, request, list(current), partial=False)
     if not chosen and count > 0:
-        raise Refused(_why(board, request, describe, sum(1 for w in ahead if w.env is not env)))
+        keeping = {id(h.env) for gpu in board.values() for h in gpu.holders[len(gpu.holders) - gpu.kept:]}
+        raise Refused(_why(board, request, describe, len(keeping)))
     result = []
     for index in sorted(chosen):
         gpu = board[index]

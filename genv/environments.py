@@ -50,7 +50,7 @@ def prune(users: Users, processes: Any, holders_only: bool = False) -> Set[int]:
                 env["terminals"] = live
                 changed.add(uid)
             waiting = env.get("waiting")
-            if waiting is not None and not processes.alive(waiting["pid"], waiting["token"]):
+            if waiting is not None and not waiter_ok(waiting, uid, processes):
                 env["waiting"] = None  # a waiter killed with kill -9 leaves the line
                 changed.add(uid)
             if live:
@@ -67,6 +67,13 @@ def prune(users: Users, processes: Any, holders_only: bool = False) -> Set[int]:
     return changed
 
 
+def waiter_ok(waiting: Dict[str, Any], uid: int, processes: Any) -> bool:
+    """A place in line counts while its waiting process lives and belongs to
+    the environment's owner: a user who writes somebody else's process
+    (say init) into their own file holds no place."""
+    return bool(processes.alive(waiting["pid"], waiting["token"]) and processes.uid(waiting["pid"]) == uid)
+
+
 def live_view(users: Users, processes: Any) -> Users:
     """What ``prune`` would leave, without changing ``users``: shallow copies,
     for readers that keep parsed files between looks."""
@@ -77,7 +84,7 @@ def live_view(users: Users, processes: Any) -> Users:
             if not any(processes.alive(t["pid"], t["token"]) for t in env["terminals"]):
                 continue
             waiting = env.get("waiting")
-            if waiting is not None and not processes.alive(waiting["pid"], waiting["token"]):
+            if waiting is not None and not waiter_ok(waiting, uid, processes):
                 env = {**env, "waiting": None}
             kept.append(env)
         view[uid] = {**state, "envs": kept}

@@ -32,7 +32,7 @@ SNAPSHOT = "_GENV_SAVED"
 # variable), TensorFlow all of it unless memory growth is on.
 FRACTIONS = ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION")
 GROWTH = "TF_FORCE_GPU_ALLOW_GROWTH"
-HINTS_SET = "_GENV_HINTS"  # the fraction genv last exported ("" for none)
+HINTS_SET = "_GENV_HINTS"  # what genv exported: "NAME=VALUE,NAME=VALUE"
 # Variables genv sets in an active shell and restores on deactivate.
 SAVED = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "GENV_ATTACHED_GPUS", "GENV_GPU_MEMORY") + FRACTIONS + (GROWTH,)
 
@@ -139,23 +139,32 @@ def fraction(env: Optional[Dict[str, Any]]) -> Optional[str]:
 def hint_changes(env: Optional[Dict[str, Any]], base: Mapping[str, str]) -> Dict[str, Optional[str]]:
     """The framework hints for the environment's share, as changes to the
     variables ``base`` has (None: unset): genv's values, or the removal of
-    those genv set before (``_GENV_HINTS`` says which); a value the user set
-    is never touched."""
-    wanted = fraction(env)
-    before = base.get(HINTS_SET) or None
-    values = {name: wanted for name in FRACTIONS}
-    values[GROWTH] = "true" if wanted is not None else None
-    genv_set = {name: before for name in FRACTIONS}
-    genv_set[GROWTH] = "true" if before is not None else None
+    those genv set before (``_GENV_HINTS`` names them and their values); a
+    value the user set (even one equal to genv's) is never touched."""
+    share = fraction(env)
+    # TensorFlow's growth needs no size: any share sets it (even of a GPU
+    # whose size nvidia-smi does not say).
+    has_share = any(d.get("memory") is not None for d in env["devices"]) if env else False
+    wanted: Dict[str, Optional[str]] = {name: share for name in FRACTIONS}
+    wanted[GROWTH] = "true" if has_share else None
+    genv_set: Dict[str, str] = {}
+    for item in (base.get(HINTS_SET) or "").split(","):
+        key, sep, text = item.partition("=")
+        if sep and key in wanted:
+            genv_set[key] = text
     changes: Dict[str, Optional[str]] = {}
-    for name, value in values.items():
+    now_set = []
+    for name, value in wanted.items():
         current = base.get(name)
-        if current is not None and current != genv_set[name]:
+        if current is not None and genv_set.get(name) != current:
             continue  # the user's own value keeps priority
-        if value is not None or current is not None:
+        if value is not None:
+            now_set.append("%s=%s" % (name, value))
+        if value != current:
             changes[name] = value
-    if wanted is not None or before is not None:
-        changes[HINTS_SET] = wanted
+    record = ",".join(now_set) or None
+    if record != (base.get(HINTS_SET) or None):
+        changes[HINTS_SET] = record
     return changes
 
 

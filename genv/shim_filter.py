@@ -28,7 +28,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import IO, Callable, Dict, Iterable, List, Optional, Tuple
+    from typing import IO, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 NO_PROCESSES = "  No running processes found"
 MIB = 1 << 20
@@ -183,15 +183,22 @@ def filter_apps(lines: Iterable[bytes], out: IO[bytes], member: Callable[[int], 
 def gpu_query(real: str, args: List[str], member: Callable[[int], bool], total: int, out: IO[bytes]) -> int:
     """``--query-gpu`` in an environment with a share: ``uuid`` is put
     first (to know each row's GPU) and dropped again; memory fields show the
-    environment's view. One more nvidia-smi call gives the processes."""
+    environment's view (the share even where nvidia-smi does not know the
+    GPU's size). The environment's own use comes from one more nvidia-smi
+    call, again for each round of a loop (``-l``); rows pass as they come."""
     from . import spawn
 
-    own: Dict[str, int] = {}
-    _, apps, _ = spawn.run([real, "--query-compute-apps=pid,gpu_uuid,used_memory", "--format=csv,noheader,nounits"])
-    for line in apps.decode("utf-8", "replace").splitlines():
-        parts = [part.strip() for part in line.split(",")]
-        if len(parts) == 3 and parts[0].isdigit() and member(int(parts[0])):
-            own[parts[1]] = own.get(parts[1], 0) + (int(parts[2]) if parts[2].isdigit() else 0)
+    def own_use() -> Dict[str, int]:
+        used: Dict[str, int] = {}
+        _, apps, _ = spawn.run([real, "--query-compute-apps=pid,gpu_uuid,used_memory",
+                                "--format=csv,noheader,nounits"])
+        for line in apps.decode("utf-8", "replace").splitlines():
+            parts = [part.strip() for part in line.split(",")]
+            if len(parts) == 3 and parts[0].isdigit() and member(int(parts[0])):
+                used[parts[1]] = used.get(parts[1], 0) + (int(parts[2]) if parts[2].isdigit() else 0)
+        return used
+
+    units = not any(arg.startswith("--format") and "nounits" in arg for arg in args)
     fields: List[str] = []
     query = []
     for arg in args:
@@ -199,23 +206,33 @@ def gpu_query(real: str, args: List[str], member: Callable[[int], bool], total: 
             fields = [field.strip() for field in arg[len("--query-gpu="):].split(",")]
             arg = "--query-gpu=uuid," + arg[len("--query-gpu="):]
         query.append(arg)
-    status, stdout, stderr = spawn.run([real] + query)
-    if stderr:
-        sys.stderr.buffer.write(stderr)
-    for line in stdout.decode("utf-8", "surrogateescape").splitlines(True):
-        cells = line.rstrip("\r\n").split(", ")
-        if status != 0 or len(cells) != len(fields) + 1:
-            out.write(line.encode("utf-8", "surrogateescape"))  # an error, or a row we cannot read
-            continue
-        uuid, cells = cells[0], cells[1:]
-        if uuid.strip() != "uuid":
-            used = own.get(uuid.strip(), 0)
-            for number, field in enumerate(fields):
-                value = {"memory.total": total, "memory.used": used, "memory.free": max(0, total - used)}.get(field)
-                if value is not None and not cells[number].startswith("["):
-                    cells[number] = "%d%s" % (value, " MiB" if cells[number].endswith("MiB") else "")
-        out.write((", ".join(cells) + "\n").encode("utf-8", "surrogateescape"))
-    return status
+    own = own_use()
+    seen: Set[str] = set()
+    pid, fd = spawn.stream([real] + query)
+    try:
+        for raw in spawn.lines(fd):
+            line = raw.decode("utf-8", "surrogateescape")
+            cells = line.rstrip("\r\n").split(", ")
+            if len(cells) != len(fields) + 1:
+                out.write(raw)  # an error, or a row we cannot read
+                out.flush()
+                continue
+            uuid, cells = cells[0].strip(), cells[1:]
+            if uuid != "uuid":
+                if uuid in seen:  # the next round of a loop
+                    own, seen = own_use(), set()
+                seen.add(uuid)
+                used = own.get(uuid, 0)
+                for number, field in enumerate(fields):
+                    value = {"memory.total": total, "memory.used": used,
+                             "memory.free": max(0, total - used)}.get(field)
+                    if value is not None:
+                        cells[number] = "%d%s" % (value, " MiB" if units else "")
+            out.write((", ".join(cells) + "\n").encode("utf-8", "surrogateescape"))
+            out.flush()
+    finally:
+        os.close(fd)
+    return spawn.wait(pid)
 
 
 def apps_args(args: List[str]) -> List[str]:
@@ -289,6 +306,7 @@ def _main(mode: str, real: str, args: List[str], out: IO[bytes]) -> int:
         os.close(fd)
     return spawn.wait(pid)
 
+
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
     from genv.shim_filter import main as run
@@ -298,4 +316,6 @@ if __name__ == "__main__":
         sys.stdout.flush()
     except BrokenPipeError:
         status = 141
+    except KeyboardInterrupt:  # ^C of a loop (-l): nvidia-smi got it too
+        status = 130
     os._exit(status)

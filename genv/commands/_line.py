@@ -37,8 +37,14 @@ def join(session: Session, env: Dict[str, Any], request: Request) -> None:
     (the caller marks the owner's state changed)."""
     token = session.processes.token(os.getpid())
     assert token is not None
+    # Arrival is when the line is joined, under the lock: after everyone in
+    # line now (a clock step back must not put anybody ahead of them).
+    since = time.time()
+    queue = environments.line(session.users)
+    if queue:
+        since = max(since, queue[-1][1]["waiting"]["since"] + 1e-6)
     env["waiting"] = {
-        "pid": os.getpid(), "token": token, "since": session.now, "count": request.count,
+        "pid": os.getpid(), "token": token, "since": since, "count": request.count,
         "memory": request.memory, "indices": list(request.indices) if request.indices else None,
         "over_subscribe": request.over_subscribe,
     }
@@ -78,6 +84,12 @@ def _try(ctx: Context, eid: str, give_up: bool, done: Callable[[Dict[str, Any]],
             raise GenvError("environment %s lost its place in line (another command took it)" % eid)
         failure = session.attach(owner, env, waiting_request(waiting), detach=give_up and detach)
         if failure is None or give_up:
+            from .. import signals
+
+            if signals.sigpending() & {signals.SIGINT, signals.SIGTERM, signals.SIGHUP}:
+                # Interrupted just now: commit nothing (the state must not
+                # hold GPUs that the caller, about to stop, will not get).
+                raise KeyboardInterrupt
             env["waiting"] = None
             session.tx.changed(owner)
             return True, done(env), failure, {}
@@ -122,7 +134,9 @@ def wait(ctx: Context, eid: str, seconds: float, count: int, done: Callable[[Dic
                 told = ahead
             now = time.monotonic()
             give_up = now >= deadline
-            if give_up or (could and (not busy or now - observed >= OBSERVE_EVERY)):
+            # GPUs that processes outside genv keep busy are looked at again
+            # every OBSERVE_EVERY seconds (those processes may have ended).
+            if give_up or (could and not busy) or (busy and now - observed >= OBSERVE_EVERY):
                 signal.pthread_sigmask(signal.SIG_BLOCK, held)
                 over, result, failure, busy = _try(ctx, eid, give_up, done, detach)
                 observed = time.monotonic()

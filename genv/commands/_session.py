@@ -38,6 +38,7 @@ class Session:
         self.snapshot: Optional[gpus.Snapshot] = None
         self._attributed: Optional[List[attribution.Process]] = None
         self._policy: Optional[Any] = None
+        self.final = False  # the last refusal of attach() can never change: do not wait
         self._store_record = False
         if observe:
             self.observe(usage)
@@ -158,6 +159,7 @@ class Session:
 
                 check_caps(self.policy(), self.users, owner, self.ctx.user(owner), env, chosen, self.machine)
         except Refused as refusal:
+            self.final = refusal.final
             chosen = [] if detach else before
             failure = "%s%s" % (refusal, "; the environment is now detached" if detach else "")
         if chosen != before:  # another terminal may just pick them up

@@ -84,7 +84,7 @@ def enter(ctx: Context, settings: Settings, also: Sequence[int] = ()) -> Dict[st
         request = _request(settings, env["config"])
         failure = session.attach(owner, env, request, detach=False) if request.count else None
         if failure is not None:
-            if not settings.wait:
+            if not settings.wait or session.final:
                 # Leaving the block with an exception: nothing is written.
                 raise GenvError(failure)
             from . import _line as line

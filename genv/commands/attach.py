@@ -80,8 +80,12 @@ def _first_try(ctx: Context, eid: str, plan: Plan) -> Tuple[bytes, Optional[str]
         request = plan.request(env)
         if env["config"] != config:
             session.tx.changed(owner)
-        failure = session.attach(owner, env, request, detach=plan.wait is None or plan.wait == 0)
-        waits = failure is not None and plan.wait is not None and plan.wait > 0
+        waiting = plan.wait is not None and plan.wait > 0
+        failure = session.attach(owner, env, request, detach=not waiting)
+        if failure is not None and waiting and session.final:
+            # No release could ever make it possible: fail now, as a plain attach.
+            failure = session.attach(owner, env, request)
+        waits = failure is not None and waiting and not session.final
         if waits:
             line.join(session, env, request)
             session.tx.changed(owner)

@@ -21,8 +21,12 @@ def complete(words: List[str]) -> List[str]:
 def _waiting(waiting: Optional[Dict[str, Any]], now: float) -> str:
     if not waiting:
         return ""
+    from ..sizes import format_size
+
     what = ("GPU %s" % ",".join(map(str, waiting["indices"])) if waiting["indices"]
             else "%d GPU%s" % (waiting["count"], "" if waiting["count"] == 1 else "s"))
+    if waiting["memory"]:
+        what += " (%s each)" % format_size(waiting["memory"] << 20)
     return "for %s since %s" % (what, ago(now - waiting["since"]))
 
 

@@ -45,26 +45,39 @@ def devices_of(ctx: Context) -> List[Dict[str, Any]]:
 
 def run_holding(command: List[str]) -> int:
     """Run the command (the locks are held by this process meanwhile) and
-    return its status, 128+N if a signal N ended it. Signals sent to genv
-    reach the command; the terminal's Ctrl-C reaches both, and genv waits."""
+    return its status, 128+N if a signal N ended it. SIGTERM and SIGHUP sent
+    to genv reach the command, also one that arrives while it starts; the
+    terminal's Ctrl-C reaches it directly (genv waits)."""
     import subprocess
 
-    try:
-        child = subprocess.Popen(command)
-    except OSError as error:
-        status = 127 if isinstance(error, FileNotFoundError) else 126
-        raise GenvError("cannot run %s: %s" % (command[0], error.strerror), status) from None
+    started: List[Any] = []
+    early: List[int] = []
 
     def forward(signum: int, frame: Any) -> None:
+        if signum == signals.SIGINT:
+            return  # the terminal's ^C reached the command already
+        if not started:
+            early.append(signum)
+            return
         try:
-            child.send_signal(signum)
+            started[0].send_signal(signum)
         except OSError:
             pass
 
-    for signum in FORWARDED:
-        signals.signal(signum, forward if signum != signals.SIGINT else signals.SIG_IGN)
-    status = child.wait()
-    return 128 - status if status < 0 else status
+    # Python handlers (not SIG_IGN) are reset by exec: the command gets the
+    # default dispositions.
+    for each in FORWARDED:
+        signals.signal(each, forward)
+    try:
+        child = subprocess.Popen(command)
+    except OSError as error:
+        raise GenvError("cannot run %s: %s" % (command[0], error.strerror),
+                        127 if isinstance(error, FileNotFoundError) else 126) from None
+    started.append(child)
+    for pending in early:
+        forward(pending, None)
+    code = child.wait()
+    return 128 - code if code < 0 else code
 
 
 def main(argv: List[str]) -> int:

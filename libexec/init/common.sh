@@ -3,7 +3,7 @@
 # @GENV_SH_COMMANDS@ is replaced by `genv init -` with the commands that
 # change the shell (one libexec/genv-sh-<command> file each).
 genv() {
-  local _genv_command _genv_arg _genv_out _genv_rc _genv_err _genv_sub
+  local _genv_command _genv_arg _genv_out _genv_rc _genv_err _genv_sub _genv_wait='' _genv_int=''
   if [ "$#" -eq 0 ]; then
     command genv
     return
@@ -19,6 +19,7 @@ genv() {
         command genv help "$_genv_command"
         return
         ;;
+      --wait | --wait=*) _genv_wait=1 ;;
       esac
     done
     # In a subshell, a pipeline or $(...), a change would reach genv's
@@ -28,6 +29,17 @@ genv() {
     if _genv_in_subshell; then
       _genv_sub=1
     fi
+    # While waiting in line, ^C must stop the waiter (it leaves the line)
+    # but not this function: the shell must get what the state says. A trap
+    # (reset in the command, unlike an ignored signal) keeps the shell going.
+    if [ -n "$_genv_wait" ]; then
+      if [ -n "${ZSH_VERSION-}" ]; then
+        setopt local_options local_traps
+      else
+        _genv_int=$(trap -p INT)
+      fi
+      trap : INT
+    fi
     _genv_out=$(GENV_SHELL_PID=$$ GENV_SUBSHELL=$_genv_sub command genv "sh-$_genv_command" "$@")
     _genv_rc=$?
     if [ -n "$_genv_out" ]; then
@@ -35,6 +47,13 @@ genv() {
         _genv_err=$?
         [ "$_genv_rc" -ne 0 ] || _genv_rc=$_genv_err
       }
+    fi
+    if [ -n "$_genv_wait" ] && [ -z "${ZSH_VERSION-}" ]; then
+      if [ -n "$_genv_int" ]; then
+        eval "$_genv_int"
+      else
+        trap - INT
+      fi
     fi
     return "$_genv_rc"
     ;;
