@@ -41,21 +41,49 @@ MAX_DEPTH = 256
 class Process:
     """One GPU process on one GPU, attributed."""
 
-    __slots__ = ("gpu", "pid", "uid", "owner", "env", "memory", "command", "known", "misplaced", "token",
-                 "program")
+    __slots__ = ("gpu", "pid", "uid", "owner", "env", "memory", "name", "known", "misplaced", "token",
+                 "_command", "_program", "_facts")
 
     def __init__(self, gpu: Optional[int], pid: int, memory: Optional[int], command: Optional[str]) -> None:
         self.gpu = gpu
         self.pid = pid
         self.memory = memory  # bytes, None if nvidia-smi did not say
-        self.command = command
+        self.name = command  # nvidia-smi's process name
+        self._facts: Any = None  # asked for the command line and program when they are wanted
+        self._command: Optional[str] = command
+        self._program: Optional[str] = command
         self.known = False  # False: gone or reused, nothing below is known
         self.uid: Optional[int] = None
         self.owner: Optional[int] = None  # the environment's owner
         self.env: Optional[Env] = None
         self.misplaced = False
         self.token: Optional[str] = None  # its identity, to check before signalling it
-        self.program: Optional[str] = command  # the executable's path (nvidia-smi's name until /proc says)
+
+    # The command line and the executable are read from /proc only when
+    # asked (ps, status, enforce): attach and devices need neither. Ask
+    # while the process facts are open (within the session).
+
+    @property
+    def command(self) -> Optional[str]:
+        """Its command line (nvidia-smi's process name if /proc does not say)."""
+        if self._facts is not None and self._command is self.name:
+            self._command = self._facts.command(self.pid) or self.name
+        return self._command
+
+    @command.setter
+    def command(self, value: Optional[str]) -> None:
+        self._command = value
+
+    @property
+    def program(self) -> Optional[str]:
+        """The executable's path (/proc/<pid>/exe, not what it calls itself)."""
+        if self._facts is not None and self._program is self.name:
+            self._program = self._facts.executable(self.pid) or self.name
+        return self._program
+
+    @program.setter
+    def program(self, value: Optional[str]) -> None:
+        self._program = value
 
     @property
     def managed(self) -> Optional[bool]:
@@ -105,8 +133,8 @@ def _by_ancestry(pid: int, facts: Any, terms: _Terminals) -> Optional[Tuple[int,
 
 
 def _by_variable(pid: int, uid: Optional[int], facts: Any, users: Users) -> Optional[Tuple[int, Env]]:
-    if uid is None:
-        return None
+    if uid is None or not users.get(uid, {}).get("envs"):
+        return None  # no environment of that user to be in: no need to look
     eid = facts.environ(pid, ENV_VAR)
     if not eid:
         return None
@@ -138,8 +166,7 @@ def attribute(apps: Sequence[App], machine: Sequence[Dict[str, Any]], users: Use
             process.known = True
             process.token = facts.token(app.pid)
             process.uid = facts.uid(app.pid)
-            process.command = facts.command(app.pid) or app.name
-            process.program = facts.executable(app.pid) or app.name
+            process._facts = facts
             found = _environment(app.pid, facts, users, terms)
             if found is not None:
                 process.owner, process.env = found

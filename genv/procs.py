@@ -170,13 +170,11 @@ class ProcFS:
         result = None
         if pid > 0 and self._proc_fd >= 0:
             data = _read("%d/status" % pid, 8192, self._proc_fd)
-            if data:
-                for line in data.split(b"\n"):
-                    if line.startswith(b"Uid:"):
-                        parts = line.split()
-                        if len(parts) > 1 and parts[1].isdigit():
-                            result = int(parts[1])
-                        break
+            at = data.find(b"\nUid:") if data else -1
+            if data and at >= 0:
+                parts = data[at + 5 : data.find(b"\n", at + 5)].split()
+                if parts and parts[0].isdigit():
+                    result = int(parts[0])
         self._uid[pid] = result
         return result
 

@@ -28,7 +28,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import IO, Callable, Dict, Iterable, List, Optional, Set, Tuple
+    from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 NO_PROCESSES = "  No running processes found"
 MIB = 1 << 20
@@ -41,14 +41,30 @@ def share() -> Optional[int]:
 
 
 def member_test() -> Callable[[int], bool]:
-    """Whether a PID belongs to this terminal's environment."""
-    from . import attribution
-    from .environments import find
+    """Whether a PID belongs to this terminal's environment. The state is
+    read at the first question: a table without processes asks none."""
     from .procs import processes
-    from .store import StateDir
 
     facts = processes()
-    mark = facts.clock()
+    mark = facts.clock()  # now: a process that starts later is not one nvidia-smi shows
+    memo: Dict[int, bool] = {}
+    tests: List[Callable[[int], bool]] = []
+
+    def member(pid: int) -> bool:
+        if not tests:
+            tests.append(_test(facts, mark))
+        if pid not in memo:
+            memo[pid] = bool(tests[0](pid))
+        return memo[pid]
+
+    return member
+
+
+def _test(facts: Any, mark: float) -> Callable[[int], bool]:
+    from . import attribution
+    from .environments import find
+    from .store import StateDir
+
     eid = os.environ.get("GENV_ENVIRONMENT_ID", "")
     try:
         users = StateDir().read_all()
@@ -57,15 +73,7 @@ def member_test() -> Callable[[int], bool]:
         found = None
     if found is None:
         return lambda pid: False
-    test = attribution.member_test(users, found[1], facts, mark)
-    memo: Dict[int, bool] = {}
-
-    def member(pid: int) -> bool:
-        if pid not in memo:
-            memo[pid] = bool(test(pid))
-        return memo[pid]
-
-    return member
+    return attribution.member_test(users, found[1], facts, mark)  # type: ignore[no-any-return]
 
 
 def _memory_cell(line: str, used: int, total: int) -> str:

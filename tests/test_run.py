@@ -21,6 +21,7 @@ The sections:
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import threading
@@ -718,7 +719,8 @@ def test_gpus_that_cannot_be_had_fail_before_the_command_with_attachs_message(ge
     done = genv.cli("run", "--gpus", "5", "--", "touch", "MARK")
     assert one_line(done) == "cannot attach 5 GPUs: this machine has 4"
     done = genv.cli("run", "--index", "1", "--", "touch", "MARK")
-    assert one_line(done) == "cannot attach GPU 1: it is held by environment %s of root(0)" % held["id"]
+    me = "%s(%d)" % (pwd.getpwuid(os.getuid()).pw_name, os.getuid())
+    assert one_line(done) == "cannot attach GPU 1: it is held by environment %s of %s" % (held["id"], me)
     assert not os.path.exists(os.path.join(genv.work, "MARK"))
     assert [env["id"] for env in envs(genv) if env["id"] != shell.var("GENV_ENVIRONMENT_ID")] == [held["id"]]
 

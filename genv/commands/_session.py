@@ -11,7 +11,6 @@ import os
 import time
 
 from .. import attribution, environments, gpus
-from ..allocate import Refused, Request, Waiter, allocate
 from ..cli import Context, err
 from ..errors import GenvError
 from ..procs import processes
@@ -20,6 +19,8 @@ from ..store import StateDir, Transaction
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Any, Dict, List, Optional, Tuple
+
+    from ..allocate import Request
 
 
 class Session:
@@ -140,6 +141,8 @@ class Session:
         that goes on waiting keeps what it has). Raises CapExceeded (from
         ``policy``) if it would take the owner past a cap: waiting would
         not help, and nothing changes."""
+        from ..allocate import Refused, Waiter, allocate
+
         before = env["devices"]
         ahead = [Waiter(uid, other, waiting_request(other["waiting"]))
                  for uid, other in environments.ahead_of(self.users, env)]
@@ -178,11 +181,15 @@ class Session:
 
 def request_of(config: Dict[str, Any]) -> Request:
     """What an environment's configuration asks ``attach`` for."""
+    from ..allocate import Request
+
     return Request(config.get("gpus", 0), config.get("gpu_memory"))
 
 
 def waiting_request(waiting: Dict[str, Any]) -> Request:
     """What an environment waiting in line asked for."""
+    from ..allocate import Request
+
     return Request(waiting["count"], waiting["memory"], waiting["indices"], waiting["over_subscribe"])
 
 

@@ -61,6 +61,9 @@ def find(ctx: Context) -> List[Action]:
     """The violations now (one look at the GPUs, one at the state)."""
     with Session(ctx, listing=True, observe=True) as session:
         found = enforce.decide(session.attributed(), session.users, session.machine, session.policy(), ctx.user)
+        for violation in found:  # read the command lines while the process facts are open
+            if violation.process is not None:
+                violation.process.command = violation.process.command
     return [Action(v, ctx.user(v.uid) if v.uid is not None else "?", ctx.euid) for v in found]
 
 
