@@ -296,6 +296,22 @@ def genv():
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture
+def sleepers():
+    """Long-lived processes standing in for terminals (their PIDs are alive)."""
+    procs = []
+
+    def make() -> int:
+        proc = subprocess.Popen(["sleep", "600"])
+        procs.append(proc)
+        return proc.pid
+
+    yield make
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(params=SHELLS)
 def sh(request):
     """The shell kind; tests that take it run in bash and in zsh."""

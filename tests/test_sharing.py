@@ -239,22 +239,6 @@ def read_line(stream, timeout=30):
     return stream.readline().decode()
 
 
-@pytest.fixture
-def sleepers():
-    """Long-lived processes standing in for terminals (their PIDs are alive)."""
-    procs = []
-
-    def make():
-        proc = subprocess.Popen(["sleep", "600"])
-        procs.append(proc)
-        return proc.pid
-
-    yield make
-    for proc in procs:
-        proc.kill()
-        proc.wait()
-
-
 class Apps:
     """The fake nvidia-smi's process list (FAKE_NVIDIA_SMI_APPS)."""
 

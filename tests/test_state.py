@@ -15,22 +15,6 @@ from conftest import UID, kill_quietly
 FAULTS = ["before-write", "mid-write", "before-fsync", "before-rename", "after-rename", "before-unlock"]
 
 
-@pytest.fixture
-def holders():
-    """Long-lived processes standing in for terminals (their PIDs are alive)."""
-    procs = []
-
-    def make():
-        proc = subprocess.Popen(["sleep", "600"])
-        procs.append(proc)
-        return proc.pid
-
-    yield make
-    for proc in procs:
-        proc.kill()
-        proc.wait()
-
-
 def sh_cli(genv, *args, pid, eid=None, **env):
     extra = {"GENV_SHELL_PID": str(pid)}
     if eid is not None:
@@ -40,11 +24,11 @@ def sh_cli(genv, *args, pid, eid=None, **env):
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-def test_kill_at_each_step_leaves_old_or_new_state(genv, holders, fault):
-    keep = holders()
+def test_kill_at_each_step_leaves_old_or_new_state(genv, sleepers, fault):
+    keep = sleepers()
     assert sh_cli(genv, "sh-activate", "--gpus", "1", pid=keep, GENV_DEVICES="4").returncode == 0
     before = genv.state()
-    victim = holders()
+    victim = sleepers()
     result = sh_cli(genv, "sh-activate", "--gpus", "2", pid=victim, GENV_DEVICES="4", GENV_FAULT=fault)
     assert result.returncode == -signal.SIGKILL
     after = genv.state()  # parses: never a broken file
@@ -59,11 +43,11 @@ def test_kill_at_each_step_leaves_old_or_new_state(genv, holders, fault):
     assert [name for name in os.listdir(genv.tmpdir) if name.startswith(".tmp")] == []
 
 
-def test_random_kill_loop(genv, holders):
-    keep = holders()
+def test_random_kill_loop(genv, sleepers):
+    keep = sleepers()
     assert sh_cli(genv, "sh-activate", "--gpus", "1", pid=keep, GENV_DEVICES="4").returncode == 0
     rng = random.Random(1234)
-    terminals = [holders() for _ in range(4)]
+    terminals = [sleepers() for _ in range(4)]
     for round_ in range(40):
         pid = rng.choice(terminals)
         args = rng.choice([
@@ -92,8 +76,8 @@ def test_random_kill_loop(genv, holders):
     assert len(used) == len(set(used))
 
 
-def test_format_1_is_migrated(genv, holders):
-    pid = holders()
+def test_format_1_is_migrated(genv, sleepers):
+    pid = sleepers()
     os.makedirs(genv.tmpdir, mode=0o1777)
     os.chmod(genv.tmpdir, 0o1777)
     old = {"format": 1, "envs": {"legacy": {"created": time.time() - 60, "config": {"gpus": 1, "name": "old"},
@@ -108,10 +92,10 @@ def test_format_1_is_migrated(genv, holders):
     assert state["format"] == 3 and state["envs"][0]["terminals"][0]["pid"] == pid
 
 
-def test_format_2_is_migrated(genv, holders):
+def test_format_2_is_migrated(genv, sleepers):
     """Format 3 added shares and the line of waiters; a format 2 file is
     read as it is and written back as format 3 by its owner."""
-    pid = holders()
+    pid = sleepers()
     assert sh_cli(genv, "sh-activate", "--gpus", "2", pid=pid, GENV_DEVICES="4").returncode == 0
     state = genv.state()
     state["format"] = 2
@@ -122,7 +106,7 @@ def test_format_2_is_migrated(genv, holders):
     rows = json.loads(genv.cli("envs", "--json", GENV_DEVICES="4").stdout)
     assert [(row["id"], row["devices"], row["waiting"]) for row in rows] == [(str(pid), [0, 1], None)]
     assert genv.state()["format"] == 3
-    other = holders()
+    other = sleepers()
     result = sh_cli(genv, "sh-activate", "--gpus", "2", pid=other, GENV_DEVICES="4")
     assert result.returncode == 0 and b"CUDA_VISIBLE_DEVICES='2,3'" in result.stdout
 
@@ -147,7 +131,7 @@ def test_newer_format_is_refused(genv):
     b'{"format": "2"}', b'{"format"', b'{"format":3,"uid":UID,"devices":null,"envs":[{"id":"x","cre',
     b'  {  "format": 3, "uid": UID, "devices": null, "envs": []} trailing', b'{"format": 3, "uid": UID, "\xff"',
 ])
-def test_damaged_file_is_moved_aside(genv, holders, content):
+def test_damaged_file_is_moved_aside(genv, sleepers, content):
     content = content.replace(b"OTHER", b"%d" % (UID + 1)).replace(b"UID", b"%d" % UID)
     name = "user-%d.json" % UID
     os.makedirs(genv.tmpdir)
@@ -165,13 +149,13 @@ def test_damaged_file_is_moved_aside(genv, holders, content):
     with open(os.path.join(genv.tmpdir, aside[0]), "rb") as handle:
         assert handle.read() == content
     # genv carries on: a new environment works, the damage is not reported again.
-    pid = holders()
+    pid = sleepers()
     assert sh_cli(genv, "sh-activate", "--gpus", "1", pid=pid, GENV_DEVICES="4").returncode == 0
     assert genv.cli("envs").stderr == b""
 
 
 @pytest.mark.parametrize("content", [b"", b"{", b"\x00\xff\xfe", b"[1, 2, 3]", b"null", b"hello"])
-def test_a_file_genv_did_not_write_is_left_alone(genv, holders, content):
+def test_a_file_genv_did_not_write_is_left_alone(genv, sleepers, content):
     """Under genv's name, but not what genv writes (genv's files start with
     {"format"): not moved, not replaced; commands that must write say so."""
     name = "user-%d.json" % UID
@@ -183,7 +167,7 @@ def test_a_file_genv_did_not_write_is_left_alone(genv, holders, content):
     assert result.returncode == 0 and result.stdout.splitlines()[1:] == []
     lines = result.stderr.decode().splitlines()
     assert len(lines) == 1 and name in lines[0] and "not a genv state file" in lines[0], lines
-    pid = holders()
+    pid = sleepers()
     result = sh_cli(genv, "sh-activate", "--gpus", "1", pid=pid, GENV_DEVICES="4")
     assert result.returncode == 1 and result.stdout == b""
     assert b"a file that genv did not write is in the way; move it away" in result.stderr
@@ -192,8 +176,8 @@ def test_a_file_genv_did_not_write_is_left_alone(genv, holders, content):
         assert handle.read() == content
 
 
-def test_other_users_files_survive_damage_elsewhere(genv, holders):
-    pid = holders()
+def test_other_users_files_survive_damage_elsewhere(genv, sleepers):
+    pid = sleepers()
     assert sh_cli(genv, "sh-activate", pid=pid).returncode == 0
     with open(os.path.join(genv.tmpdir, "user-4242.json"), "w") as handle:
         handle.write("{broken")
@@ -202,8 +186,8 @@ def test_other_users_files_survive_damage_elsewhere(genv, holders):
     assert [row["id"] for row in json.loads(result.stdout)] == [str(pid)]
 
 
-def test_reused_pid_does_not_keep_an_environment_alive(genv, holders):
-    pid = holders()
+def test_reused_pid_does_not_keep_an_environment_alive(genv, sleepers):
+    pid = sleepers()
     assert sh_cli(genv, "sh-activate", "--gpus", "2", pid=pid, GENV_DEVICES="4").returncode == 0
     state = genv.state()
     token = state["envs"][0]["terminals"][0]["token"]
@@ -215,7 +199,7 @@ def test_reused_pid_does_not_keep_an_environment_alive(genv, holders):
         json.dump(state, handle)
     assert genv.cli("envs", "--json").stdout == b"[]\n"
     assert genv.state()["envs"] == []
-    other = holders()
+    other = sleepers()
     result = sh_cli(genv, "sh-activate", "--gpus", "4", pid=other, GENV_DEVICES="4")
     assert result.returncode == 0, result
 
@@ -241,10 +225,10 @@ def gpu_file(genv, uuids):
     return path
 
 
-def test_devices_rediscovered_and_reservations_kept(genv, holders):
+def test_devices_rediscovered_and_reservations_kept(genv, sleepers):
     path = gpu_file(genv, ["GPU-a", "GPU-b", "GPU-c", "GPU-d"])
     genv.extra.update(FAKE_NVIDIA_SMI_GPUS=path, GENV_DEVICES_TTL="0")
-    one, two = holders(), holders()
+    one, two = sleepers(), sleepers()
     assert sh_cli(genv, "sh-activate", "--gpus", "1", pid=one).returncode == 0
     assert sh_cli(genv, "sh-activate", "--gpus", "2", pid=two).returncode == 0
     devices = {env["id"]: [(d["index"], d["uuid"]) for d in env["devices"]] for env in genv.state()["envs"]}
@@ -265,7 +249,7 @@ def test_devices_rediscovered_and_reservations_kept(genv, holders):
     assert sh_cli(genv, "sh-attach", pid=two, eid=str(two)).stderr == b""  # told once
 
 
-def test_device_list_is_cached(genv, holders):
+def test_device_list_is_cached(genv, sleepers):
     """The GPU list is asked once and cached; attach asks only for the
     processes (busy GPUs), devices for memory and processes, once each."""
     log = os.path.join(genv.base, "calls")
@@ -275,7 +259,7 @@ def test_device_list_is_cached(genv, holders):
         lines = open(log).read().splitlines()
         return [line.split()[0] for line in lines]
 
-    pid = holders()
+    pid = sleepers()
     assert sh_cli(genv, "sh-activate", "--gpus", "1", pid=pid).returncode == 0
     for _ in range(3):
         assert sh_cli(genv, "sh-attach", pid=pid, eid=str(pid)).returncode == 0
@@ -324,9 +308,9 @@ def test_lock_is_not_held_while_asking_nvidia_smi(genv):
 
 
 @pytest.mark.parametrize("racers", [16, 24])
-def test_racing_attaches_never_share_a_gpu(genv, holders, racers):
+def test_racing_attaches_never_share_a_gpu(genv, sleepers, racers):
     for round_ in range(3):
-        pids = [holders() for _ in range(racers)]
+        pids = [sleepers() for _ in range(racers)]
         procs = [
             subprocess.Popen([os.path.join(genv.root, "bin", "genv"), "sh-activate", "--gpus", "1"],
                              env=genv.environ(GENV_DEVICES="4", GENV_SHELL_PID=str(pid)),
