@@ -53,6 +53,8 @@ def prune(users: Users, processes: Any, holders_only: bool = False) -> Set[int]:
             if waiting is not None and not waiter_ok(waiting, uid, processes):
                 env["waiting"] = None  # a waiter killed with kill -9 leaves the line
                 changed.add(uid)
+            elif waiting is not None:
+                waiting["since"] = arrival(waiting, processes)
             if live:
                 keep.append(env)
         if len(keep) != len(state["envs"]):
@@ -74,6 +76,16 @@ def waiter_ok(waiting: Dict[str, Any], uid: int, processes: Any) -> bool:
     return bool(processes.alive(waiting["pid"], waiting["token"]) and processes.uid(waiting["pid"]) == uid)
 
 
+def arrival(waiting: Dict[str, Any], processes: Any) -> float:
+    """When a (live, checked) waiter joined the line: the time written in its
+    owner's file, but never before its waiting process started, so that a
+    user who edits the time in their own file cannot move ahead of anyone
+    who joined after that process started."""
+    since = float(waiting["since"])
+    started = processes.started(waiting["pid"])
+    return started if started is not None and since < started else since
+
+
 def live_view(users: Users, processes: Any) -> Users:
     """What ``prune`` would leave, without changing ``users``: shallow copies,
     for readers that keep parsed files between looks."""
@@ -86,6 +98,8 @@ def live_view(users: Users, processes: Any) -> Users:
             waiting = env.get("waiting")
             if waiting is not None and not waiter_ok(waiting, uid, processes):
                 env = {**env, "waiting": None}
+            elif waiting is not None:
+                env = {**env, "waiting": {**waiting, "since": arrival(waiting, processes)}}
             kept.append(env)
         view[uid] = {**state, "envs": kept}
     return view

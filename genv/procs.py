@@ -157,6 +157,16 @@ class ProcFS:
 
         return time.clock_gettime(time.CLOCK_BOOTTIME)
 
+    def started(self, pid: int) -> Optional[float]:
+        """When the process started, in Unix seconds (to the clock tick,
+        rounded down); None if there is no such process."""
+        found = self._stat_of(pid)
+        if found is None:
+            return None
+        import time
+
+        return time.time() - self.clock() + found[2] / _ticks_per_second()
+
     # -- relations and owner --
 
     def parent(self, pid: int) -> Optional[int]:
@@ -287,6 +297,10 @@ class Psutil(ProcFS):
         if self._boot is not None:  # Linux: ticks since boot, as /proc gives them
             return self._ticks(found[2]) < int(mark * _ticks_per_second())
         return found[2] < mark
+
+    def started(self, pid: int) -> Optional[float]:
+        found = self._stat_of(pid)
+        return None if found is None else found[2]  # psutil's create_time: Unix seconds
 
     def clock(self) -> float:
         import time

@@ -1,6 +1,7 @@
 """Unit tests for the pure logic (no shells)."""
 
 import os
+import time
 import subprocess
 import sys
 
@@ -220,11 +221,14 @@ def test_psutil_backend_agrees_with_proc():
     same tokens, parents, owners, environments and command lines."""
     pytest.importorskip("psutil")
     from genv.procs import ProcFS, Psutil
+    before = time.time()
     child = subprocess.Popen(["sleep", "600"], env={"GENV_ENVIRONMENT_ID": "e 1", "PATH": "/usr/bin:/bin"})
     try:
         proc, ps = ProcFS(), Psutil()
         for pid in (os.getpid(), child.pid, 1):
             assert proc.token(pid) == ps.token(pid) is not None
+            # psutil counts from the boot time in whole seconds (/proc/stat's btime).
+            assert abs(proc.started(pid) - ps.started(pid)) < 1.1
             assert proc.parent(pid) == ps.parent(pid)
             assert proc.uid(pid) == ps.uid(pid)
             assert proc.command(pid) == ps.command(pid)
@@ -232,8 +236,10 @@ def test_psutil_backend_agrees_with_proc():
         assert proc.environ(child.pid, "NOPE") is ps.environ(child.pid, "NOPE") is None
         assert proc.parent(child.pid) == os.getpid()
         assert proc.command(child.pid) == "sleep 600"
+        assert before - 0.02 <= proc.started(child.pid) <= time.time()  # to the tick, rounded down
         gone = 2 ** 22 + 12345
         assert proc.token(gone) is ps.token(gone) is None
+        assert proc.started(gone) is ps.started(gone) is None
         assert proc.uid(gone) is ps.uid(gone) is None
     finally:
         child.kill()
