@@ -131,12 +131,22 @@ def parse_query(output: str) -> List[Record]:
 def run_nvidia_smi(path: str, args: Tuple[str, ...]) -> str:
     """Run nvidia-smi; its output, or GenvError with its first line. Exit 6
     with 'No devices were found' is an empty answer, not an error."""
+    return run_nvidia_smi_all(path, [args])[0]
+
+
+def run_nvidia_smi_all(path: str, queries: List[Tuple[str, ...]]) -> List[str]:
+    """``run_nvidia_smi`` for several queries, run side by side (a real
+    nvidia-smi takes tens of milliseconds, mostly waiting on the driver)."""
     from . import spawn
 
     try:
-        status, stdout, stderr = spawn.run([path, *args], timeout=60)
+        results = spawn.run_all([[path, *args] for args in queries], timeout=60)
     except OSError as error:
         raise GenvError("cannot run %s: %s" % (path, error.strerror or error)) from None
+    return [_answer(*result) for result in results]
+
+
+def _answer(status: int, stdout: bytes, stderr: bytes) -> str:
     out = stdout.decode("utf-8", "replace")
     if status == 6 and "No devices were found" in out:
         return ""
@@ -228,7 +238,10 @@ def observe(cached: Optional[Record], clock: Any, usage: bool, now: Optional[flo
         discover(cached, now)  # raises the usual message
         raise AssertionError("unreachable")
     if usage:
-        devices = parse_usage(run_nvidia_smi(path, USAGE_QUERY))
+        # Both queries at once; the mark is taken before either starts.
+        mark = clock()
+        usage_out, apps_out = run_nvidia_smi_all(path, [USAGE_QUERY, APPS_QUERY])
+        devices = parse_usage(usage_out)
         used = {device["index"]: device.pop("used") for device in devices}
         record = {"key": _key(path), "checked": now, "list": devices}
         fresh = cached is None or cached.get("list") != devices or cached.get("key") != record["key"]
@@ -237,9 +250,9 @@ def observe(cached: Optional[Record], clock: Any, usage: bool, now: Optional[flo
     else:
         record, fresh = discover(cached, now)
         used = {device["index"]: None for device in record["list"]}
-    mark = clock()
-    apps = parse_apps(run_nvidia_smi(path, APPS_QUERY))
-    return Snapshot(record, used, apps, mark), fresh
+        mark = clock()
+        apps_out = run_nvidia_smi(path, APPS_QUERY)
+    return Snapshot(record, used, parse_apps(apps_out), mark), fresh
 
 
 def mock_memory() -> int:

@@ -39,34 +39,42 @@ def run(argv: Sequence[str], timeout: float = 60.0, capture_stderr: bool = True)
     """Run ``argv`` (a path, not searched on PATH) with stdin from /dev/null;
     its return code and what it wrote on stdout and stderr. Raises OSError
     if it cannot be started, Timeout if it runs longer than ``timeout``."""
+    return run_all([argv], timeout, capture_stderr)[0]
+
+
+def run_all(argvs: Sequence[Sequence[str]], timeout: float = 60.0,
+            capture_stderr: bool = True) -> List[Tuple[int, bytes, bytes]]:
+    """``run`` for several programs at once (they run side by side): their
+    results in the same order. If one cannot be started, or they run longer
+    than ``timeout``, those already started are killed and waited for."""
     import select
     import time
 
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe() if capture_stderr else (-1, -1)
+    pids: List[int] = []
+    fds: List[Tuple[int, int]] = []  # per program: stdout and stderr read ends (-1: none)
     try:
-        pid = _spawn(argv, out_w, err_w)
-    except BaseException:
-        for fd in (out_r, out_w, err_r, err_w):
-            if fd >= 0:
-                os.close(fd)
-        raise
-    os.close(out_w)
-    if err_w >= 0:
-        os.close(err_w)
-    chunks: Dict[int, List[bytes]] = {out_r: [], err_r: []}
-    poller = select.poll()
-    for fd in (out_r, err_r):
-        if fd >= 0:
+        for argv in argvs:
+            out_r, out_w = os.pipe()
+            fds.append((out_r, -1))
+            err_w = -1
+            try:
+                if capture_stderr:
+                    err_r, err_w = os.pipe()
+                    fds[-1] = (out_r, err_r)
+                pids.append(_spawn(argv, out_w, err_w))
+            finally:
+                os.close(out_w)
+                if err_w >= 0:
+                    os.close(err_w)
+        chunks: Dict[int, List[bytes]] = {fd: [] for pair in fds for fd in pair if fd >= 0}
+        poller = select.poll()
+        for fd in chunks:
             poller.register(fd, select.POLLIN | select.POLLHUP)
-    open_fds = {fd for fd in (out_r, err_r) if fd >= 0}
-    deadline = time.monotonic() + timeout
-    try:
+        open_fds = set(chunks)
+        deadline = time.monotonic() + timeout
         while open_fds:
             left = deadline - time.monotonic()
             if left <= 0:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
                 raise Timeout("timed out after %g s" % timeout)
             for fd, _ in poller.poll(int(left * 1000) + 1):
                 data = os.read(fd, 65536)
@@ -75,12 +83,23 @@ def run(argv: Sequence[str], timeout: float = 60.0, capture_stderr: bool = True)
                 else:
                     poller.unregister(fd)
                     open_fds.discard(fd)
-        _, wait_status = os.waitpid(pid, 0)
+        results = []
+        for pid, (out_r, err_r) in zip(list(pids), fds):
+            _, wait_status = os.waitpid(pid, 0)
+            pids.remove(pid)
+            results.append((status_of(wait_status), b"".join(chunks[out_r]), b"".join(chunks.get(err_r, []))))
+        return results
     finally:
-        for fd in (out_r, err_r):
-            if fd >= 0:
-                os.close(fd)
-    return status_of(wait_status), b"".join(chunks[out_r]), b"".join(chunks.get(err_r, []))
+        for pid in pids:  # left running by an error or a time-out
+            try:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+        for pair in fds:
+            for fd in pair:
+                if fd >= 0:
+                    os.close(fd)
 
 
 def stream(argv: Sequence[str]) -> Tuple[int, int]:

@@ -1,0 +1,75 @@
+"""genv.spawn: running nvidia-smi (and genv lock's command) without
+``subprocess``; several queries side by side."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from genv import gpus, spawn  # noqa: E402
+from genv.errors import GenvError  # noqa: E402
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def test_run_gives_status_stdout_and_stderr():
+    status, out, err = spawn.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (status, out, err) == (3, b"out\n", b"err\n")
+    status, out, err = spawn.run(["/bin/sh", "-c", "kill -TERM $$"])
+    assert status == -15
+    status, out, err = spawn.run(["/bin/sh", "-c", "echo quiet >&2"], capture_stderr=False)
+    assert (status, out, err) == (0, b"", b"")
+
+
+def test_run_all_runs_side_by_side(tmp_path):
+    """The first program reads a FIFO that only the second writes: run one
+    after the other, the first would wait until the time-out."""
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    reader = ["/bin/sh", "-c", "cat %s" % fifo]
+    writer = ["/bin/sh", "-c", "echo hello > %s; echo second" % fifo]
+    results = spawn.run_all([reader, writer], timeout=30)
+    assert results == [(0, b"hello\n", b""), (0, b"second\n", b"")]
+
+
+def test_run_all_cleans_up_when_one_cannot_start(tmp_path):
+    fds_before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError):
+        spawn.run_all([["/bin/sh", "-c", "exec sleep 600"], [str(tmp_path / "missing")]])
+    # The first was started, then killed and reaped: no child is left.
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+    assert set(os.listdir("/proc/self/fd")) == fds_before, "pipes left open"
+
+
+def test_run_all_times_out_and_kills_every_program(tmp_path):
+    marks = [str(tmp_path / ("pid%d" % n)) for n in range(2)]
+    fds_before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(spawn.Timeout):
+        spawn.run_all([["/bin/sh", "-c", "echo $$ > %s; exec sleep 600" % mark] for mark in marks], timeout=0.5)
+    with pytest.raises(ChildProcessError):  # both killed and reaped
+        os.waitpid(-1, os.WNOHANG)
+    for mark in marks:
+        if os.path.exists(mark):  # (one may be killed before it wrote its PID)
+            with open(mark) as handle:
+                text = handle.read().strip()
+            assert not text or not alive(int(text))
+    assert set(os.listdir("/proc/self/fd")) == fds_before, "pipes left open"
+
+
+def test_nvidia_smi_queries_side_by_side_keep_their_order_and_errors(tmp_path):
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text('#!/bin/sh\ncase "$1" in\n  a) echo A ;;\n  b) echo B ;;\n'
+                    "  *) echo 'bad query' >&2; exit 2 ;;\nesac\n")
+    fake.chmod(0o755)
+    assert gpus.run_nvidia_smi_all(str(fake), [("a",), ("b",)]) == ["A\n", "B\n"]
+    with pytest.raises(GenvError) as raised:
+        gpus.run_nvidia_smi_all(str(fake), [("a",), ("c",)])
+    assert str(raised.value) == "nvidia-smi failed with exit status 2: bad query"
