@@ -22,7 +22,9 @@ Scenarios (--only/--skip take these names):
           fake; the shim's table (through the process filter) and its -L,
           each beside the fake; the nvidia-smi calls per command
           (FAKE_NVIDIA_SMI_LOG) and the Python starts per shim mode; and
-          attach on mock GPUs (no nvidia-smi, no busy-GPU check)
+          attach on mock GPUs (no nvidia-smi, no busy-GPU check). The timed
+          loop's nvidia-smi calls are replayed from answers recorded from
+          the fake (see _replay), for genv and the direct calls alike
   share   (issue 10) the cycle with gpu-memory 8g, beside a plain attach
   pack    (issue 10) N environments of mixed sizes attach at once onto 8
           mock GPUs of 80g (--pack); genv devices --json must show no GPU
