@@ -268,8 +268,9 @@ def test_device_list_is_cached(genv, sleepers):
     assert queries.count("--query-compute-apps=pid,gpu_uuid,used_memory,process_name") == 4
     assert len(queries) == 5
     assert genv.cli("devices").returncode == 0
-    assert calls()[5:] == ["--query-gpu=index,uuid,name,memory.total,memory.used",
-                           "--query-compute-apps=pid,gpu_uuid,used_memory,process_name"]
+    # (side by side: in either order)
+    assert sorted(calls()[5:]) == ["--query-compute-apps=pid,gpu_uuid,used_memory,process_name",
+                                   "--query-gpu=index,uuid,name,memory.total,memory.used"]
     assert sh_cli(genv, "sh-attach", pid=pid, eid=str(pid), GENV_DEVICES_TTL="0").returncode == 0
     assert calls()[7:] == ["--query-gpu=index,uuid,name,memory.total",
                            "--query-compute-apps=pid,gpu_uuid,used_memory,process_name"]
