@@ -53,8 +53,6 @@ def prune(users: Users, processes: Any, holders_only: bool = False) -> Set[int]:
             if waiting is not None and not waiter_ok(waiting, uid, processes):
                 env["waiting"] = None  # a waiter killed with kill -9 leaves the line
                 changed.add(uid)
-            elif waiting is not None:
-                waiting["since"] = arrival(waiting, processes)
             if live:
                 keep.append(env)
         if len(keep) != len(state["envs"]):
@@ -77,13 +75,19 @@ def waiter_ok(waiting: Dict[str, Any], uid: int, processes: Any) -> bool:
 
 
 def arrival(waiting: Dict[str, Any], processes: Any) -> float:
-    """When a (live, checked) waiter joined the line: the time written in its
-    owner's file, but never before its waiting process started, so that a
-    user who edits the time in their own file cannot move ahead of anyone
-    who joined after that process started."""
-    since = float(waiting["since"])
+    """When a (live, checked) waiter joined the line, on the process clock
+    (``processes.clock()``: seconds since boot, which a wall-clock step does
+    not move): ``arrived`` as its owner's file says (older records: ``since``,
+    converted), but never before its waiting process started, so that a user
+    who edits their own file cannot move ahead of anyone who joined after
+    that process started."""
+    arrived = waiting.get("arrived")
+    if arrived is None:
+        import time
+
+        arrived = float(waiting["since"]) - time.time() + processes.clock()
     started = processes.started(waiting["pid"])
-    return started if started is not None and since < started else since
+    return started if started is not None and arrived < started else float(arrived)
 
 
 def live_view(users: Users, processes: Any) -> Users:
@@ -98,8 +102,6 @@ def live_view(users: Users, processes: Any) -> Users:
             waiting = env.get("waiting")
             if waiting is not None and not waiter_ok(waiting, uid, processes):
                 env = {**env, "waiting": None}
-            elif waiting is not None:
-                env = {**env, "waiting": {**waiting, "since": arrival(waiting, processes)}}
             kept.append(env)
         view[uid] = {**state, "envs": kept}
     return view
@@ -210,19 +212,21 @@ def holdings(users: Users, machine: Sequence[Dict[str, Any]],
     return result
 
 
-def line(users: Users) -> List[Tuple[int, Env]]:
+def line(users: Users, processes: Any) -> List[Tuple[int, Env]]:
     """The environments waiting for GPUs (``attach --wait``), first come
-    first: by the time they joined the line (under the lock, so times are in
-    order), then by owner and id."""
-    waiting = [(uid, env) for uid in users for env in users[uid]["envs"] if env.get("waiting")]
-    waiting.sort(key=lambda item: (item[1]["waiting"]["since"], item[0], item[1]["id"]))
-    return waiting
+    first: by when they joined the line (``arrival``; joined under the lock,
+    so in order), then by owner and id. ``users`` already pruned (every
+    waiter checked)."""
+    waiting = [(arrival(env["waiting"], processes), uid, env["id"], env)
+               for uid in users for env in users[uid]["envs"] if env.get("waiting")]
+    waiting.sort(key=lambda item: item[:3])
+    return [(uid, env) for _, uid, _, env in waiting]
 
 
-def ahead_of(users: Users, env: Env) -> List[Tuple[int, Env]]:
+def ahead_of(users: Users, env: Env, processes: Any) -> List[Tuple[int, Env]]:
     """The requests in line before ``env``'s: all of them for a request that
     is not in line (it came later than every one that is)."""
-    queue = line(users)
+    queue = line(users, processes)
     for position, (_, other) in enumerate(queue):
         if other is env:
             return queue[:position]

@@ -143,7 +143,10 @@ def run_nvidia_smi_all(path: str, queries: List[Tuple[str, ...]]) -> List[str]:
         results = spawn.run_all([[path, *args] for args in queries], timeout=60)
     except OSError as error:
         raise GenvError("cannot run %s: %s" % (path, error.strerror or error)) from None
-    return [_answer(*result) for result in results]
+    # The first failure in query order is the answer. None: stopped because
+    # another query ended with a non-zero status; if that was no failure
+    # (exit 6, "No devices were found"), there is nothing to ask about.
+    return [_answer(*result) if result is not None else "" for result in results]
 
 
 def _answer(status: int, stdout: bytes, stderr: bytes) -> str:

@@ -158,14 +158,13 @@ class ProcFS:
         return time.clock_gettime(time.CLOCK_BOOTTIME)
 
     def started(self, pid: int) -> Optional[float]:
-        """When the process started, in Unix seconds (to the clock tick,
-        rounded down); None if there is no such process."""
+        """When the process started, on the scale of ``clock()`` (seconds
+        since boot, to the clock tick, rounded down: a wall-clock step does
+        not move it); None if there is no such process."""
         found = self._stat_of(pid)
         if found is None:
             return None
-        import time
-
-        return time.time() - self.clock() + found[2] / _ticks_per_second()
+        return found[2] / _ticks_per_second()
 
     # -- relations and owner --
 
@@ -300,7 +299,11 @@ class Psutil(ProcFS):
 
     def started(self, pid: int) -> Optional[float]:
         found = self._stat_of(pid)
-        return None if found is None else found[2]  # psutil's create_time: Unix seconds
+        if found is None:
+            return None
+        if self._boot is not None:  # Linux: ticks since boot, as /proc gives them
+            return self._ticks(found[2]) / _ticks_per_second()
+        return found[2]  # elsewhere clock() is Unix time, as create_time is
 
     def clock(self) -> float:
         import time

@@ -13,7 +13,7 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Dict, Iterator, List, Sequence, Tuple
+    from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 
 class Timeout(OSError):
@@ -39,19 +39,24 @@ def run(argv: Sequence[str], timeout: float = 60.0, capture_stderr: bool = True)
     """Run ``argv`` (a path, not searched on PATH) with stdin from /dev/null;
     its return code and what it wrote on stdout and stderr. Raises OSError
     if it cannot be started, Timeout if it runs longer than ``timeout``."""
-    return run_all([argv], timeout, capture_stderr)[0]
+    result = run_all([argv], timeout, capture_stderr)[0]
+    assert result is not None  # (only a sibling's failure leaves None)
+    return result
 
 
 def run_all(argvs: Sequence[Sequence[str]], timeout: float = 60.0,
-            capture_stderr: bool = True) -> List[Tuple[int, bytes, bytes]]:
+            capture_stderr: bool = True) -> List[Optional[Tuple[int, bytes, bytes]]]:
     """``run`` for several programs at once (they run side by side): their
-    results in the same order. If one cannot be started, or they run longer
-    than ``timeout``, those already started are killed and waited for."""
+    results in the same order. When one fails (a non-zero status), those
+    still running are killed and their results are None: the failure is the
+    answer. If one cannot be started, or they run longer than ``timeout``
+    (waiting for their exit included), those started are killed and reaped."""
     import select
     import time
 
     pids: List[int] = []
     fds: List[Tuple[int, int]] = []  # per program: stdout and stderr read ends (-1: none)
+    pidfds: Dict[int, int] = {}  # pidfd -> its program's position
     try:
         for argv in argvs:
             out_r, out_w = os.pipe()
@@ -66,40 +71,86 @@ def run_all(argvs: Sequence[Sequence[str]], timeout: float = 60.0,
                 os.close(out_w)
                 if err_w >= 0:
                     os.close(err_w)
+            if hasattr(os, "pidfd_open"):  # Linux >= 5.3: its exit can be polled for, with the time-out
+                try:
+                    pidfds[os.pidfd_open(pids[-1])] = len(pids) - 1
+                except OSError:
+                    pass
         chunks: Dict[int, List[bytes]] = {fd: [] for pair in fds for fd in pair if fd >= 0}
         poller = select.poll()
-        for fd in chunks:
+        for fd in list(chunks) + list(pidfds):
             poller.register(fd, select.POLLIN | select.POLLHUP)
-        open_fds = set(chunks)
+        waiting = set(chunks) | set(pidfds)
+        unread = set(chunks)  # pipes not read to their end
+        statuses: Dict[int, int] = {}  # position -> wait status
         deadline = time.monotonic() + timeout
-        while open_fds:
+        while waiting:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise Timeout("timed out after %g s" % timeout)
             for fd, _ in poller.poll(int(left * 1000) + 1):
+                if fd in pidfds:
+                    poller.unregister(fd)
+                    waiting.discard(fd)
+                    position = pidfds[fd]
+                    done, wait_status = os.waitpid(pids[position], os.WNOHANG)
+                    if done:
+                        statuses[position] = wait_status
+                        if status_of(wait_status) != 0:
+                            waiting.clear()  # the answer is this failure: stop the others
+                            break
+                    continue
                 data = os.read(fd, 65536)
                 if data:
                     chunks[fd].append(data)
                 else:
                     poller.unregister(fd)
-                    open_fds.discard(fd)
-        results = []
-        for pid, (out_r, err_r) in zip(list(pids), fds):
-            _, wait_status = os.waitpid(pid, 0)
-            pids.remove(pid)
-            results.append((status_of(wait_status), b"".join(chunks[out_r]), b"".join(chunks.get(err_r, []))))
+                    waiting.discard(fd)
+                    unread.discard(fd)
+        failed = any(status_of(wait_status) != 0 for wait_status in statuses.values())
+        results: List[Optional[Tuple[int, bytes, bytes]]] = []
+        for position, (pid, (out_r, err_r)) in enumerate(zip(pids, fds)):
+            if position not in statuses:
+                if failed:
+                    results.append(None)  # stopped because another one failed (killed below)
+                    continue
+                statuses[position] = os.waitpid(pid, 0)[1]
+            for fd in (out_r, err_r):
+                if fd in unread:
+                    chunks[fd] += _drain(fd)  # what an exited program left in its pipe
+            results.append((status_of(statuses[position]), b"".join(chunks[out_r]),
+                            b"".join(chunks.get(err_r, []))))
+        pids = [pid for position, pid in enumerate(pids) if position not in statuses]
         return results
     finally:
-        for pid in pids:  # left running by an error or a time-out
+        for pid in pids:  # left running by a failure, an error or a time-out
             try:
                 os.kill(pid, 9)
+            except OSError:
+                pass
+            try:
                 os.waitpid(pid, 0)
             except OSError:
                 pass
-        for pair in fds:
-            for fd in pair:
-                if fd >= 0:
-                    os.close(fd)
+        for fd in list(pidfds) + [fd for pair in fds for fd in pair]:
+            if fd >= 0:
+                os.close(fd)
+
+
+def _drain(fd: int) -> List[bytes]:
+    """What is left in a pipe whose writer exited, without blocking (a
+    process it left behind may hold the pipe open)."""
+    os.set_blocking(fd, False)
+    found = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not data:
+            break
+        found.append(data)
+    return found
 
 
 def stream(argv: Sequence[str]) -> Tuple[int, int]:

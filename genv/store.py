@@ -125,6 +125,7 @@ def _waiting_ok(waiting: Any) -> bool:
         and 0 < waiting["pid"] <= MAX_PID
         and _text_ok(waiting.get("token"), 128)
         and _time_ok(waiting.get("since"))
+        and (waiting.get("arrived") is None or _time_ok(waiting["arrived"]))
         and type(waiting.get("count")) is int
         and 0 <= waiting["count"] <= MAX_GPUS
         and _bytes_ok(waiting.get("memory"), True)

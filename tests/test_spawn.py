@@ -73,3 +73,38 @@ def test_nvidia_smi_queries_side_by_side_keep_their_order_and_errors(tmp_path):
     with pytest.raises(GenvError) as raised:
         gpus.run_nvidia_smi_all(str(fake), [("a",), ("c",)])
     assert str(raised.value) == "nvidia-smi failed with exit status 2: bad query"
+
+
+def test_a_failure_stops_the_others_and_is_the_answer():
+    """One program fails at once while another would run for ten minutes:
+    the failure comes back at once (within the 30 s time-out, which would
+    otherwise be reached), with all it wrote, and the other is stopped."""
+    fds_before = set(os.listdir("/proc/self/fd"))
+    noisy = "head -c 200000 /dev/zero | tr '\\\\0' x >&2; echo said; exit 3"
+    results = spawn.run_all([["/bin/sh", "-c", "exec sleep 600"], ["/bin/sh", "-c", noisy]], timeout=30)
+    assert results[0] is None
+    status, out, err = results[1]
+    assert (status, out, len(err)) == (3, b"said\n", 200000)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+    assert set(os.listdir("/proc/self/fd")) == fds_before, "pipes left open"
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs os.pidfd_open (Python >= 3.9 on Linux >= 5.3)")
+def test_the_time_out_covers_a_program_that_closed_its_output_but_runs_on():
+    with pytest.raises(spawn.Timeout):
+        spawn.run_all([["/bin/sh", "-c", "exec >&- 2>&-; exec sleep 600"]], timeout=0.5)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_a_failing_nvidia_smi_query_is_reported_while_the_other_hangs(tmp_path):
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text('#!/bin/sh\ncase "$1" in\n  slow) exec sleep 600 ;;\nesac\n'
+                    "echo 'NVIDIA-SMI has failed' >&2; exit 9\n")
+    fake.chmod(0o755)
+    with pytest.raises(GenvError) as raised:
+        gpus.run_nvidia_smi_all(str(fake), [("slow",), ("fails",)])
+    assert str(raised.value) == "nvidia-smi failed with exit status 9: NVIDIA-SMI has failed"
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)

@@ -221,14 +221,13 @@ def test_psutil_backend_agrees_with_proc():
     same tokens, parents, owners, environments and command lines."""
     pytest.importorskip("psutil")
     from genv.procs import ProcFS, Psutil
-    before = time.time()
+    before = ProcFS().clock()
     child = subprocess.Popen(["sleep", "600"], env={"GENV_ENVIRONMENT_ID": "e 1", "PATH": "/usr/bin:/bin"})
     try:
         proc, ps = ProcFS(), Psutil()
         for pid in (os.getpid(), child.pid, 1):
             assert proc.token(pid) == ps.token(pid) is not None
-            # psutil counts from the boot time in whole seconds (/proc/stat's btime).
-            assert abs(proc.started(pid) - ps.started(pid)) < 1.1
+            assert proc.started(pid) == ps.started(pid) is not None
             assert proc.parent(pid) == ps.parent(pid)
             assert proc.uid(pid) == ps.uid(pid)
             assert proc.command(pid) == ps.command(pid)
@@ -236,7 +235,7 @@ def test_psutil_backend_agrees_with_proc():
         assert proc.environ(child.pid, "NOPE") is ps.environ(child.pid, "NOPE") is None
         assert proc.parent(child.pid) == os.getpid()
         assert proc.command(child.pid) == "sleep 600"
-        assert before - 0.02 <= proc.started(child.pid) <= time.time()  # to the tick, rounded down
+        assert before - 0.02 <= proc.started(child.pid) <= proc.clock()  # to the tick, rounded down
         gone = 2 ** 22 + 12345
         assert proc.token(gone) is ps.token(gone) is None
         assert proc.started(gone) is ps.started(gone) is None
@@ -270,3 +269,48 @@ def test_process_facts_do_not_leak_descriptors():
     facts.close()
     facts.close()
     assert facts.token(os.getpid()) is None  # closed: it knows nothing more
+
+
+class _Facts:
+    """Process facts for the line's order: start times and a clock, set by hand."""
+
+    def __init__(self, started, now=1000.0):
+        self._started, self.now = started, now
+
+    def started(self, pid):
+        return self._started.get(pid)
+
+    def clock(self):
+        return self.now
+
+
+def _waiter(eid, pid, arrived, since):
+    return {"id": eid, "waiting": {"pid": pid, "token": "t", "since": since, "arrived": arrived, "count": 1,
+                                   "memory": None, "indices": None, "over_subscribe": False}}
+
+
+def test_the_line_is_ordered_by_arrival_on_the_process_clock_never_before_the_waiter_started():
+    honest = _waiter("a", 10, arrived=500.0, since=1_700_000_500.0)
+    later = _waiter("b", 20, arrived=503.0, since=1_700_000_503.0)
+    users = {1000: {"envs": [later]}, 1001: {"envs": [honest]}}
+    facts = _Facts({10: 499.9, 20: 502.9})
+    assert [env["id"] for _, env in envs.line(users, facts)] == ["a", "b"]
+    # The wall clock stepped (since is for people): the order stays.
+    later["waiting"]["since"] = 1.0
+    assert [env["id"] for _, env in envs.line(users, facts)] == ["a", "b"]
+    # b edits its own file to say it arrived first: not before its process started.
+    later["waiting"]["arrived"] = 0.0
+    assert envs.arrival(later["waiting"], facts) == 502.9
+    assert [env["id"] for _, env in envs.line(users, facts)] == ["a", "b"]
+    # ... but a waiter whose process is older than the others' arrival (an SDK
+    # notebook) keeps the arrival it wrote.
+    facts = _Facts({10: 499.9, 20: 100.0})
+    later["waiting"]["arrived"] = 503.0
+    assert [env["id"] for _, env in envs.line(users, facts)] == ["a", "b"]
+    # A record without "arrived" (written before it existed): since, converted.
+    del honest["waiting"]["arrived"]
+    honest["waiting"]["since"] = time.time() - 700.0
+    facts = _Facts({10: 200.0, 20: 502.9}, now=1000.0)
+    assert abs(envs.arrival(honest["waiting"], facts) - 300.0) < 1.0
+    assert [env["id"] for _, env in envs.line(users, facts)] == ["a", "b"]
+    assert envs.ahead_of(users, later, facts) == [(1001, honest)]

@@ -35,16 +35,18 @@ OBSERVE_EVERY = 2.0  # seconds between nvidia-smi process queries while waiting
 def join(session: Session, env: Dict[str, Any], request: Request) -> None:
     """Put ``env`` in line for ``request``, with this process as the waiter
     (the caller marks the owner's state changed)."""
-    token = session.processes.token(os.getpid())
+    facts = session.processes
+    token = facts.token(os.getpid())
     assert token is not None
-    # Arrival is when the line is joined, under the lock: after everyone in
-    # line now (a clock step back must not put anybody ahead of them).
-    since = time.time()
-    queue = environments.line(session.users)
+    # Arrival is when the line is joined, under the lock, on the process
+    # clock (seconds since boot: a wall-clock step does not reorder the
+    # line), and after everyone in line now. ``since`` is for people.
+    arrived = facts.clock()
+    queue = environments.line(session.users, facts)
     if queue:
-        since = max(since, queue[-1][1]["waiting"]["since"] + 1e-6)
+        arrived = max(arrived, environments.arrival(queue[-1][1]["waiting"], facts) + 1e-6)
     env["waiting"] = {
-        "pid": os.getpid(), "token": token, "since": since, "count": request.count,
+        "pid": os.getpid(), "token": token, "since": time.time(), "arrived": arrived, "count": request.count,
         "memory": request.memory, "indices": list(request.indices) if request.indices else None,
         "over_subscribe": request.over_subscribe,
     }
@@ -56,12 +58,13 @@ def _estimate(folder: Any, eid: str, busy: Dict[int, List[str]]) -> Tuple[bool, 
     from ..procs import processes
 
     # Files that did not change are not parsed again.
-    users = environments.live_view(folder.read_all(reuse=True), processes())
+    facts = processes()
+    users = environments.live_view(folder.read_all(reuse=True), facts)
     found = environments.find(users, eid)
     if found is None or not found[1].get("waiting"):
         return True, 0  # something changed: look under the lock
     env = found[1]
-    ahead = environments.ahead_of(users, env)
+    ahead = environments.ahead_of(users, env, facts)
     machine = (users.get(os.geteuid()) or {}).get("devices") or {}
     try:
         allocate(users, env, machine.get("list", []), waiting_request(env["waiting"]), 0.0, str, busy,

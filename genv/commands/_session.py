@@ -145,7 +145,7 @@ class Session:
 
         before = env["devices"]
         ahead = [Waiter(uid, other, waiting_request(other["waiting"]))
-                 for uid, other in environments.ahead_of(self.users, env)]
+                 for uid, other in environments.ahead_of(self.users, env, self.processes)]
         capped = owner != 0 and self.ctx.euid != 0  # root is not capped
         if capped and request.count:
             from ..policy import check_caps, least
