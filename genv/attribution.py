@@ -42,16 +42,15 @@ class Process:
     """One GPU process on one GPU, attributed."""
 
     __slots__ = ("gpu", "pid", "uid", "owner", "env", "memory", "name", "known", "misplaced", "token",
-                 "_command", "_program", "_facts")
+                 "_facts", "_read")
 
     def __init__(self, gpu: Optional[int], pid: int, memory: Optional[int], command: Optional[str]) -> None:
         self.gpu = gpu
         self.pid = pid
         self.memory = memory  # bytes, None if nvidia-smi did not say
         self.name = command  # nvidia-smi's process name
-        self._facts: Any = None  # asked for the command line and program when they are wanted
-        self._command: Optional[str] = command
-        self._program: Optional[str] = command
+        self._facts: Any = None  # where the command line and executable are read when wanted
+        self._read: Dict[str, Optional[str]] = {}  # what was read (or set): "command", "executable"
         self.known = False  # False: gone or reused, nothing below is known
         self.uid: Optional[int] = None
         self.owner: Optional[int] = None  # the environment's owner
@@ -63,27 +62,32 @@ class Process:
     # asked (ps, status, enforce): attach and devices need neither. Ask
     # while the process facts are open (within the session).
 
+    def _fact(self, kind: str) -> Optional[str]:
+        """``kind`` ("command" or "executable") from the process facts, read
+        once; nvidia-smi's process name where /proc does not say."""
+        if kind not in self._read:
+            if self._facts is None:
+                return self.name
+            self._read[kind] = getattr(self._facts, kind)(self.pid) or self.name
+        return self._read[kind]
+
     @property
     def command(self) -> Optional[str]:
-        """Its command line (nvidia-smi's process name if /proc does not say)."""
-        if self._facts is not None and self._command is self.name:
-            self._command = self._facts.command(self.pid) or self.name
-        return self._command
+        """Its command line."""
+        return self._fact("command")
 
     @command.setter
     def command(self, value: Optional[str]) -> None:
-        self._command = value
+        self._read["command"] = value
 
     @property
     def program(self) -> Optional[str]:
         """The executable's path (/proc/<pid>/exe, not what it calls itself)."""
-        if self._facts is not None and self._program is self.name:
-            self._program = self._facts.executable(self.pid) or self.name
-        return self._program
+        return self._fact("executable")
 
     @program.setter
     def program(self, value: Optional[str]) -> None:
-        self._program = value
+        self._read["executable"] = value
 
     @property
     def managed(self) -> Optional[bool]:
