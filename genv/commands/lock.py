@@ -47,18 +47,19 @@ def run_holding(command: List[str]) -> int:
     """Run the command (the locks are held by this process meanwhile) and
     return its status, 128+N if a signal N ended it. SIGTERM and SIGHUP sent
     to genv reach the command, also one that arrives while it starts; the
-    terminal's Ctrl-C reaches it directly (genv waits)."""
+    terminal's Ctrl-C reaches it directly (genv waits), and a Ctrl-C that
+    came before the command existed is passed on once it does."""
     import subprocess
 
     started: List[Any] = []
     early: List[int] = []
 
     def forward(signum: int, frame: Any) -> None:
-        if signum == signals.SIGINT:
-            return  # the terminal's ^C reached the command already
         if not started:
             early.append(signum)
             return
+        if signum == signals.SIGINT:
+            return  # the terminal's ^C reached the command already
         try:
             started[0].send_signal(signum)
         except OSError:
@@ -75,7 +76,10 @@ def run_holding(command: List[str]) -> int:
                         127 if isinstance(error, FileNotFoundError) else 126) from None
     started.append(child)
     for pending in early:
-        forward(pending, None)
+        try:
+            child.send_signal(pending)
+        except OSError:
+            pass
     code = child.wait()
     return 128 - code if code < 0 else code
 
