@@ -39,55 +39,29 @@ MAX_DEPTH = 256
 
 
 class Process:
-    """One GPU process on one GPU, attributed."""
+    """One GPU process on one GPU, attributed. Everything is read when it is
+    made (``attribute``); ``command`` (its command line) and ``program`` (its
+    executable's path, /proc/<pid>/exe, not what it calls itself) only when
+    the caller asks for details (ps, status, enforce: an attach needs
+    neither); otherwise, and where /proc does not say, nvidia-smi's process
+    name."""
 
     __slots__ = ("gpu", "pid", "uid", "owner", "env", "memory", "name", "known", "misplaced", "token",
-                 "_facts", "_read")
+                 "command", "program")
 
     def __init__(self, gpu: Optional[int], pid: int, memory: Optional[int], command: Optional[str]) -> None:
         self.gpu = gpu
         self.pid = pid
         self.memory = memory  # bytes, None if nvidia-smi did not say
         self.name = command  # nvidia-smi's process name
-        self._facts: Any = None  # where the command line and executable are read when wanted
-        self._read: Dict[str, Optional[str]] = {}  # what was read (or set): "command", "executable"
+        self.command = command
+        self.program = command
         self.known = False  # False: gone or reused, nothing below is known
         self.uid: Optional[int] = None
         self.owner: Optional[int] = None  # the environment's owner
         self.env: Optional[Env] = None
         self.misplaced = False
         self.token: Optional[str] = None  # its identity, to check before signalling it
-
-    # The command line and the executable are read from /proc only when
-    # asked (ps, status, enforce): attach and devices need neither. Ask
-    # while the process facts are open (within the session).
-
-    def _fact(self, kind: str) -> Optional[str]:
-        """``kind`` ("command" or "executable") from the process facts, read
-        once; nvidia-smi's process name where /proc does not say."""
-        if kind not in self._read:
-            if self._facts is None:
-                return self.name
-            self._read[kind] = getattr(self._facts, kind)(self.pid) or self.name
-        return self._read[kind]
-
-    @property
-    def command(self) -> Optional[str]:
-        """Its command line."""
-        return self._fact("command")
-
-    @command.setter
-    def command(self, value: Optional[str]) -> None:
-        self._read["command"] = value
-
-    @property
-    def program(self) -> Optional[str]:
-        """The executable's path (/proc/<pid>/exe, not what it calls itself)."""
-        return self._fact("executable")
-
-    @program.setter
-    def program(self, value: Optional[str]) -> None:
-        self._read["executable"] = value
 
     @property
     def managed(self) -> Optional[bool]:
@@ -153,8 +127,9 @@ def _environment(pid: int, facts: Any, users: Users, terms: _Terminals) -> Optio
 
 
 def attribute(apps: Sequence[App], machine: Sequence[Dict[str, Any]], users: Users, facts: Any,
-              mark: float) -> List[Process]:
-    """Attribute each of nvidia-smi's process rows (see the module's docstring)."""
+              mark: float, details: bool = False) -> List[Process]:
+    """Attribute each of nvidia-smi's process rows (see the module's
+    docstring); with ``details``, read each one's command line and program."""
     from .environments import holdings
 
     index_of = {device["uuid"]: device["index"] for device in machine if device.get("uuid")}
@@ -170,7 +145,9 @@ def attribute(apps: Sequence[App], machine: Sequence[Dict[str, Any]], users: Use
             process.known = True
             process.token = facts.token(app.pid)
             process.uid = facts.uid(app.pid)
-            process._facts = facts
+            if details:
+                process.command = facts.command(app.pid) or app.name
+                process.program = facts.executable(app.pid) or app.name
             found = _environment(app.pid, facts, users, terms)
             if found is not None:
                 process.owner, process.env = found

@@ -18,7 +18,7 @@ from .errors import GenvError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Callable, Dict, List, Sequence
+    from typing import AbstractSet, Any, Callable, Dict, List, Sequence
 
 FOREVER = float("inf")
 
@@ -46,10 +46,32 @@ def _open(dir_fd: int, name: str, path: str) -> int:
     return fd
 
 
+def _covered(fd: int, covered: AbstractSet[int]) -> bool:
+    """Whether the lock on ``fd`` is held now by one of the processes
+    ``covered`` (this process's ancestors), per /proc/locks."""
+    import errno
+    import fcntl
+
+    if not covered:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)  # free: not covered (taken for real below)
+        return False
+    except OSError as error:
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+    found = locking.holder(fd)
+    return found is not None and found[0] in covered
+
+
 def hold(folder: Any, devices: Sequence[Dict[str, Any]], user: Callable[[int], str],
-         timeout: float = FOREVER) -> List[int]:
+         timeout: float = FOREVER, covered: AbstractSet[int] = frozenset(), timer: bool = True) -> List[int]:
     """Take the lock of each GPU (index order), waiting as long as it takes
-    (saying so on stderr); the descriptors hold them."""
+    (saying so on stderr); the descriptors hold them. A GPU whose lock a
+    process in ``covered`` holds (an ancestor: an outer ``genv lock``) is
+    this process's already, and is skipped. ``timer``: see
+    ``locking.acquire``."""
     folder.ensure()
     dir_fd = folder.open_dir()
     held: List[int] = []
@@ -57,9 +79,12 @@ def hold(folder: Any, devices: Sequence[Dict[str, Any]], user: Callable[[int], s
         for device in sorted(devices, key=lambda d: d["index"]):
             name = file_name(device)
             fd = _open(dir_fd, name, folder.display(name))
+            if _covered(fd, covered):
+                os.close(fd)
+                continue
             held.append(fd)
             locking.acquire(fd, "the lock on GPU %d" % device["index"], timeout, user, announce=True,
-                            announce_after=0.0)
+                            announce_after=0.0, timer=timer)
     except BaseException:
         release(held)
         raise

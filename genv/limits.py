@@ -6,7 +6,24 @@ MAX_GPUS = 1024
 MAX_TEXT = 256
 """Characters in a name or an environment id."""
 
+MAX_TOKEN = 128
+"""Characters in a process identity token (``linux:<boot>:<ticks>``)."""
+
 MAX_PID = (1 << 31) - 1
 
 MAX_TIME = 1e11
 """Seconds since 1970 (the year 5138): a larger time in a file is damage."""
+
+MAX_SIZE = 1 << 50
+"""Bytes of GPU memory (1 PiB): the largest size accepted, and read back."""
+
+MIN_SIZE = 1 << 20
+"""The smallest share of GPU memory (1 MiB, nvidia-smi's unit)."""
+
+MAX_SECONDS = 1e9
+"""A duration in seconds (31 years): ``--wait``, time-outs, intervals."""
+
+MAX_DIGITS = 30
+"""Digits read from a number (leading zeros aside): more is out of range
+for every bound above, and int() of thousands of digits is refused by
+Python (or slow)."""

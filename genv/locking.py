@@ -5,9 +5,11 @@ keep it. So a lock is awaited for at most a given time. After a second the
 wait is announced on stderr with the holder's PID and user, read from
 ``/proc/locks``; when the time is up the command fails saying so.
 
-In the main thread the wait is a blocking ``flock`` that a timer interrupts
-(the kernel hands the lock over the moment it is released, and nothing
-polls); elsewhere (a thread of a program using the SDK) it polls.
+In a command's own process (main thread) the wait is a blocking ``flock``
+that a timer (SIGALRM) interrupts: the kernel hands the lock over the moment
+it is released, and nothing polls. Inside somebody else's process (the SDK,
+any thread) genv must not touch signal handlers or timers, so it polls,
+a few milliseconds apart at first, at most a tenth of a second later.
 """
 
 from __future__ import annotations
@@ -73,11 +75,12 @@ def describe_holder(fd: int, user: Callable[[int], str]) -> str:
 
 
 def acquire(fd: int, what: str, timeout: float, user: Callable[[int], str], announce: bool = True,
-            shared: bool = False, announce_after: float = ANNOUNCE_AFTER) -> None:
+            shared: bool = False, announce_after: float = ANNOUNCE_AFTER, timer: bool = True) -> None:
     """Take an exclusive (or shared) flock on ``fd`` within ``timeout``
     seconds (``inf``: as long as it takes), or raise LockTimeout naming the
     holder. With ``announce``, the wait is said on stderr after
-    ``announce_after`` seconds."""
+    ``announce_after`` seconds. ``timer``: the process is genv's own and
+    may use SIGALRM (otherwise the wait polls)."""
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
@@ -96,31 +99,38 @@ def acquire(fd: int, what: str, timeout: float, user: Callable[[int], str], anno
                 "longer" % (timeout, what, describe_holder(fd, user))
             )
         if announce and not announced and now - start >= announce_after:
-            from .cli import err
+            from .report import warn
 
-            err("waiting for %s, held by %s" % (what, describe_holder(fd, user)))
+            warn("waiting for %s, held by %s" % (what, describe_holder(fd, user)))
             announced = True
         until = deadline if (announced or not announce) else min(deadline, start + announce_after)
-        if _wait(fd, mode, min(until - now, 3600.0)):
+        if _wait(fd, mode, min(until - now, 3600.0), timer):
             return
 
 
-def _wait(fd: int, mode: int, seconds: float) -> bool:
+def _poll(fd: int, mode: int, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    pause = 0.005
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except OSError as error:
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.1)
+
+
+def _wait(fd: int, mode: int, seconds: float, timer: bool) -> bool:
     """Try to take the lock for up to ``seconds``; True if taken."""
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
-        end = time.monotonic() + seconds
-        while True:
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                return True
-            except OSError as error:
-                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise
-            if time.monotonic() >= end:
-                return False
-            time.sleep(0.02)
+    if not timer or threading.current_thread() is not threading.main_thread():
+        return _poll(fd, mode, seconds)
     import signal
 
     waiting = [True]

@@ -168,9 +168,9 @@ def load(warn: Optional[Callable[[str], None]] = None) -> Policy:
 
 def _ignored(where: str, why: str, warn: Optional[Callable[[str], None]]) -> Policy:
     if warn is None:
-        from .cli import err
+        from .report import warn as report
 
-        warn = err
+        warn = report
     warn("ignoring the policy %s: %s" % (where, why))
     return Policy()
 

@@ -92,9 +92,9 @@ def find_home(start: Optional[str] = None, warn: Optional[Callable[[str], None]]
     """The trusted ``.genv`` folder that applies here; folders skipped on
     the way are reported through ``warn`` (one line each)."""
     if warn is None:
-        from .cli import err
+        from .report import warn as report
 
-        warn = err
+        warn = report
     for candidate in _candidates(start):
         if not os.path.isdir(candidate):
             continue

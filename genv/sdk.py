@@ -17,15 +17,30 @@ Leaving the block restores ``os.environ`` exactly and frees the GPUs; so does
 the process dying. CUDA reads ``CUDA_VISIBLE_DEVICES`` once, when it starts:
 start the GPU work (or the processes doing it) inside the block.
 
+``environment(join=ID)`` enters one of your own environments instead (for
+example the one a ``with`` block further out made); leaving gives it back
+exactly as it was: its configuration, and the GPUs the join attached are
+released. Blocks nest in one thread; ``os.environ`` is the process's, so a
+block in a second thread while one is open in another raises ``Error``.
+
+An interrupt (Ctrl-C, a Jupyter interrupt) that lands while genv enters or
+leaves never leaves the environment held: entering is undone, leaving
+completes, then ``KeyboardInterrupt`` is raised. One window is Python's own:
+an interrupt between ``__enter__`` returning and the block's first statement
+skips ``__exit__`` (CPython before 3.15; the environment then ends with the
+process, or with ``genv deactivate``-like cleanup at its next block).
+
 ``status()``, ``devices()``, ``envs()`` and ``ps()`` return the documents of
 ``genv status``, ``devices``, ``envs`` and ``ps`` (docs/formats.md) as Python
 objects. Every failure is an ``Error`` (``genv.errors.GenvError``) carrying
 the message the command line would print; nothing is printed: progress and
 warnings go to the logger ``"genv"`` (at INFO), for the caller to show or not.
+The SDK leaves the caller's signal mask, handlers and timers as they were.
 """
 
 from __future__ import annotations
 
+import _thread
 import os
 from contextlib import contextmanager
 
@@ -33,7 +48,10 @@ from .errors import GenvError as Error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+    from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Union
+
+    from .core.context import Context
+    from .core.operations import Entered, Settings
 
 __all__ = ["Environment", "Error", "devices", "environment", "envs", "lock", "ps", "status"]
 
@@ -57,18 +75,24 @@ class Environment:
 @contextmanager
 def _quiet() -> Iterator[None]:
     """Messages of genv's code go to the logger "genv", not to stderr."""
-    from .cli import MESSAGES
+    from .report import SINK
 
     def to_log(text: str) -> None:
         import logging
 
         logging.getLogger("genv").info(text)
 
-    token = MESSAGES.set(to_log)
+    token = SINK.set(to_log)
     try:
         yield
     finally:
-        MESSAGES.reset(token)
+        SINK.reset(token)
+
+
+def _context() -> Context:
+    from .core.context import Context
+
+    return Context(library=True)
 
 
 def _cuda_started() -> bool:
@@ -81,115 +105,347 @@ def _cuda_started() -> bool:
         return False
 
 
-@contextmanager
-def environment(gpus: Optional[int] = None, gpu_memory: Union[str, int, None] = None, name: Optional[str] = None,
-                wait: Optional[float] = None, index: Optional[Sequence[int]] = None, over_subscribe: bool = False,
-                join: Optional[str] = None) -> Iterator[Environment]:
-    """This process in a new environment (or, with ``join``, in one of your
-    own) with ``gpus`` GPUs, whole or a share of ``gpu_memory`` (bytes, or a
-    size such as "8g") of each, or exactly the GPUs ``index``. ``wait``:
-    seconds to wait in line for them (``float("inf")``: as long as it takes);
-    without it, Error when they cannot be had now. See the module's doc."""
-    from .cli import Context
-    from .commands import _terminal as terminal
+# --- checking what the caller passes (as the command line checks its words) ----------
+
+
+def _text(value: Any, what: str) -> str:
+    """An int (not a bool) as the command line would have it, for the
+    command line's own check and message."""
+    if type(value) is not int:
+        raise Error("invalid %s %r: expected a whole number" % (what, value))
+    if value.bit_length() > 64:
+        raise Error("invalid %s: %s, far out of range" % (what, "a negative number" if value < 0 else "a number"))
+    return str(value)
+
+
+def _settings(gpus: Any, gpu_memory: Any, name: Any, wait: Any, index: Any, over_subscribe: Any,
+              join: Any) -> Settings:
+    from .core.operations import Settings
     from .environments import check_text
     from .gpus import parse_count
+    from .limits import MAX_SECONDS
     from .sizes import parse_size
 
     config: Dict[str, Any] = {}
     if gpus is not None:
-        config["gpus"] = parse_count(str(gpus), "GPU count")
+        config["gpus"] = parse_count(_text(gpus, "GPU count"), "GPU count")
     if gpu_memory is not None:
-        config["gpu_memory"] = parse_size(str(gpu_memory), "GPU memory")
+        text = gpu_memory if isinstance(gpu_memory, str) else _text(gpu_memory, "GPU memory")
+        config["gpu_memory"] = parse_size(text, "GPU memory")
     if name is not None:
+        if not isinstance(name, str):
+            raise Error("invalid name %r: expected a string" % (name,))
         config["name"] = check_text(name, "name")
+    indices: Optional[List[int]] = None
+    if index is not None:
+        if isinstance(index, (str, bytes)) or not isinstance(index, (list, tuple, range)):
+            raise Error("invalid index %r: expected a list of GPU indices such as [0, 2]" % (index,))
+        indices = [parse_count(_text(each, "GPU index"), "GPU index") for each in index]
+        if len(set(indices)) != len(indices):
+            raise Error("invalid index %r: a GPU is named twice" % (index,))
+        if "gpus" in config and config["gpus"] != len(indices):
+            raise Error("gpus=%d and index=%r disagree" % (config["gpus"], index))
+    seconds: Optional[float] = None
     if wait is not None:
         import math
 
-        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or math.isnan(wait) or wait < 0:
-            raise Error("invalid wait %r: expected a number of seconds (float('inf'): as long as it takes)"
-                        % (wait,))
-    if _cuda_started():
-        import warnings
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or (isinstance(wait, float) and math.isnan(wait)) \
+                or wait < 0 or (wait > MAX_SECONDS and wait != float("inf")):
+            raise Error("invalid wait %r: expected a number of seconds up to %d (float('inf'): as long as it "
+                        "takes)" % (wait, MAX_SECONDS))
+        seconds = float(wait)
+    if type(over_subscribe) is not bool:
+        raise Error("invalid over_subscribe %r: expected True or False" % (over_subscribe,))
+    joined: Optional[str] = None
+    if join is not None:
+        if not isinstance(join, str):
+            raise Error("invalid join %r: expected an environment id" % (join,))
+        joined = check_text(join, "environment id")
+    return Settings(config, indices, over_subscribe, seconds, joined)
 
-        warnings.warn("CUDA was initialised in this process before genv.sdk.environment(): the GPUs of the "
-                      "environment take effect only in processes started from now on", RuntimeWarning,
-                      stacklevel=3)
-    ctx = Context()
-    settings = terminal.Settings(config, index, over_subscribe, wait, join)
-    with _quiet():
-        doc = terminal.enter(ctx, settings)
-    before = terminal.apply(terminal.variables(ctx, doc, os.environ), os.environ)
-    try:
-        yield Environment(doc)
-    finally:
-        terminal.apply(before, os.environ)
-        with _quiet():
-            terminal.leave(Context(), doc["id"])
+
+# --- the blocks open in this process -------------------------------------------------
+# os.environ is the process's: blocks nest (last in, first out) in one
+# thread; a second thread's block while one is open is refused.
+
+_OPEN: List[Any] = []  # [thread id, environment] of the blocks open now, innermost last
+_OPEN_LOCK = _thread.allocate_lock()
+
+
+class _Guard:
+    """An interrupt (SIGINT) never leaves an environment held that its block
+    does not hold. Python runs signal handlers in the main thread, whichever
+    thread the signal reached, so holding SIGINT back in the signal mask is
+    not enough: while a block is open, SIGINT's handler is this guard,
+    which calls the caller's own handler at once, but for an interrupt that
+    lands in genv's code:
+
+    - while genv enters or leaves (``busy``): held, then delivered when the
+      state and ``os.environ`` agree again (entering is undone first); while
+      it waits in line, raised between two looks (``checkpoint``), which
+      leaves the line;
+    - after entering is done, before ``__enter__`` returns: entering is
+      undone, then the interrupt is delivered;
+    - as ``__exit__`` starts, before its first line: held until leaving is
+      done.
+
+    It is put back as it was when the block ends (or not, if the block set
+    its own handler meanwhile). Only the main thread can set handlers: in
+    other threads there is no guard, and none is needed (an interrupt is
+    raised in the main thread)."""
+
+    def __init__(self, env: "environment") -> None:
+        from . import signals
+
+        self.env = env
+        self.busy = True
+        self.pending = False
+        self.previous: Any = None
+        self.installed = False
+        try:
+            self.previous = signals.getsignal(signals.SIGINT)
+            if callable(self.previous) or self.previous == signals.SIG_DFL:
+                signals.signal(signals.SIGINT, self.handle)
+                self.installed = True
+        except (ValueError, OSError):  # not the main thread
+            self.installed = False
+
+    def _ours(self, frame: Any, code: Any) -> bool:
+        return frame is not None and frame.f_code is code and frame.f_locals.get("self") is self.env
+
+    def handle(self, signum: int, frame: Any) -> None:
+        env = self.env
+        if self.busy:
+            self.pending = True
+            return
+        if self._ours(frame, environment.__enter__.__code__) and env._entered is not None:
+            env._undo_entering()  # the tail of __enter__: what it did is undone first
+        elif self._ours(frame, environment.__exit__.__code__) and not env._leaving:
+            self.pending = True  # __exit__'s first instruction: delivered once it has left
+            return
+        self.deliver(signum, frame)
+
+    def checkpoint(self) -> None:
+        """Where waiting in line may be interrupted: a held interrupt is
+        raised here (the line is left, entering undone)."""
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def deliver(self, signum: int, frame: Any) -> None:
+        from . import signals
+
+        if callable(self.previous):
+            self.previous(signum, frame)
+        elif self.previous == signals.SIG_DFL:
+            signals.signal(signum, signals.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    def remove(self) -> None:
+        """Put the caller's handler back (unless the block changed it)."""
+        from . import signals
+
+        if self.installed:
+            self.installed = False
+            try:
+                if signals.getsignal(signals.SIGINT) == self.handle:
+                    signals.signal(signals.SIGINT, self.previous)
+            except (ValueError, OSError):
+                pass
+
+    def release(self) -> None:
+        """Done: the caller's handler back, and a held interrupt delivered."""
+        from . import signals
+
+        self.busy = False
+        self.remove()
+        if self.pending:
+            self.pending = False
+            self.deliver(signals.SIGINT, None)
+
+
+class environment:
+    """This process in a new environment (or, with ``join``, in one of your
+    own) with ``gpus`` GPUs, whole or a share of ``gpu_memory`` (bytes, or a
+    size such as "8g") of each, or exactly the GPUs ``index``. ``wait``:
+    seconds to wait in line for them (``float("inf")``: as long as it
+    takes); without it, Error when they cannot be had now. See the module's
+    doc. Use it in a ``with`` statement."""
+
+    def __init__(self, gpus: Optional[int] = None, gpu_memory: Union[str, int, None] = None,
+                 name: Optional[str] = None, wait: Optional[float] = None, index: Optional[Sequence[int]] = None,
+                 over_subscribe: bool = False, join: Optional[str] = None) -> None:
+        self._settings = _settings(gpus, gpu_memory, name, wait, index, over_subscribe, join)
+        self._entered: Optional[Entered] = None
+        self._undo: Any = None
+        self._guard: Optional[_Guard] = None
+        self._leaving = False
+
+    def __enter__(self) -> Environment:
+        from . import signals
+        from .core import activation, operations
+
+        if self._entered is not None or self._guard is not None:
+            raise Error("this environment() block is open already")
+        if _cuda_started():
+            import warnings
+
+            warnings.warn("CUDA was initialised in this process before genv.sdk.environment(): the GPUs of the "
+                          "environment take effect only in processes started from now on", RuntimeWarning,
+                          stacklevel=2)
+        me = _thread.get_ident()
+        self._leaving = False
+        guard = self._guard = _Guard(self)
+        # Held back in this thread too, so that SIGTERM and SIGHUP wait as
+        # well; the caller's mask is in force only while waiting in line.
+        mask = signals.pthread_sigmask(signals.SIG_BLOCK, operations.HELD)
+        try:
+            with _OPEN_LOCK:
+                if any(owner != me for owner, _ in _OPEN):
+                    raise Error("an environment() block is open in another thread of this process; os.environ is "
+                                "the process's, so blocks cannot overlap across threads")
+                _OPEN.append([me, self])
+            with _quiet():
+                entered = operations.enter(_context(), self._settings, os.environ, sleeping=mask,
+                                           checkpoint=guard.checkpoint)
+            self._undo = activation.apply(entered.plan, os.environ)
+            self._entered = entered
+            result = Environment(entered.env)
+        except BaseException:
+            guard.busy = True
+            try:
+                self._close()
+            finally:
+                signals.pthread_sigmask(signals.SIG_SETMASK, mask)
+                self._guard = None
+                guard.release()
+            raise
+        signals.pthread_sigmask(signals.SIG_SETMASK, mask)
+        if guard.pending:  # an interrupt came while entering: undone, then delivered
+            self._undo_entering()
+            guard.pending = False
+            guard.deliver(signals.SIGINT, None)
+        guard.busy = False
+        return result
+
+    def _undo_entering(self) -> None:
+        """Entering is undone (an interrupt came before the block started)."""
+        from . import signals
+        from .core import operations
+
+        guard = self._guard
+        if guard is not None:
+            guard.busy = True
+        mask = signals.pthread_sigmask(signals.SIG_BLOCK, operations.HELD)
+        try:
+            self._close()
+        finally:
+            signals.pthread_sigmask(signals.SIG_SETMASK, mask)
+            self._guard = None
+            if guard is not None:
+                guard.pending = False
+                guard.busy = False
+                guard.remove()
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        from . import signals
+        from .core import operations
+
+        self._leaving = True
+        guard = self._guard
+        if guard is not None:
+            guard.busy = True
+        mask = signals.pthread_sigmask(signals.SIG_BLOCK, operations.HELD)
+        try:
+            self._close()
+        finally:
+            signals.pthread_sigmask(signals.SIG_SETMASK, mask)
+            self._guard = None
+            if guard is not None:
+                guard.release()  # the caller's handler back; a held interrupt delivered now
+
+    def _close(self) -> None:
+        """Undo what entering did, whatever part of it was done (the guard
+        holds interrupts back)."""
+        from .core import activation, operations
+
+        entered, self._entered = self._entered, None
+        undo, self._undo = self._undo, None
+        try:
+            if undo is not None:
+                activation.apply(undo, os.environ)
+            if entered is not None:
+                with _quiet():
+                    operations.leave(_context(), entered)
+        finally:
+            with _OPEN_LOCK:
+                for position in range(len(_OPEN) - 1, -1, -1):
+                    if _OPEN[position][1] is self:
+                        del _OPEN[position]
+                        break
 
 
 @contextmanager
 def lock(timeout: Optional[float] = None) -> Iterator[None]:
     """Hold the lock of each GPU of the current environment (as ``genv lock``),
-    waiting for it (at most ``timeout`` seconds, if given)."""
-    from . import gpu_locks
-    from .cli import Context
-    from .commands.lock import devices_of
-    from .store import StateDir
+    waiting for it (at most ``timeout`` seconds, if given). Inside a command
+    run by ``genv lock`` (or another ``lock()`` further out), the GPUs it
+    holds already are this process's, and it does not wait for them."""
+    from .core import turns
 
-    ctx = Context()
+    ctx = _context()
+    if timeout is not None:
+        import math
+
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout) or timeout < 0:
+            raise Error("invalid timeout %r: expected a number of seconds" % (timeout,))
     with _quiet():
-        held = gpu_locks.hold(StateDir(), devices_of(ctx), ctx.user,
-                              gpu_locks.FOREVER if timeout is None else timeout)
+        held = turns.hold(ctx, ctx.require_active(), turns.FOREVER if timeout is None else float(timeout))
     try:
         yield
     finally:
-        gpu_locks.release(held)
+        turns.release(held)
 
 
 def status() -> Dict[str, Any]:
     """The document of ``genv status --format json`` for this process."""
-    from .cli import Context
-    from .commands._session import Session
+    from .core.session import Session
     from .listing import status_doc
 
-    ctx = Context()
+    ctx = _context()
     if ctx.eid is None:
         return {"active": False}
-    with _quiet(), Session(ctx, listing=True, observe=True) as session:
+    with _quiet(), Session(ctx, listing=True, observe=True, details=True) as session:
         owner, env = session.env(ctx.eid)
         return status_doc(owner, env, session.attributed(), ctx.user)
 
 
 def envs() -> List[Dict[str, Any]]:
     """The document of ``genv envs --format json``."""
-    from .cli import Context
-    from .commands._session import Session
+    from .core.session import Session
     from .listing import envs_docs
 
-    ctx = Context()
+    ctx = _context()
     with _quiet(), Session(ctx, listing=True) as session:
         return envs_docs(session.users, ctx.user)
 
 
 def devices() -> List[Dict[str, Any]]:
     """The document of ``genv devices --format json``."""
-    from .cli import Context
-    from .commands._session import Session
+    from .core.session import Session
     from .listing import devices_docs
 
-    ctx = Context()
-    with _quiet(), Session(ctx, holders_only=True, listing=True, observe=True, usage=True) as session:
+    ctx = _context()
+    with _quiet(), Session(ctx, holders_only=True, listing=True, observe=True, usage=True, details=True) as session:
         assert session.snapshot is not None
         return devices_docs(session.users, session.machine, session.snapshot.used, session.attributed(), ctx.user)
 
 
 def ps() -> List[Dict[str, Any]]:
     """The document of ``genv ps --format json``."""
-    from .cli import Context
-    from .commands._session import Session
+    from .core.session import Session
     from .listing import ps_docs
 
-    ctx = Context()
-    with _quiet(), Session(ctx, holders_only=True, listing=True, observe=True) as session:
+    ctx = _context()
+    with _quiet(), Session(ctx, holders_only=True, listing=True, observe=True, details=True) as session:
         return ps_docs(session.attributed(), ctx.user)

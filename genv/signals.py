@@ -9,15 +9,23 @@ that ``_signal`` has them (``signal`` is the fallback).
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from signal import (SIG_BLOCK, SIG_DFL, SIG_IGN, SIG_SETMASK, SIG_UNBLOCK, SIGCHLD, SIGHUP, SIGINT, SIGKILL,
-                        SIGTERM, getsignal, pthread_sigmask, sigpending, signal, sigwait, sigwaitinfo)
+    from signal import (SIG_BLOCK, SIG_DFL, SIG_IGN, SIG_SETMASK, SIG_UNBLOCK, SIGALRM, SIGCHLD, SIGCONT, SIGHUP,
+                        SIGINT, SIGKILL, SIGPIPE, SIGQUIT, SIGSTOP, SIGTERM, SIGTSTP, SIGTTIN, SIGTTOU, SIGUSR1,
+                        SIGUSR2, SIGWINCH, SIGXFSZ, default_int_handler, getsignal, pthread_sigmask, sigpending,
+                        signal, sigwait, sigwaitinfo)
 else:
     try:
-        from _signal import (SIG_BLOCK, SIG_DFL, SIG_IGN, SIG_SETMASK, SIG_UNBLOCK, SIGCHLD, SIGHUP, SIGINT, SIGKILL,
-                             SIGTERM, getsignal, pthread_sigmask, sigpending, signal, sigwait, sigwaitinfo)
+        from _signal import (SIG_BLOCK, SIG_DFL, SIG_IGN, SIG_SETMASK, SIG_UNBLOCK, SIGALRM, SIGCHLD, SIGCONT,
+                             SIGHUP, SIGINT, SIGKILL, SIGPIPE, SIGQUIT, SIGSTOP, SIGTERM, SIGTSTP, SIGTTIN, SIGTTOU,
+                             SIGUSR1, SIGUSR2, SIGWINCH, SIGXFSZ, default_int_handler, getsignal, pthread_sigmask,
+                             sigpending, signal, sigwait, sigwaitinfo)
     except ImportError:  # pragma: no cover - an interpreter without the C module's names
-        from signal import (SIG_BLOCK, SIG_DFL, SIG_IGN, SIG_SETMASK, SIG_UNBLOCK, SIGCHLD, SIGHUP, SIGINT, SIGKILL,
-                            SIGTERM, getsignal, pthread_sigmask, sigpending, signal, sigwait, sigwaitinfo)
+        from signal import (SIG_BLOCK, SIG_DFL, SIG_IGN, SIG_SETMASK, SIG_UNBLOCK, SIGALRM, SIGCHLD, SIGCONT,
+                            SIGHUP, SIGINT, SIGKILL, SIGPIPE, SIGQUIT, SIGSTOP, SIGTERM, SIGTSTP, SIGTTIN, SIGTTOU,
+                            SIGUSR1, SIGUSR2, SIGWINCH, SIGXFSZ, default_int_handler, getsignal, pthread_sigmask,
+                            sigpending, signal, sigwait, sigwaitinfo)
 
-__all__ = ["SIG_BLOCK", "SIG_DFL", "SIG_IGN", "SIG_SETMASK", "SIG_UNBLOCK", "SIGCHLD", "SIGHUP", "SIGINT", "SIGKILL",
-           "SIGTERM", "getsignal", "pthread_sigmask", "sigpending", "signal", "sigwait", "sigwaitinfo"]
+__all__ = ["SIG_BLOCK", "SIG_DFL", "SIG_IGN", "SIG_SETMASK", "SIG_UNBLOCK", "SIGALRM", "SIGCHLD", "SIGCONT", "SIGHUP",
+           "SIGINT", "SIGKILL", "SIGPIPE", "SIGQUIT", "SIGSTOP", "SIGTERM", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGUSR1",
+           "SIGUSR2", "SIGWINCH", "SIGXFSZ", "default_int_handler", "getsignal", "pthread_sigmask", "sigpending",
+           "signal", "sigwait", "sigwaitinfo"]

@@ -25,17 +25,14 @@ import time
 
 from . import files, jsonio, locking
 from .errors import GenvError
-from .limits import MAX_GPUS, MAX_PID, MAX_TEXT, MAX_TIME
-from .text import encodable
+from .report import warn
+from .schema import FORMAT, NewerFormat, empty_user, upgrade, validate
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
+    from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
     Identity = Tuple[int, ...]
-
-FORMAT = 3
-"""The version of the user state files this genv writes."""
 
 DEFAULT_DIR = "/var/tmp/genv"
 _PREFIX = "user-"
@@ -51,12 +48,6 @@ def _signed(raw: bytes) -> bool:
     head = raw[:256].lstrip()
     return head[:1] == b"{" and head[1:].lstrip().startswith(b'"format"')
 
-
-
-def warn(message: str) -> None:
-    from .cli import err
-
-    err(message)
 
 
 def state_dir() -> str:
@@ -77,228 +68,18 @@ def normalise_dir(raw: str, what: str) -> str:
     return "/" + "/".join(parts)
 
 
-def empty_user(uid: int) -> Dict[str, Any]:
-    return {"format": FORMAT, "uid": uid, "devices": None, "envs": []}
-
-
-# --- shape checks -------------------------------------------------------------
-# The parser yields exact types, so ``type(x) is int`` (which also excludes
-# bool) is enough. Every number is checked for its range (a float from JSON
-# may be ``1e999``, an infinity). This runs over every environment of every
-# user at every command: checks are inline, messages built only on failure.
-
-_NUM = (int, float)
-MAX_BYTES_GPU = 1 << 60
-
-
-def _time_ok(value: Any) -> bool:
-    return type(value) in _NUM and 0 <= value < MAX_TIME
-
-
-def _text_ok(value: Any, limit: int = MAX_TEXT) -> bool:
-    return type(value) is str and 0 < len(value) <= limit and encodable(value)
-
-
-def _bytes_ok(value: Any, optional: bool) -> bool:
-    if value is None:
-        return optional
-    return type(value) is int and 0 < value <= MAX_BYTES_GPU
-
-
-def _device_ok(device: Any, stamp: str) -> bool:
-    """A GPU as listed (stamp ``""``) or as reserved (stamp ``"attached"``)."""
-    return (
-        type(device) is dict
-        and type(device.get("index")) is int
-        and 0 <= device["index"] < MAX_GPUS
-        and (device.get("uuid") is None or _text_ok(device["uuid"]))
-        and (not stamp or _time_ok(device.get(stamp)))
-    )
-
-
-def _waiting_ok(waiting: Any) -> bool:
-    """An environment's place in the line of ``attach --wait``."""
-    indices = waiting.get("indices") if type(waiting) is dict else None
-    return (
-        type(waiting) is dict
-        and type(waiting.get("pid")) is int
-        and 0 < waiting["pid"] <= MAX_PID
-        and _text_ok(waiting.get("token"), 128)
-        and _time_ok(waiting.get("since"))
-        and (waiting.get("arrived") is None or _time_ok(waiting["arrived"]))
-        and type(waiting.get("count")) is int
-        and 0 <= waiting["count"] <= MAX_GPUS
-        and _bytes_ok(waiting.get("memory"), True)
-        and type(waiting.get("over_subscribe")) is bool
-        and (indices is None or (type(indices) is list and len(indices) <= MAX_GPUS
-                                 and all(type(i) is int and 0 <= i < MAX_GPUS for i in indices)))
-    )
-
-
-def validate(data: Any, uid: int) -> Dict[str, Any]:
-    """Check a current-format user state; raise ValueError naming the problem."""
-    if type(data) is not dict:
-        raise ValueError("not an object")
-    if type(data.get("uid")) is not int or data["uid"] != uid:
-        raise ValueError("uid does not match the file name")
-    devices = data.get("devices")
-    if devices is not None:
-        if type(devices) is not dict or not _text_ok(devices.get("key"), 4096):
-            raise ValueError("devices is invalid")
-        if not _time_ok(devices.get("checked")) or type(devices.get("list")) is not list:
-            raise ValueError("devices is invalid")
-        for device in devices["list"]:
-            if (
-                not _device_ok(device, "")
-                or (device.get("name") is not None and not _text_ok(device["name"]))
-                or not _bytes_ok(device.get("total"), True)
-            ):
-                raise ValueError("a device is invalid")
-    envs = data.get("envs")
-    if type(envs) is not list:
-        raise ValueError("envs is not a list")
-    joins = data.get("joins", [])
-    if type(joins) is not list or (joins and uid != 0):
-        raise ValueError("joins is invalid")
-    for join in joins:
-        if (
-            type(join) is not dict
-            or type(join.get("uid")) is not int
-            or not _text_ok(join.get("env"))
-            or type(join.get("pid")) is not int
-            or not 0 < join["pid"] <= MAX_PID
-            or not _text_ok(join.get("token"), 128)
-        ):
-            raise ValueError("a join is invalid")
-    seen: Set[str] = set()
-    for env in envs:
-        if type(env) is not dict or not _text_ok(env.get("id")):
-            raise ValueError("an environment id is invalid")
-        if env["id"] in seen:
-            raise ValueError("environment %r appears twice" % env["id"])
-        seen.add(env["id"])
-        config = env.get("config")
-        if not _time_ok(env.get("created")) or type(config) is not dict:
-            raise ValueError("environment %r is invalid" % env["id"])
-        gpus = config.get("gpus", 0)
-        if (
-            type(gpus) is not int
-            or not 0 <= gpus <= MAX_GPUS
-            or ("name" in config and not _text_ok(config["name"]))
-            or not _bytes_ok(config.get("gpu_memory"), True)
-        ):
-            raise ValueError("environment %r has an invalid config" % env["id"])
-        waiting = env.get("waiting")
-        if waiting is not None and not _waiting_ok(waiting):
-            raise ValueError("environment %r has an invalid place in line" % env["id"])
-        terminals, reserved, warnings = env.get("terminals"), env.get("devices"), env.get("warnings")
-        if type(terminals) is not list or type(reserved) is not list or type(warnings) is not list:
-            raise ValueError("environment %r is invalid" % env["id"])
-        for terminal in terminals:
-            if (
-                type(terminal) is not dict
-                or type(terminal.get("pid")) is not int
-                or not 0 < terminal["pid"] <= MAX_PID
-                or not _text_ok(terminal.get("token"), 128)
-            ):
-                raise ValueError("environment %r has an invalid terminal" % env["id"])
-        for device in reserved:
-            if (
-                not _device_ok(device, "attached")
-                or not _bytes_ok(device.get("memory"), True)
-                or not _bytes_ok(device.get("total"), True)
-            ):
-                raise ValueError("environment %r has an invalid device" % env["id"])
-        for warning in warnings:
-            if not _text_ok(warning, 4096):
-                raise ValueError("environment %r has an invalid warning" % env["id"])
-    return data
-
-
-# --- format migrations ----------------------------------------------------------
-
-
-def _check(ok: bool, what: str) -> None:
-    if not ok:
-        raise ValueError(what)
-
-
-def _migrate_1(data: Any, uid: int) -> Dict[str, Any]:
-    """Format 1 kept environments in an object keyed by id, terminals as bare
-    PIDs and devices as bare indices. A bare PID is adopted only if a process
-    with it runs now (the best that format allows); its token is recorded from
-    then on. The result is checked by ``validate`` like any other state."""
-    from .procs import processes
-
-    _check(isinstance(data, dict) and isinstance(data.get("envs"), dict), "envs is not an object")
-    facts = processes()
-    envs = []
-    for eid, old in data["envs"].items():
-        _check(isinstance(old, dict), "an environment is not an object")
-        created = old.get("created")
-        _check(_time_ok(created), "an environment's creation time is invalid")
-        terminals = []
-        pids = old.get("pids")
-        _check(isinstance(pids, list), "pids is not a list")
-        for pid in pids:
-            _check(type(pid) is int and 0 < pid <= MAX_PID, "a pid is invalid")
-            token = facts.token(pid)
-            if token is not None:
-                terminals.append({"pid": pid, "token": token})
-        indices = old.get("devices", [])
-        _check(isinstance(indices, list), "devices is not a list")
-        devices = [{"index": index, "uuid": None, "attached": created} for index in indices]
-        config = old.get("config", {})
-        _check(isinstance(config, dict), "config is not an object")
-        envs.append({"id": eid, "created": created, "config": config, "terminals": terminals,
-                     "devices": devices, "warnings": []})
-    return {"format": 2, "uid": uid, "devices": None, "envs": envs}
-
-
-def _migrate_2(data: Any, uid: int) -> Dict[str, Any]:
-    """Format 3 added memory shares (``gpu_memory`` in a configuration,
-    ``memory`` in a reservation), GPU sizes in the device list, and places
-    in the line of ``attach --wait``; a format 2 file has none of them, so
-    it is format 3 as it is. (The version changed so that a genv that knows
-    nothing of shares refuses these files instead of misreading them.)"""
-    _check(isinstance(data, dict), "not an object")
-    return {**data, "format": 3}
-
-
-_MIGRATIONS = {1: _migrate_1, 2: _migrate_2}
-
-
-class NewerFormat(GenvError):
-    pass
-
-
-def upgrade(data: Any, uid: int, name: str) -> Dict[str, Any]:
-    """Bring a parsed state file to the current format (or raise)."""
-    _check(isinstance(data, dict), "not an object")
-    version = data.get("format")
-    _check(type(version) is int and version >= 1, "no valid format version")
-    if version > FORMAT:
-        raise NewerFormat(
-            "state was written by a newer genv: %s has format %d, this genv reads formats up to %d; "
-            "upgrade genv" % (name, version, FORMAT)
-        )
-    while version < FORMAT:
-        data = _MIGRATIONS[version](data, uid)
-        version = data["format"]
-    return validate(data, uid)
-
-
 # --- reading one file -------------------------------------------------------------
 
 
 class Found:
     """What ``read_user`` found: the file's identity, its state (in the
-    current format) and whether it was upgraded from an older format."""
+    current format, damaged environments left out), whether it was upgraded
+    from an older format, and what was wrong with each environment dropped."""
 
-    __slots__ = ("identity", "data", "migrated")
+    __slots__ = ("identity", "data", "migrated", "dropped")
 
-    def __init__(self, identity: Identity, data: Dict[str, Any], migrated: bool) -> None:
-        self.identity, self.data, self.migrated = identity, data, migrated
+    def __init__(self, identity: Identity, data: Dict[str, Any], migrated: bool, dropped: List[str]) -> None:
+        self.identity, self.data, self.migrated, self.dropped = identity, data, migrated, dropped
 
 
 class Untrusted(ValueError):
@@ -341,7 +122,8 @@ def read_user(dir_fd: int, name: str, uid: int, known: Optional[Found] = None) -
     except jsonio.JSONError as error:
         raise ValueError("it is not valid JSON (%s)" % error) from None
     version = data.get("format") if isinstance(data, dict) else None
-    return Found(identity, upgrade(data, uid, name), version != FORMAT)
+    state, dropped = upgrade(data, uid, name)
+    return Found(identity, state, version != FORMAT, dropped)
 
 
 # --- the folder ---------------------------------------------------------------------
@@ -396,9 +178,11 @@ class StateDir:
                 raise GenvError("refusing to use the state folder %s: it is a symbolic link" % self.path) from None
             raise GenvError("cannot open the state folder %s: %s" % (self.path, error.strerror)) from None
 
-    def transaction(self, timeout: Optional[float] = None, listing: bool = False) -> "Transaction":
+    def transaction(self, timeout: Optional[float] = None, listing: bool = False,
+                    timer: bool = True) -> "Transaction":
         """The lock and every user's state. ``listing``: a command that only
-        shows state; it works on a read-only or full folder, with a warning."""
+        shows state; it works on a read-only or full folder, with a warning.
+        ``timer``: the lock wait may use SIGALRM (genv's own process)."""
         if listing:
             try:
                 self.ensure()
@@ -409,7 +193,7 @@ class StateDir:
                 raise
         else:
             self.ensure()
-        return Transaction(self, timeout, listing)
+        return Transaction(self, timeout, listing, timer=timer)
 
     def read_all(self, reuse: bool = False) -> Dict[int, Dict[str, Any]]:
         """Every user's state, read without the lock (each file is a
@@ -455,7 +239,7 @@ class StateDir:
             os.close(dir_fd)
         if found is None:
             return None
-        if not found.migrated:
+        if not found.migrated and not found.dropped:
             self.peeked[uid] = found  # the transaction that follows may reuse this parse
         return found.data
 
@@ -481,8 +265,9 @@ class Transaction:
     """
 
     def __init__(self, folder: StateDir, timeout: Optional[float] = None, listing: bool = False,
-                 missing: bool = False) -> None:
+                 missing: bool = False, timer: bool = True) -> None:
         self.folder = folder
+        self.timer = timer
         self.timeout = locking.timeout_from_env() if timeout is None else timeout
         self.listing = listing
         self.missing = missing
@@ -499,7 +284,7 @@ class Transaction:
         self._dir_fd = self.folder.open_dir()
         try:
             locking.acquire(self._dir_fd, "the state lock on %s" % self.folder.path, self.timeout,
-                            self.user_name, announce=self.timeout >= locking.ANNOUNCE_AFTER)
+                            self.user_name, announce=self.timeout >= locking.ANNOUNCE_AFTER, timer=self.timer)
             self._sweep_and_load()
         except BaseException:
             os.close(self._dir_fd)
@@ -556,8 +341,10 @@ class Transaction:
                 self._damaged(name, uid, str(problem))
                 continue
             if found is not None:
-                if found.migrated and euid in (0, uid):
-                    self._dirty.add(uid)  # written back in the current format
+                if (found.migrated or found.dropped) and euid in (0, uid):
+                    self._dirty.add(uid)  # written back in the current format, without the damage
+                for why in found.dropped:
+                    self._dropped(name, uid, why)
                 self.users[uid] = found.data
         if euid not in self.users:
             self.users[euid] = empty_user(euid)
@@ -610,6 +397,13 @@ class Transaction:
                 pass
         warn("ignoring damaged state file %s (%s); its owner's next genv command moves it aside" % (path, why))
 
+    def _dropped(self, name: str, uid: int, why: str) -> None:
+        path = self.folder.display(name)
+        if self.folder.euid in (0, uid):
+            warn("dropped a damaged environment from %s (%s); the others are kept" % (path, why))
+        else:
+            warn("ignoring a damaged environment in %s (%s)" % (path, why))
+
     # -- changing --
 
     def user(self, uid: int) -> Dict[str, Any]:
@@ -632,6 +426,11 @@ class Transaction:
                 "cannot write %s: a file that genv did not write is in the way; move it away"
                 % self.folder.display(name)
             )
+        try:
+            validate(self.users[uid], uid)  # never write what readers would drop
+        except ValueError as problem:
+            raise GenvError("internal error: refusing to write %s: %s" % (self.folder.display(name), problem)) \
+                from None
         payload = jsonio.dumps(self.users[uid]).encode("ascii") + b"\n"
         tmp = files.temp_name("%s%d-" % (_TMP, uid))
         owner = uid if uid != self.folder.euid else None

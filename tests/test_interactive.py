@@ -80,3 +80,21 @@ def test_plain_prompt(genv, kind):
         assert command(child, "genv deactivate") == READY
     finally:
         child.close(force=True)
+
+
+@pytest.mark.parametrize("kind", SHELLS)
+def test_config_value_is_escaped_on_a_terminal_and_exact_for_scripts(genv, kind):
+    """`genv config name` prints for people on a terminal (escaped), for
+    scripts otherwise (exact): the shell code it prints asks `[ -t 1 ]`,
+    since genv runs inside the function's $(...) (issue 15, B12)."""
+    child = spawn(genv, kind)
+    try:
+        command(child, "genv activate --name \"$(printf 'a\\\\b\\tc')\"")
+        child.sendline("genv config name; echo END$((1))")  # (the echo of the line shows END$((1)))
+        child.expect("END1\r\n")
+        assert "a\\\\b\\tc\r\n" in child.before, child.before  # escaped: a\\b\tc
+        child.sendline("v=$(genv config name); printf '%s' \"$v\" | od -c | head -1; echo END$((2))")
+        child.expect("END2\r\n")
+        assert "a   \\   b  \\t   c" in child.before, child.before  # exact: a \ b TAB c
+    finally:
+        child.close(force=True)

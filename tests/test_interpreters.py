@@ -19,7 +19,7 @@ from conftest import REPO, system_python
 PRELUDE = """\
 import json, os, sys
 sys.path.insert(0, %r)
-from genv import jsonio, store
+from genv import jsonio, schema
 """ % REPO
 
 
@@ -47,7 +47,7 @@ def test_every_module_compiles_and_imports():
         import importlib
         root = sys.path[0]
         names = []
-        for package in ("genv", "genv/commands"):
+        for package in ("genv", "genv/commands", "genv/core"):
             for entry in sorted(os.listdir(os.path.join(root, package))):
                 if entry.endswith(".py"):
                     module = package.replace("/", ".") + ("" if entry == "__init__.py" else "." + entry[:-3])
@@ -126,40 +126,50 @@ def test_state_parse_and_validate():
                                   "indices": [1], "over_subscribe": False}}],
         }
         text = jsonio.dumps(good)
-        assert store.upgrade(jsonio.loads(text), uid, "user-%d.json" % uid) == good
-        assert store.validate(jsonio.loads(text), uid) == good
+        assert schema.upgrade(jsonio.loads(text), uid, "user-%d.json" % uid) == (good, [])
+        assert schema.validate(jsonio.loads(text), uid) == good
 
         def refused(data, error=ValueError):
             try:
-                store.upgrade(jsonio.loads(jsonio.dumps(data)), uid, "f")
+                schema.upgrade(jsonio.loads(jsonio.dumps(data)), uid, "f")
             except error:
                 return
             raise AssertionError("accepted %r" % (data,))
 
         env = good["envs"][0]
+        # Damage to the file as a whole costs the file.
         for broken in [None, [], {}, {"format": "2"}, {"format": 0}, dict(good, uid=uid + 1),
-                       dict(good, envs={}), dict(good, envs=[env, env]), dict(good, envs=[dict(env, id="")]),
-                       dict(good, envs=[dict(env, config={"gpus": -1})]),
-                       dict(good, envs=[dict(env, terminals=[{"pid": 0, "token": "t"}])]),
-                       dict(good, devices={"key": 1}),
-                       dict(good, envs=[dict(env, config={"gpu_memory": 0})]),
-                       dict(good, envs=[dict(env, waiting={"pid": me})]),
-                       dict(good, envs=[dict(env, created=float("inf"))]),
+                       dict(good, envs={}), dict(good, devices={"key": 1}),
                        dict(good, joins=[{"uid": 0, "env": "e"}])]:
             refused(broken)
         from genv.errors import GenvError
         refused(dict(good, format=99), GenvError)
+        # A damaged environment costs only itself.
+        other = dict(env, id="e2", waiting=None)
+        for bad in [env, dict(env, id=""), dict(env, config={"gpus": -1}),
+                    dict(env, terminals=[{"pid": 0, "token": "t"}]), dict(env, config={"gpu_memory": 0}),
+                    dict(env, waiting={"pid": me}), dict(env, created=1e300),
+                    dict(env, devices=[env["devices"][0], env["devices"][0]])]:
+            data = dict(good, envs=[bad, other] if bad is not env else [other, other])
+            kept, dropped = schema.upgrade(jsonio.loads(jsonio.dumps(data)), uid, "f")
+            assert [e["id"] for e in kept["envs"]] == ["e2"] and len(dropped) == 1, (bad, kept, dropped)
+            try:
+                schema.validate(jsonio.loads(jsonio.dumps(data)), uid)
+            except ValueError:
+                pass
+            else:
+                raise AssertionError("validated %r" % (bad,))
 
         # Format 2: the same, without shares and waiters.
         two = dict(good, format=2, envs=[dict(env, config={"gpus": 1}, devices=[dict(env["devices"][0])])])
         del two["envs"][0]["waiting"]
         del two["envs"][0]["devices"][0]["memory"]
-        assert store.upgrade(jsonio.loads(jsonio.dumps(two)), uid, "f")["format"] == 3
+        assert schema.upgrade(jsonio.loads(jsonio.dumps(two)), uid, "f")[0]["format"] == 3
 
         # Format 1: environments keyed by id, bare PIDs (dead ones dropped).
         old = {"format": 1, "envs": {"legacy": {"created": 5.0, "config": {"gpus": 1}, "pids": [me, 999999999],
                                                 "devices": [2]}}}
-        new = store.upgrade(jsonio.loads(jsonio.dumps(old)), uid, "f")
+        new = schema.upgrade(jsonio.loads(jsonio.dumps(old)), uid, "f")[0]
         assert new["format"] == 3 and new["uid"] == uid, new
         (legacy,) = new["envs"]
         assert legacy["id"] == "legacy" and [t["pid"] for t in legacy["terminals"]] == [me], legacy

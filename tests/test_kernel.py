@@ -181,6 +181,25 @@ def test_install_writes_a_spec_that_jupyter_finds(genv, prefix):
     assert listed.stdout == b"No genv kernels installed\n"
 
 
+@pytest.mark.parametrize("given,written", [([], "forever"), (["forever"], "forever"), (["123456789"], "123456789"),
+                                           (["0.25"], "0.25")])
+def test_the_wait_written_is_what_genv_run_accepts_exactly(genv, prefix, given, written):
+    """Issue 15, A4 and B4: one spec for --wait: a bare --wait and
+    --wait forever are written as "forever" (not an infinite float, which
+    JSON cannot hold), a number as it was given; and genv run takes it."""
+    done = install(genv, prefix, "--name", "w", "--wait", *given)
+    assert done.returncode == 0, done
+    with open(os.path.join(spec_dir(prefix, "w"), "kernel.json")) as handle:
+        spec = json.load(handle)
+    options = spec["argv"][2:spec["argv"].index("--")]
+    assert options[options.index("--wait") + 1] == written
+    assert spec["metadata"]["genv"]["wait"] == written
+    listed = genv_kernel(genv, "list", "--prefix", prefix).stdout.decode()
+    assert ("forever" if written == "forever" else written + " s") in listed
+    run = genv.cli("run", *options, "--", "true")
+    assert run.returncode == 0, run
+
+
 def test_install_goes_where_jupyter_looks_for_the_users_kernels(genv):
     """The default (--user): the folder jupyter_core names, with and without
     JUPYTER_DATA_DIR and XDG_DATA_HOME."""

@@ -857,6 +857,24 @@ def test_id_joins_a_terminals_environment_and_leaves_it_to_the_terminal(genv, sh
     assert envs(genv)[0]["pids"] == [shell.pid]
 
 
+@pytest.mark.parametrize("before", [0, 1])
+def test_id_with_more_gpus_gives_the_environment_back_as_it_was(genv, before):
+    """Issue 15, B10: `genv run --id ENV --gpus N` attaches what the command
+    needs; when it ends, ENV has its configuration and GPUs as before, and
+    its terminal's CUDA_VISIBLE_DEVICES is true again."""
+    shell = genv.shell("bash")
+    shell.ok("genv activate --gpus %d --no-prompt" % before)
+    eid = shell.var("GENV_ENVIRONMENT_ID")
+    out = os.path.join(genv.base, "joined")
+    shell.ok("genv run --id %s --gpus 2 -- sh -c 'echo $CUDA_VISIBLE_DEVICES > %s'" % (eid, out))
+    assert open(out).read().split() == ["0,1"]
+    [env] = envs(genv)
+    assert (env["pids"], env["gpus"], env["devices"]) == ([shell.pid], before, list(range(before)))
+    shell.ok("genv attach")
+    assert shell.var("CUDA_VISIBLE_DEVICES") == ",".join(map(str, range(before)))
+    assert holders(genv)[1] == []
+
+
 def test_id_of_another_users_environment_is_refused(genv, other_user):
     shell = genv.shell("bash")
     shell.ok("genv activate --gpus 1 --no-prompt")

@@ -800,3 +800,201 @@ def test_python_m_genv_in_an_activated_terminal_leaves_other_environments_alone(
     mine = {env["name"]: env for env in envs(genv)}
     assert holder.pid in mine["holder"]["pids"]
     assert mine["holder"]["devices"] == [0, 1], "python -m genv status detached another environment"
+
+
+# === 7. the seams (issue 15, part B) =====================================================
+
+
+def test_a_joined_block_inside_its_own_environment_leaves_it_as_it_was(genv):
+    """B8: `with environment(join=outer.id)` inside the outer block: leaving
+    gives the outer environment back exactly (its terminal, its GPUs, its
+    configuration), and the GPUs the join attached are released."""
+    seen = run(genv, "p", r'''
+import genv.sdk
+with genv.sdk.environment(gpus=1, name="outer") as outer:
+    with genv.sdk.environment(join=outer.id) as same:
+        inside = [e["devices"] for e in genv.sdk.envs()]
+    after_plain = (genv.sdk.envs(), os.environ["CUDA_VISIBLE_DEVICES"], os.environ["GENV_ENVIRONMENT_ID"])
+    with genv.sdk.environment(join=outer.id, gpus=2) as more:
+        more_gpus = more.gpus
+    after_more = (genv.sdk.envs(), os.environ["CUDA_VISIBLE_DEVICES"])
+report(inside=inside, same=same.id == outer.id, after_plain=after_plain, more=more_gpus, after_more=after_more,
+       pid=os.getpid(), outer=outer.id)
+''')
+    assert seen["same"] and seen["inside"] == [[0]]
+    envs_after, cuda, eid = seen["after_plain"]
+    assert [(e["id"], e["pids"], e["devices"], e["gpus"]) for e in envs_after] == [(seen["outer"], [seen["pid"]], [0], 1)]
+    assert cuda == "0" and eid == seen["outer"]
+    assert seen["more"] == [0, 1]
+    envs_after, cuda = seen["after_more"]
+    assert [(e["devices"], e["gpus"], e["name"]) for e in envs_after] == [([0], 1, "outer")] and cuda == "0"
+    assert_free(genv)
+
+
+def test_blocks_in_two_threads_at_once_are_refused(genv):
+    """B8: os.environ is the process's: a second thread's block while one is
+    open raises genv.sdk.Error, and nothing is left of it."""
+    seen = run(genv, "p", r'''
+import threading
+import genv.sdk
+results = {}
+opened = threading.Event()
+done = threading.Event()
+def first():
+    with genv.sdk.environment(gpus=1):
+        opened.set()
+        done.wait(30)
+def second():
+    opened.wait(30)
+    try:
+        with genv.sdk.environment(gpus=1):
+            results["second"] = "entered"
+    except genv.sdk.Error as error:
+        results["second"] = str(error)
+    done.set()
+a, b = threading.Thread(target=first), threading.Thread(target=second)
+a.start(); b.start(); a.join(); b.join()
+report(second=results["second"], envs=genv.sdk.envs(), id=os.environ.get("GENV_ENVIRONMENT_ID"))
+''')
+    assert "another thread" in seen["second"]
+    assert seen["envs"] == [] and seen["id"] is None
+
+
+def test_the_callers_signal_mask_handlers_and_timers_are_as_before(genv):
+    """B6: after every SDK call (a block, with a wait in line, a lock wait),
+    the caller's signal mask, handlers and interval timer are untouched."""
+    hold_gpus(genv, 1)
+    seen = run(genv, "p", r'''
+import signal
+import genv.sdk
+def mine(signum, frame):
+    pass
+signal.signal(signal.SIGALRM, mine)
+signal.signal(signal.SIGHUP, mine)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
+signal.setitimer(signal.ITIMER_REAL, 500, 250)
+def state():
+    return (sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, set())),
+            [signal.getsignal(s) is mine for s in (signal.SIGALRM, signal.SIGHUP)],
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+            signal.getitimer(signal.ITIMER_REAL)[1])
+before = state()
+seen = []
+with genv.sdk.environment(gpus=0):
+    try:  # inside the block, an interrupt reaches the caller at once
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+        inside = "not delivered"
+    except KeyboardInterrupt:
+        inside = "delivered"
+seen.append(state())
+try:
+    with genv.sdk.environment(gpus=4, wait=0.3):
+        pass
+except genv.sdk.Error:
+    pass
+seen.append(state())
+with genv.sdk.environment(gpus=0, gpu_memory="1g") as env:
+    pass
+seen.append(state())
+genv.sdk.envs(); genv.sdk.devices(); genv.sdk.ps(); genv.sdk.status()
+seen.append(state())
+report(before=before, seen=seen, inside=inside)
+''')
+    before = seen["before"]
+    assert seen["inside"] == "delivered"
+    for after in seen["seen"]:
+        assert after[:3] == before[:3], (before, after)
+        assert after[3] == 250, after
+
+
+def test_the_lock_waits_without_touching_the_callers_signals(genv, programs):
+    """B6: genv.sdk.lock() waiting for another holder uses no SIGALRM and
+    no timer of the caller's."""
+    genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "1"
+    holder = genv.shell("bash")
+    holder.ok("genv activate --gpus 1")
+    eid = holder.var("GENV_ENVIRONMENT_ID")
+    locked = subprocess.Popen(["bash", "-c", 'eval "$(genv init -)"; genv lock -- sleep 1.5'],
+                              env=genv.environ(GENV_ENVIRONMENT_ID=eid), cwd=genv.work)
+    try:
+        time.sleep(0.7)
+        seen = run(genv, "p", r'''
+import signal
+import genv.sdk
+alarms = []
+signal.signal(signal.SIGALRM, lambda signum, frame: alarms.append(signum))
+signal.setitimer(signal.ITIMER_REAL, 300)
+start = time.time()
+with genv.sdk.lock():
+    waited = time.time() - start
+time.sleep(0.1)
+report(waited=waited, alarms=len(alarms), handler=signal.getsignal(signal.SIGALRM).__name__,
+       timer=signal.getitimer(signal.ITIMER_REAL))
+''', GENV_ENVIRONMENT_ID=eid)
+    finally:
+        locked.wait(30)
+    assert seen["waited"] > 0.3, "it had to wait for the other holder"
+    assert seen["alarms"] == 0 and seen["handler"] == "<lambda>"
+    assert seen["timer"][0] > 0, "the caller's timer still runs, untouched"
+
+
+INTERRUPTED = r'''
+import random, signal, threading
+import genv.sdk
+random.seed(SEED)
+interrupted = 0
+for n in range(60):
+    timer = threading.Timer(random.random() * 0.1, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with genv.sdk.environment(gpus=1):
+            pass
+    except KeyboardInterrupt:
+        interrupted += 1
+    while True:  # the interrupt may come after the block, here: wait for it
+        try:
+            timer.join()
+            time.sleep(0.01)
+            break
+        except KeyboardInterrupt:
+            interrupted += 1
+report(interrupted=interrupted, envs=genv.sdk.envs(), mine=os.environ.get("GENV_ENVIRONMENT_ID"))
+'''
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_interrupt_anywhere_in_genvs_code_never_leaks(genv, seed):
+    """B7: 60 blocks, each interrupted at a random moment (entering, leaving,
+    writing the state, or after): afterwards the process holds nothing."""
+    seen = run(genv, "p", INTERRUPTED.replace("SEED", str(seed)))
+    assert seen["interrupted"] > 0
+    assert seen["envs"] == [] and seen["mine"] is None, seen
+
+
+@pytest.mark.parametrize("arguments", [
+    "gpus=True", "gpus=1.0", "gpus='1'", "gpus=10**400", "gpu_memory=1.5", "gpu_memory=True", "gpu_memory=-5",
+    "gpu_memory=10**400", "name=5", "name=b'x'", "index=[3.0]", "index=[True]", "index='01'", "index=['0']",
+    "index=[0, 0]", "index=3", "index=[-1]", "index=[10**400]", "wait=10**400", "wait='5'", "wait=True",
+    "wait=float('nan')", "wait=-1", "over_subscribe=1", "join=5", "gpus=1, index=[0, 1]",
+])
+def test_bad_input_is_genv_sdk_error_and_writes_nothing(genv, arguments):
+    """B9: checked as the command line checks; nothing reaches the state."""
+    seen = run(genv, "p", r'''
+import genv.sdk, genv.errors
+try:
+    with genv.sdk.environment(%s):
+        result = "entered"
+except genv.sdk.Error as error:
+    result = "error: " + str(error)
+except Exception as error:
+    result = "wrong: %%s: %%s" %% (type(error).__name__, error)
+report(result=result)
+''' % arguments)
+    assert seen["result"].startswith("error: "), seen
+    assert "\n" not in seen["result"]
+    assert envs(genv) == []
+    state = os.path.join(genv.tmpdir, "user-%d.json" % os.geteuid())
+    if os.path.exists(state):
+        with open(state) as handle:
+            assert json.load(handle)["envs"] == []

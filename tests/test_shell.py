@@ -145,8 +145,10 @@ def test_values_are_data(genv, sh, value):
     shell = genv.shell(sh)
     shell.ok("export NASTY=%s" % _quote(value))
     shell.ok('genv activate --name "$NASTY"')
-    # Shown to a person: escaped (docs/formats.md); in JSON: exact.
-    assert shell.ok("genv config name") == printable(value) + "\n"
+    # For scripts (not a terminal): exact; in the prompt: escaped; in JSON: exact.
+    assert shell.ok("genv config name") == value + "\n"
+    shell.ok('name=$(genv config name)')
+    assert shell.var("name") == value.rstrip("\n")  # $(...) drops trailing newlines, as for any command
     assert shell.var("_GENV_PROMPT_NAME") == printable(value)
     shell.ok('genv config name -- "$NASTY"')
     rows = json.loads(shell.ok("genv envs --json"))

@@ -127,7 +127,6 @@ def test_newer_format_is_refused(genv):
 @pytest.mark.parametrize("content", [
     b'{"format": 2, "uid": UID, "devices": null}',
     b'{"format": 2, "uid": OTHER, "devices": null, "envs": []}',
-    b'{"format": 2, "uid": UID, "devices": null, "envs": [{"id": 3}]}',
     b'{"format": "2"}', b'{"format"', b'{"format":3,"uid":UID,"devices":null,"envs":[{"id":"x","cre',
     b'  {  "format": 3, "uid": UID, "devices": null, "envs": []} trailing', b'{"format": 3, "uid": UID, "\xff"',
 ])
@@ -152,6 +151,29 @@ def test_damaged_file_is_moved_aside(genv, sleepers, content):
     pid = sleepers()
     assert sh_cli(genv, "sh-activate", "--gpus", "1", pid=pid, GENV_DEVICES="4").returncode == 0
     assert genv.cli("envs").stderr == b""
+
+
+@pytest.mark.parametrize("damage", [{"id": 3}, {"config": {"gpus": 1.5}}, {"devices": [{"index": 0}]},
+                                    {"waiting": {"pid": 1}}, {"created": 1e300}])
+def test_a_damaged_environment_costs_only_itself(genv, sleepers, damage):
+    """The user's other environments stay, with their GPUs (issue 15, B9)."""
+    pid = sleepers()
+    assert sh_cli(genv, "sh-activate", "--gpus", "1", pid=pid, GENV_DEVICES="4").returncode == 0
+    state = genv.state()
+    (good,) = state["envs"]
+    state["envs"].append({**good, "id": "bad", **damage})
+    name = "user-%d.json" % UID
+    with open(os.path.join(genv.tmpdir, name), "w") as handle:
+        json.dump(state, handle)
+    result = genv.cli("envs", "--json", GENV_DEVICES="4")
+    assert result.returncode == 0
+    assert [(row["id"], row["devices"]) for row in json.loads(result.stdout)] == [(good["id"], [0])]
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and name in lines[0] and "dropped a damaged environment" in lines[0], lines
+    # Written back without it, once: the next command says nothing.
+    assert [env["id"] for env in genv.state()["envs"]] == [good["id"]]
+    assert genv.cli("envs").stderr == b""
+    assert not [entry for entry in os.listdir(genv.tmpdir) if ".damaged-" in entry]
 
 
 @pytest.mark.parametrize("content", [b"", b"{", b"\x00\xff\xfe", b"[1, 2, 3]", b"null", b"hello"])

@@ -11,11 +11,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from genv import environments as envs, jsonio, shell, table, text  # noqa: E402
 from genv.allocate import Refused, Request, allocate  # noqa: E402
-from genv.cli import parse  # noqa: E402
+from genv.core import activation  # noqa: E402
+from genv.options import OptionalValue, parse  # noqa: E402
 from genv.errors import GenvError, UsageError  # noqa: E402
 from genv.gpus import parse_count, parse_query  # noqa: E402
 from genv.procs import ProcFS as Processes  # noqa: E402
-from genv.store import upgrade, validate  # noqa: E402
+from genv.schema import upgrade, validate  # noqa: E402
 
 
 @pytest.mark.parametrize("value", [
@@ -47,6 +48,20 @@ def test_parse_options():
     for bad in (["--nope"], ["--id"], ["--no-load=1"], ["--id", "a", "--id", "b"], ["a", "b"]):
         with pytest.raises(UsageError):
             parse(bad, options, 1)
+
+
+def test_optional_values_and_aliases():
+    spec = {"--wait": OptionalValue(), "--over-subscribe": False, "-o": "--over-subscribe"}
+    assert parse(["--wait"], spec, 0) == ({"--wait": None}, [])
+    assert parse(["--wait", "30"], spec, 0) == ({"--wait": "30"}, [])
+    assert parse(["--wait", "forever"], spec, 0) == ({"--wait": "forever"}, [])
+    assert parse(["--wait=forever", "-o"], spec, 0) == ({"--wait": "forever", "--over-subscribe": True}, [])
+    assert parse(["--wait", "-o"], spec, 0) == ({"--wait": None, "--over-subscribe": True}, [])
+    assert parse(["--wait", "x"], spec, 1) == ({"--wait": "x"}, [])
+    assert parse(["--wait", "-5"], spec, 1) == ({"--wait": "-5"}, [])
+    assert parse(["--wait", "--", "x"], spec, 1) == ({"--wait": None}, ["x"])
+    with pytest.raises(UsageError, match="given twice"):
+        parse(["-o", "--over-subscribe"], spec, 0)
 
 
 @pytest.mark.parametrize("text,value", [("0", 0), ("2", 2), ("007", 7), ("1024", 1024)])
@@ -173,17 +188,17 @@ def test_snapshot_keeps_unset_and_empty_apart(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
     monkeypatch.setenv("GENV_ATTACHED_GPUS", "x'\udc80")
-    saved = shell.read_snapshot(shell.snapshot())
+    saved = activation.read_snapshot(activation.snapshot(os.environ))
     for name in ("GENV_GPU_MEMORY", "XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION",
                  "TF_FORCE_GPU_ALLOW_GROWTH"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TF_FORCE_GPU_ALLOW_GROWTH", "")
-    saved = shell.read_snapshot(shell.snapshot())
+    saved = activation.read_snapshot(activation.snapshot(os.environ))
     assert saved == {"CUDA_VISIBLE_DEVICES": "", "CUDA_DEVICE_ORDER": None, "GENV_ATTACHED_GPUS": "x'\udc80",
                      "GENV_GPU_MEMORY": None, "XLA_CLIENT_MEM_FRACTION": None, "XLA_PYTHON_CLIENT_MEM_FRACTION": None,
                      "TF_FORCE_GPU_ALLOW_GROWTH": ""}
-    assert shell.read_snapshot("!!not base64") is None
-    assert shell.read_snapshot(None) is None
+    assert activation.read_snapshot("!!not base64") is None
+    assert activation.read_snapshot(None) is None
 
 
 def test_script_rejects_bad_variable_names_and_helpers():

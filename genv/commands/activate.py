@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
-from .. import environments, project
-from ..cli import Context, complete_options, env_ids, err, parse
+import os
+
+from .. import environments, options, project
+from ..cli import env_ids
+from ..core import operations
+from ..core.context import Context
 from ..errors import GenvError
 from ..gpus import parse_count
-from ..shell import SNAPSHOT, Script, prompt_name, snapshot, sync
-from ._session import Session, emit, request_of, shims
+from ..report import warn
+from ..shell import Script, emit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Dict, List, Optional, Tuple
+    from typing import Any, Dict, List, Optional
 
-OPTIONS = {
-    "--id": True,
-    "--name": True,
-    "--gpus": True,
-    "--no-load": False,
-    "--no-attach": False,
-    "--no-prompt": False,
+OPTIONS: options.Spec = {
+    "--id": options.VALUE,
+    "--name": options.VALUE,
+    "--gpus": options.VALUE,
+    "--no-load": options.FLAG,
+    "--no-attach": options.FLAG,
+    "--no-prompt": options.FLAG,
 }
 
 
 def complete(words: List[str]) -> List[str]:
-    return complete_options(words, OPTIONS, {"--id": env_ids})
+    return options.complete(words, OPTIONS, {"--id": env_ids})
 
 
 def _settings(opts: Dict[str, Any]) -> Dict[str, Any]:
@@ -48,59 +52,8 @@ def _saved() -> Dict[str, Any]:
         raise GenvError("%s (activate with --no-load to skip it)" % error) from None
 
 
-def _attach(session: Session, owner: int, env: Dict[str, Any], before: Dict[str, Any]) -> Optional[str]:
-    """Attach; a cap refusal changes nothing (the configuration goes back to
-    ``before``), and the terminal stays activated with what it has."""
-    from ..policy import CapExceeded
-
-    try:
-        return session.attach(owner, env, request_of(env["config"]))
-    except CapExceeded as error:
-        env["config"] = before
-        return str(error)
-
-
-def _join(session: Session, eid: str, settings: Dict[str, Any], pid: int, token: str,
-          attach: bool) -> Tuple[int, Dict[str, Any], Optional[str]]:
-    found = environments.find(session.users, eid)
-    if found is None:
-        raise GenvError("there is no environment %s (it may have ended; 'genv envs' lists the live ones)" % eid)
-    owner, env = found
-    environments.check_owner(owner, session.ctx.euid, eid, session.ctx.describe)
-    environments.add_terminal(env, pid, token)
-    if owner != session.ctx.euid:  # root joins a user's environment
-        environments.record_join(session.users, owner, env, pid, token)
-        session.tx.changed(session.ctx.euid)
-    before = dict(env["config"])
-    env["config"].update(settings)
-    session.tx.changed(owner)
-    failure = _attach(session, owner, env, before) if attach else None
-    return owner, env, failure
-
-
-def _create(session: Session, config: Dict[str, Any], pid: int, token: str,
-            attach: bool) -> Tuple[int, Dict[str, Any], Optional[str]]:
-    owner = session.ctx.euid
-    env = environments.new_env(environments.new_id(session.users, pid), session.now, config, pid, token)
-    session.tx.user(owner)["envs"].append(env)
-    session.tx.changed(owner)
-    failure = _attach(session, owner, env, dict(env["config"])) if attach else None
-    return owner, env, failure
-
-
-def _script(ctx: Context, env: Dict[str, Any], prompt: bool) -> bytes:
-    script = Script()
-    script.export(SNAPSHOT, snapshot())
-    script.export("GENV_ENVIRONMENT_ID", env["id"])
-    script.call("_genv_path_add", shims(ctx))
-    sync(script, env)
-    if prompt:
-        prompt_name(script, env, "_genv_prompt_set")
-    return script.encode()
-
-
 def main(argv: List[str]) -> int:
-    opts, _ = parse(argv, OPTIONS, 0)
+    opts, _ = options.parse(argv, OPTIONS, 0)
     ctx = Context()
     if ctx.eid is not None:
         raise GenvError("this terminal is already in environment %s; run 'genv deactivate' first" % ctx.eid)
@@ -111,27 +64,12 @@ def main(argv: List[str]) -> int:
     # A new environment with a GPU count attaches; joining attaches if
     # --gpus changes the count.
     attach = "--no-attach" not in opts and "gpus" in (settings if eid is not None else config)
-
-    session = Session(ctx)
-    pid, token = session.terminal()
-    discovery: Optional[str] = None
-    if attach:
-        try:
-            session.observe()
-        except GenvError as error:
-            discovery = str(error)
-
-    with session:
-        if eid is not None:
-            owner, env, failure = _join(session, eid, settings, pid, token, attach and discovery is None)
-        else:
-            owner, env, failure = _create(session, config, pid, token, attach and discovery is None)
-        if attach and discovery is not None:
-            failure = discovery
-        session.deliver_warnings(owner, env)
-        payload = _script(ctx, env, "--no-prompt" not in opts)
-    emit(payload)
-    if failure is not None:
-        err("activated environment %s, but could not attach GPUs: %s" % (env["id"], failure))
+    outcome = operations.activate(ctx, os.environ, config, eid, attach, "--no-prompt" not in opts)
+    emit(Script().plan(outcome.plan).encode())
+    for message in outcome.messages:
+        warn(message)
+    if outcome.failure is not None:
+        assert outcome.env is not None
+        warn("activated environment %s, but could not attach GPUs: %s" % (outcome.env["id"], outcome.failure))
         return 1
     return 0

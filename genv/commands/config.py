@@ -8,26 +8,30 @@ project's saved configuration: ``genv config gpus 2 --save`` changes it and
 
 from __future__ import annotations
 
-from .. import environments, project
-from ..cli import Context, complete_options, parse
+import os
+
+from .. import environments, options, project
+from ..core import activation
+from ..core.context import Context
+from ..core.session import Session
 from ..errors import GenvError, UsageError
 from ..gpus import parse_count
-from ..shell import Script, sync
+from ..report import warn
+from ..shell import Script, emit
 from ..text import printable
-from ._session import Session, emit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Any, Dict, List, Optional
 
-OPTIONS = {"--clear": False, "--save": False, "--load": False}
+OPTIONS: options.Spec = {"--clear": options.FLAG, "--save": options.FLAG, "--load": options.FLAG}
 # The fields as typed on the command line, and their keys in config files.
 FIELDS = {"gpus": "gpus", "name": "name", "gpu-memory": "gpu_memory"}
 
 
 def complete(words: List[str]) -> List[str]:
     fields = [word for word in words if word in FIELDS]
-    candidates = complete_options(words, OPTIONS, {})
+    candidates = options.complete(words, OPTIONS, {})
     return candidates + ([] if fields else list(FIELDS))
 
 
@@ -35,7 +39,7 @@ class Action:
     """What the command line asks for."""
 
     def __init__(self, argv: List[str]) -> None:
-        opts, args = parse(argv, OPTIONS, 2)
+        opts, args = options.parse(argv, OPTIONS, 2)
         if args and args[0] not in FIELDS:
             raise UsageError("unknown field %r (fields: %s)" % (args[0], ", ".join(FIELDS)))
         self.field: Optional[str] = FIELDS[args[0]] if args else None
@@ -70,21 +74,24 @@ def _value(field: str, text: str) -> Any:
     return environments.check_text(text, "name")
 
 
-def _shown(field: str, value: Any) -> str:
+def _text(field: str, value: Any) -> str:
     if field == "gpu_memory":
         from ..sizes import format_size
 
         return format_size(value)
-    return printable(str(value))
+    return str(value)
 
 
 def _query(script: Script, config: Dict[str, Any], field: Optional[str]) -> None:
+    """One field's value as it is (escaped only on a terminal), or every
+    field for people (escaped)."""
     if field is not None:
         if field in config:
-            script.echo(_shown(field, config[field]))
+            text = _text(field, config[field])
+            script.echo_value(text, printable(text))
         return
     for name, key in FIELDS.items():
-        script.echo("%s: %s" % (name, _shown(key, config[key]) if key in config else "(not set)"))
+        script.echo("%s: %s" % (name, printable(_text(key, config[key])) if key in config else "(not set)"))
 
 
 def _project_only(ctx: Context, action: Action) -> int:
@@ -140,10 +147,11 @@ def main(argv: List[str]) -> int:
             _query(script, env["config"], action.field)
         session.deliver_warnings(owner, env)
         current = dict(env["config"])
-        sync(script, env)
-        payload = script.encode()
+        script.plan(activation.sync(env, os.environ))
     if action.save:
         assert home is not None
         project.save(home, current)
-    emit(payload)
+    emit(script.encode())
+    for message in session.messages:
+        warn(message)
     return 0

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from ..cli import Context, parse
-from ..shell import Script, sync
-from ._session import Session, emit
+import os
+
+from .. import options
+from ..core import operations
+from ..core.context import Context
+from ..report import warn
+from ..shell import Script, emit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -16,18 +20,12 @@ def complete(words: List[str]) -> List[str]:
 
 
 def main(argv: List[str]) -> int:
-    parse(argv, {}, 0)
+    options.parse(argv, {}, 0)
     ctx = Context()
     eid = ctx.require_active()
     ctx.refuse_in_subshell("detach")
-    with Session(ctx) as session:
-        owner, env = session.owned_env(eid)
-        if env["devices"]:
-            env["devices"] = []
-            session.tx.changed(owner)
-        session.deliver_warnings(owner, env)
-        script = Script()
-        sync(script, env)
-        payload = script.encode()
-    emit(payload)
+    outcome = operations.detach(ctx, eid, os.environ)
+    emit(Script().plan(outcome.plan).encode())
+    for message in outcome.messages:
+        warn(message)
     return 0

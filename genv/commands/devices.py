@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from ..cli import FORMAT_OPTIONS, Context, complete_options, out, output_format, parse, print_json
+from .. import options
+from ..cli import FORMAT_OPTIONS, out, output_format, print_json
+from ..core.context import Context
+from ..core.session import Session
 from ..listing import devices_docs
 from ..table import ago, csv, render, size
-from ._session import Session
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -15,7 +17,7 @@ OPTIONS = FORMAT_OPTIONS
 
 
 def complete(words: List[str]) -> List[str]:
-    return complete_options(words, OPTIONS, {"--format": lambda: ["table", "csv", "json"]})
+    return options.complete(words, OPTIONS, {"--format": lambda: ["table", "csv", "json"]})
 
 
 def _share(mib: Optional[int]) -> str:
@@ -61,12 +63,12 @@ def _csv(docs: List[Dict[str, Any]]) -> str:
 
 
 def main(argv: List[str]) -> int:
-    opts, _ = parse(argv, OPTIONS, 0)
+    opts, _ = options.parse(argv, OPTIONS, 0)
     form = output_format(opts)
     ctx = Context()
     # Only environments that hold a GPU matter here: checking the liveness
     # of every other one would make the listing grow with their number.
-    with Session(ctx, holders_only=True, listing=True, observe=True, usage=True) as session:
+    with Session(ctx, holders_only=True, listing=True, observe=True, usage=True, details=True) as session:
         assert session.snapshot is not None
         docs = devices_docs(session.users, session.machine, session.snapshot.used, session.attributed(), ctx.user)
     if form == "json":

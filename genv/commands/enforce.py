@@ -6,11 +6,13 @@ import sys
 import time
 
 from .. import enforce
-from ..cli import Context, complete_options, out, output_format, parse, print_json
+from .. import options
+from ..cli import out, output_format, print_json
+from ..core.context import Context
+from ..core.session import Session
 from ..errors import GenvError, UsageError
 from ..procs import processes
 from ..table import render, size
-from ._session import Session
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -23,7 +25,7 @@ ERROR = 2  # exit status when enforce cannot look (1: the rules are broken)
 
 
 def complete(words: List[str]) -> List[str]:
-    return complete_options(words, OPTIONS, {"--format": lambda: ["table", "json"]})
+    return options.complete(words, OPTIONS, {"--format": lambda: ["table", "json"]})
 
 
 def _seconds(text: str, option: str, least: float) -> float:
@@ -59,11 +61,8 @@ class Action:
 
 def find(ctx: Context) -> List[Action]:
     """The violations now (one look at the GPUs, one at the state)."""
-    with Session(ctx, listing=True, observe=True) as session:
+    with Session(ctx, listing=True, observe=True, details=True) as session:
         found = enforce.decide(session.attributed(), session.users, session.machine, session.policy(), ctx.user)
-        for violation in found:  # read the command lines while the process facts are open
-            if violation.process is not None:
-                violation.process.command  # noqa: B018 (a read: it keeps what it reads)
     return [Action(v, ctx.user(v.uid) if v.uid is not None else "?", ctx.euid) for v in found]
 
 
@@ -145,7 +144,7 @@ def _round(ctx: Context, kill: bool, grace: float) -> List[Action]:
 
 
 def main(argv: List[str]) -> int:
-    opts, _ = parse(argv, OPTIONS, 0)
+    opts, _ = options.parse(argv, OPTIONS, 0)
     if opts.get("--format") == "csv":
         raise UsageError("invalid --format 'csv' for enforce (formats: table, json)")
     form = output_format(opts)
@@ -171,9 +170,9 @@ def main(argv: List[str]) -> int:
         try:
             actions = _round(ctx, kill, grace)
         except GenvError as error:
-            from ..cli import err
+            from ..report import warn
 
-            err("%s this round failed: %s" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), error))
+            warn("%s this round failed: %s" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), error))
             actions = []
         keys = set()
         for action in actions:

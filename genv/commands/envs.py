@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from ..cli import FORMAT_OPTIONS, Context, complete_options, out, output_format, parse, print_json
+from .. import options
+from ..cli import FORMAT_OPTIONS, out, output_format, print_json
+from ..core.context import Context
+from ..core.session import Session
 from ..listing import envs_docs
 from ..table import ago, csv, render
-from ._session import Session
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -15,7 +17,7 @@ OPTIONS = FORMAT_OPTIONS
 
 
 def complete(words: List[str]) -> List[str]:
-    return complete_options(words, OPTIONS, {"--format": lambda: ["table", "csv", "json"]})
+    return options.complete(words, OPTIONS, {"--format": lambda: ["table", "csv", "json"]})
 
 
 def _waiting(waiting: Optional[Dict[str, Any]], now: float) -> str:
@@ -31,7 +33,7 @@ def _waiting(waiting: Optional[Dict[str, Any]], now: float) -> str:
 
 
 def main(argv: List[str]) -> int:
-    opts, _ = parse(argv, OPTIONS, 0)
+    opts, _ = options.parse(argv, OPTIONS, 0)
     form = output_format(opts)
     ctx = Context()
     with Session(ctx, listing=True) as session:

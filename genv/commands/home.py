@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .. import project
-from ..cli import out, parse
+from .. import options, project
+from ..cli import out
 from ..text import printable
 
 TYPE_CHECKING = False
@@ -16,6 +16,6 @@ def complete(words: List[str]) -> List[str]:
 
 
 def main(argv: List[str]) -> int:
-    parse(argv, {}, 0)
+    options.parse(argv, {}, 0)
     out(printable(project.require_home()) + "\n")
     return 0

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
-from .. import files, jsonio
-from ..cli import Context, complete_options, out, parse
+from .. import files, jsonio, options
+from ..cli import out
+from ..core.context import Context
 from ..errors import GenvError, UsageError
 from ..gpus import parse_count
 from ..table import render
@@ -15,9 +16,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Any, Dict, List, Optional, Tuple
 
-INSTALL = {"--name": True, "--gpus": True, "--gpu-memory": True, "--wait": True, "--user": False,
-           "--prefix": True, "--python": True}
-WHERE = {"--user": False, "--prefix": True}
+INSTALL: options.Spec = {"--name": options.VALUE, "--gpus": options.VALUE, "--gpu-memory": options.VALUE,
+           "--wait": options.WAIT, "--user": options.FLAG, "--prefix": options.VALUE, "--python": options.VALUE}
+WHERE: options.Spec = {"--user": options.FLAG, "--prefix": options.VALUE}
 DEFAULT_NAME = "genv"
 
 
@@ -25,9 +26,9 @@ def complete(words: List[str]) -> List[str]:
     if not words:
         return ["install", "list", "remove"]
     if words[0] == "install":
-        return complete_options(words[1:], INSTALL, {})
+        return options.complete(words[1:], INSTALL, {})
     if words[0] in ("list", "remove"):
-        return complete_options(words[1:], WHERE, {})
+        return options.complete(words[1:], WHERE, {})
     return []
 
 
@@ -101,9 +102,8 @@ def _python(opts: Dict[str, Any]) -> str:
 
 def install(argv: List[str]) -> int:
     from ..sizes import format_size, parse_size
-    from ..cli import wait_seconds
 
-    opts, _ = parse(argv, INSTALL, 0)
+    opts, _ = options.parse(argv, INSTALL, 0)
     name = check_name(opts.get("--name", DEFAULT_NAME))
     folder = os.path.join(data_dir(opts), "kernels", name)  # bad folder options: refused first
     run_options: List[str] = ["--name", name]
@@ -120,9 +120,10 @@ def install(argv: List[str]) -> int:
         what.append(memory + " each" if "--gpus" in opts else memory)
         meta["gpu_memory"] = memory
     if "--wait" in opts:
-        seconds = wait_seconds(opts["--wait"])
-        run_options += ["--wait", "%g" % seconds]
-        meta["wait"] = seconds
+        # Written as genv run reads it: the number as given, or "forever".
+        wait = options.wait_text(opts["--wait"])
+        run_options += ["--wait", wait]
+        meta["wait"] = wait
     python = _python(opts)
     ctx = Context()
     genv = os.path.join(ctx.root, "bin", "genv")
@@ -174,11 +175,11 @@ def _genv_kernels(opts: Dict[str, Any]) -> List[Tuple[str, str, Dict[str, Any]]]
 
 
 def list_kernels(argv: List[str]) -> int:
-    opts, _ = parse(argv, WHERE, 0)
+    opts, _ = options.parse(argv, WHERE, 0)
     rows = []
     for name, folder, meta in _genv_kernels(opts):
         rows.append((name, str(meta.get("gpus", "")), str(meta.get("gpu_memory", "")),
-                     "%g s" % meta["wait"] if isinstance(meta.get("wait"), (int, float)) else "",
+                     _wait_shown(meta.get("wait")),
                      str(meta.get("python", "")), folder))
     if not rows:
         out("No genv kernels installed\n")
@@ -187,10 +188,19 @@ def list_kernels(argv: List[str]) -> int:
     return 0
 
 
+def _wait_shown(wait: Any) -> str:
+    """The WAIT column: what ``--wait`` the kernel was installed with."""
+    if isinstance(wait, bool) or wait is None:
+        return ""
+    if isinstance(wait, (int, float)):  # kernels installed before the value was kept as text
+        return "%g s" % wait
+    return "forever" if wait == options.FOREVER else "%s s" % wait
+
+
 def remove(argv: List[str]) -> int:
     import shutil
 
-    opts, names = parse(argv, WHERE, 1)
+    opts, names = options.parse(argv, WHERE, 1)
     if not names:
         raise UsageError("which kernel? genv kernel remove NAME")
     name = check_name(names[0])

@@ -18,7 +18,10 @@ import threading
 import time
 
 from .. import metrics
-from ..cli import Context, complete_options, err, out, parse
+from .. import options
+from ..cli import out
+from ..core.context import Context
+from ..report import warn
 from ..errors import GenvError, UsageError
 
 TYPE_CHECKING = False
@@ -37,7 +40,7 @@ PACKAGE = "prometheus-client>=0.16"
 
 
 def complete(words: List[str]) -> List[str]:
-    return complete_options(words, OPTIONS, {"--address": lambda: ["0.0.0.0", "127.0.0.1", "::", "::1"]})
+    return options.complete(words, OPTIONS, {"--address": lambda: ["0.0.0.0", "127.0.0.1", "::", "::1"]})
 
 
 def _port(text: str) -> int:
@@ -99,10 +102,10 @@ def read_documents() -> Tuple[List[Doc], List[Doc], List[Doc]]:
     """One reading: the documents of ``genv envs``, ``genv devices`` and
     ``genv ps``, from one session (one nvidia-smi query of each kind)."""
     from ..listing import devices_docs, envs_docs, ps_docs
-    from ._session import Session
+    from ..core.session import Session
 
     ctx = Context()
-    session = Session(ctx, listing=True)
+    session = Session(ctx, listing=True, details=True)
     try:
         session.observe(usage=True)
         with session:
@@ -179,14 +182,14 @@ class Reader:
             self.up = True
         except GenvError as error:
             self.families, self.up = [], False
-            err(str(error))
+            warn(str(error))
         except Exception as error:  # a monitor keeps serving; the reading says it failed
             if os.environ.get("GENV_DEBUG"):
                 import traceback
 
                 traceback.print_exc()
             self.families, self.up = [], False
-            err("internal error: %s: %s (run with GENV_DEBUG=1 for details)" % (type(error).__name__, error))
+            warn("internal error: %s: %s (run with GENV_DEBUG=1 for details)" % (type(error).__name__, error))
         finally:
             sys.stderr = stderr
         self.duration = time.monotonic() - started
@@ -286,7 +289,7 @@ def _stop(signum: int, frame: Any) -> None:
 
 
 def main(argv: List[str]) -> int:
-    opts, _ = parse(argv, OPTIONS, 0)
+    opts, _ = options.parse(argv, OPTIONS, 0)
     port = _port(opts.get("--port", str(DEFAULT_PORT)))
     address = _address(opts.get("--address", DEFAULT_ADDRESS))
     interval = _interval(opts.get("--interval", str(DEFAULT_INTERVAL)))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from ..cli import FORMAT_OPTIONS, Context, complete_options, out, output_format, parse, print_json
+from .. import options
+from ..cli import FORMAT_OPTIONS, out, output_format, print_json
+from ..core.context import Context
+from ..core.session import Session
 from ..listing import ps_docs
 from ..table import csv, render, size
-from ._session import Session
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -16,7 +18,7 @@ FIELDS = ("gpu", "pid", "uid", "user", "env_id", "env_name", "memory", "command"
 
 
 def complete(words: List[str]) -> List[str]:
-    return complete_options(words, OPTIONS, {"--format": lambda: ["table", "csv", "json"]})
+    return options.complete(words, OPTIONS, {"--format": lambda: ["table", "csv", "json"]})
 
 
 def note(doc: Dict[str, Any]) -> str:
@@ -29,10 +31,10 @@ def note(doc: Dict[str, Any]) -> str:
 
 
 def main(argv: List[str]) -> int:
-    opts, _ = parse(argv, OPTIONS, 0)
+    opts, _ = options.parse(argv, OPTIONS, 0)
     form = output_format(opts)
     ctx = Context()
-    with Session(ctx, holders_only=True, listing=True, observe=True) as session:
+    with Session(ctx, holders_only=True, listing=True, observe=True, details=True) as session:
         docs = ps_docs(session.attributed(), ctx.user)
     if form == "json":
         print_json(docs)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from ..cli import FORMAT_OPTIONS, Context, complete_options, out, output_format, parse, print_json
+from .. import options
+from ..cli import FORMAT_OPTIONS, out, output_format, print_json
+from ..core.context import Context
+from ..core.session import Session
+from ..report import warn
 from ..listing import status_doc
 from ..table import ago, csv, size
 from ..text import printable
-from ._session import Session
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -18,7 +21,7 @@ CSV_FIELDS = ("active", "id", "uid", "user", "name", "gpus", "gpu_memory", "devi
 
 
 def complete(words: List[str]) -> List[str]:
-    return complete_options(words, OPTIONS, {"--format": lambda: ["table", "csv", "json"]})
+    return options.complete(words, OPTIONS, {"--format": lambda: ["table", "csv", "json"]})
 
 
 def _lines(doc: Dict[str, Any], now: float) -> str:
@@ -45,7 +48,7 @@ def _lines(doc: Dict[str, Any], now: float) -> str:
 
 
 def main(argv: List[str]) -> int:
-    opts, _ = parse(argv, OPTIONS, 0)
+    opts, _ = options.parse(argv, OPTIONS, 0)
     form = output_format(opts)
     ctx = Context()
     if ctx.eid is None:
@@ -56,10 +59,12 @@ def main(argv: List[str]) -> int:
         else:
             out("not active\n")
         return 0
-    with Session(ctx, listing=True, observe=True) as session:
+    with Session(ctx, listing=True, observe=True, details=True) as session:
         owner, env = session.env(ctx.eid)
         session.deliver_warnings(owner, env)
         doc = status_doc(owner, env, session.attributed(), ctx.user)
+    for message in session.messages:
+        warn(message)
     if form == "json":
         print_json(doc)
     elif form == "csv":

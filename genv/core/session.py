@@ -3,15 +3,14 @@
 Decisions (which GPUs, which terminals are dead) are made by pure functions
 in ``allocate`` and ``environments``; a ``Session`` applies them: it holds
 the lock, records what changed, and writes the state when the block ends.
+GPU facts are gathered before the lock (nvidia-smi never runs under it).
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 from .. import attribution, environments, gpus
-from ..cli import Context, err
 from ..errors import GenvError
 from ..procs import processes
 from ..store import StateDir, Transaction
@@ -21,22 +20,33 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Any, Dict, List, Optional, Tuple
 
     from ..allocate import Request
+    from .context import Context
 
 
 class Session:
     """Discover devices (if needed) *before* the lock, then, inside
-    ``with``: hold the lock, drop dead terminals, store a new device list."""
+    ``with``: hold the lock, drop dead terminals, store a new device list.
+
+    ``holders_only``: only environments that hold or wait for GPUs are
+    checked for liveness (what a listing of GPUs needs). ``listing``: a
+    command that only shows state (works on a read-only folder).
+    ``observe``: also ask nvidia-smi for the processes on the GPUs (and,
+    with ``usage``, each GPU's memory in use). ``details``: the processes'
+    command lines and executables are read (listings and enforce; an attach
+    needs neither). Messages for the caller collect in ``messages``."""
 
     def __init__(self, ctx: Context, need_devices: bool = False, holders_only: bool = False,
-                 listing: bool = False, observe: bool = False, usage: bool = False) -> None:
+                 listing: bool = False, observe: bool = False, usage: bool = False, details: bool = False) -> None:
         self.ctx = ctx
         self.holders_only = holders_only
         self.listing = listing
+        self.details = details
         self.now = time.time()
         self.folder = StateDir()
         self.processes = processes()
         self.record: Optional[Dict[str, Any]] = None
         self.snapshot: Optional[gpus.Snapshot] = None
+        self.messages: List[str] = []
         self._attributed: Optional[List[attribution.Process]] = None
         self._policy: Optional[Any] = None
         self.final = False  # the last refusal of attach() can never change: do not wait
@@ -65,7 +75,7 @@ class Session:
                 self._attributed = []
             else:
                 self._attributed = attribution.attribute(self.snapshot.apps, self.machine, self.tx.users,
-                                                         self.processes, self.snapshot.mark)
+                                                         self.processes, self.snapshot.mark, self.details)
         return self._attributed
 
     @property
@@ -83,7 +93,7 @@ class Session:
         return pid, token
 
     def __enter__(self) -> "Session":
-        tx = self.folder.transaction(listing=self.listing)
+        tx = self.folder.transaction(listing=self.listing, timer=not self.ctx.library)
         tx.user_name = self.ctx.user
         self.tx: Transaction = tx.__enter__()
         try:
@@ -171,10 +181,10 @@ class Session:
         return failure
 
     def deliver_warnings(self, owner: int, env: Dict[str, Any]) -> None:
-        """Messages left for this environment (a GPU that disappeared)."""
+        """Messages left for this environment (a GPU that disappeared) go to
+        ``messages``, once."""
         if env["warnings"] and self.ctx.euid in (0, owner):
-            for warning in env["warnings"]:
-                err(warning)
+            self.messages.extend(env["warnings"])
             env["warnings"] = []
             self.tx.changed(owner)
 
@@ -191,16 +201,3 @@ def waiting_request(waiting: Dict[str, Any]) -> Request:
     from ..allocate import Request
 
     return Request(waiting["count"], waiting["memory"], waiting["indices"], waiting["over_subscribe"])
-
-
-def shims(ctx: Context) -> str:
-    return os.path.join(ctx.root, "shims")
-
-
-def emit(payload: bytes) -> None:
-    """Print a script that was encoded before the state changed."""
-    import sys
-
-    out = sys.stdout.buffer
-    out.write(payload)
-    out.flush()

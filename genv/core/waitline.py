@@ -16,17 +16,23 @@ from __future__ import annotations
 import os
 import time
 
-from .. import environments
+from .. import environments, signals
 from ..allocate import Refused, Request, Waiter, allocate
-from ..cli import Context, err
 from ..errors import GenvError
-from ._session import Session, waiting_request
+from ..report import warn
+from .session import Session, waiting_request
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
+    from .context import Context
+
     T = TypeVar("T")
+
+HELD = frozenset((signals.SIGINT, signals.SIGTERM, signals.SIGHUP))
+"""Held back while the state changes, so that an interrupt cannot leave the
+state and what the caller prints or sets disagreeing."""
 
 POLL = 0.25  # seconds between looks at the state while waiting
 OBSERVE_EVERY = 2.0  # seconds between nvidia-smi process queries while waiting
@@ -87,9 +93,7 @@ def _try(ctx: Context, eid: str, give_up: bool, done: Callable[[Dict[str, Any]],
             raise GenvError("environment %s lost its place in line (another command took it)" % eid)
         failure = session.attach(owner, env, waiting_request(waiting), detach=give_up and detach)
         if failure is None or give_up:
-            from .. import signals
-
-            if signals.sigpending() & {signals.SIGINT, signals.SIGTERM, signals.SIGHUP}:
+            if signals.sigpending() & HELD:
                 # Interrupted just now: commit nothing (the state must not
                 # hold GPUs that the caller, about to stop, will not get).
                 raise KeyboardInterrupt
@@ -100,7 +104,8 @@ def _try(ctx: Context, eid: str, give_up: bool, done: Callable[[Dict[str, Any]],
 
 
 def leave(ctx: Context, eid: str) -> None:
-    """Leave the line (Ctrl-C): nothing more is held than before."""
+    """Leave the line (Ctrl-C): nothing more is held than before. (The
+    caller holds back ``HELD`` signals meanwhile.)"""
     with Session(ctx) as session:
         found = environments.find(session.users, eid)
         if found is not None and (found[1].get("waiting") or {}).get("pid") == os.getpid():
@@ -109,19 +114,18 @@ def leave(ctx: Context, eid: str) -> None:
 
 
 def wait(ctx: Context, eid: str, seconds: float, count: int, done: Callable[[Dict[str, Any]], T],
-         detach: bool = True) -> Tuple[Optional[T], Optional[str]]:
+         detach: bool = True, checkpoint: Optional[Callable[[], None]] = None) -> Tuple[Optional[T], Optional[str]]:
     """Wait in line for at most ``seconds`` (``inf``: as long as it takes).
     Returns ``done(env)`` (computed under the lock, once attached or given
     up) and the failure (None once attached). From the last try on, SIGINT,
-    SIGTERM and SIGHUP are held back (the caller unblocks them once what it
-    prints or sets agrees with the state). KeyboardInterrupt leaves the line.
+    SIGTERM and SIGHUP are held back (``HELD``; the caller restores its own
+    signal mask once what it prints or sets agrees with the state; between
+    tries the caller's mask is in force). KeyboardInterrupt leaves the line.
     ``detach``: giving up detaches the environment, as a plain attach would
-    (genv run and the SDK remove it instead)."""
-    import signal
-
+    (genv run and the SDK remove it instead). ``checkpoint`` is called
+    around each sleep (the SDK raises a held interrupt there)."""
     from ..store import StateDir
 
-    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
     folder = StateDir()
     deadline = time.monotonic() + seconds
     told: Optional[int] = None
@@ -132,7 +136,7 @@ def wait(ctx: Context, eid: str, seconds: float, count: int, done: Callable[[Dic
         while True:
             could, ahead = _estimate(folder, eid, busy)
             if ahead != told:
-                err("waiting for %s: %s ahead in line" % (
+                warn("waiting for %s: %s ahead in line" % (
                     what, "no request" if not ahead else "%d request%s" % (ahead, "" if ahead == 1 else "s")))
                 told = ahead
             now = time.monotonic()
@@ -140,15 +144,19 @@ def wait(ctx: Context, eid: str, seconds: float, count: int, done: Callable[[Dic
             # GPUs that processes outside genv keep busy are looked at again
             # every OBSERVE_EVERY seconds (those processes may have ended).
             if give_up or (could and not busy) or (busy and now - observed >= OBSERVE_EVERY):
-                signal.pthread_sigmask(signal.SIG_BLOCK, held)
+                mask = signals.pthread_sigmask(signals.SIG_BLOCK, HELD)
                 over, result, failure, busy = _try(ctx, eid, give_up, done, detach)
                 observed = time.monotonic()
                 if over:
                     return result, failure
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+                signals.pthread_sigmask(signals.SIG_SETMASK, mask)
+            if checkpoint is not None:
+                checkpoint()
             time.sleep(POLL)
+            if checkpoint is not None:
+                checkpoint()
     except KeyboardInterrupt:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        signals.pthread_sigmask(signals.SIG_BLOCK, HELD)
         leave(ctx, eid)
         raise
 

@@ -1,0 +1,357 @@
+"""Operations on environments, for every front end.
+
+A shell (``genv activate``, ``attach``, ``detach``, ``deactivate``), a
+process (``genv run``, the SDK's ``environment()``, a kernel) and later
+front ends call these. Each takes plain arguments, changes the state under
+the lock (``Session``), and returns what happened: the environment, the
+activation plan for the terminal (``activation.Plan``), the failure if any,
+and the messages for the user. Front ends render the plan (shell code, a
+child's environment, ``os.environ``) and print or log the messages.
+
+Two kinds of terminal:
+
+- a **shell** stays in its environment whatever happens to the GPUs: an
+  attach that fails leaves it activated, detached (``activate``);
+- a **process** is in an environment only with what it asked for:
+  ``enter`` creates or joins one and attaches (waiting in line if asked),
+  or holds nothing at all; ``leave`` undoes exactly what ``enter`` did.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .. import environments, signals
+from ..errors import GenvError
+from . import activation
+from .session import Session, request_of
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
+    from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+
+    from ..allocate import Request
+    from .context import Context
+
+HELD = frozenset((signals.SIGINT, signals.SIGTERM, signals.SIGHUP))
+
+
+class Outcome:
+    """What an operation did: ``env`` (a copy, None when gone), the
+    ``plan`` for the terminal, the ``failure`` (None: all done) and the
+    ``messages`` for the user."""
+
+    __slots__ = ("env", "plan", "failure", "messages")
+
+    def __init__(self, env: Optional[Dict[str, Any]], plan: activation.Plan, failure: Optional[str] = None,
+                 messages: Sequence[str] = ()) -> None:
+        self.env, self.plan, self.failure, self.messages = env, plan, failure, list(messages)
+
+
+def copy(env: Dict[str, Any]) -> Dict[str, Any]:
+    return {**env, "config": dict(env["config"]), "devices": [dict(d) for d in env["devices"]],
+            "terminals": [dict(t) for t in env["terminals"]]}
+
+
+class Joined:
+    """What joining an existing environment changed, to undo on leaving:
+    its configuration before, the GPUs it held, and which of the joining
+    processes were its terminals already."""
+
+    __slots__ = ("config", "set", "indices", "already")
+
+    def __init__(self, env: Dict[str, Any], changes: Dict[str, Any], pids: Sequence[int]) -> None:
+        self.config = dict(env["config"])
+        self.set = dict(changes)
+        self.indices = set(environments.indices(env))
+        self.already = {t["pid"] for t in env["terminals"] if t["pid"] in pids}
+
+
+def _open(session: Session, terminals: Sequence[Tuple[int, str]], join: Optional[str],
+          config: Dict[str, Any]) -> Tuple[int, Dict[str, Any], Optional[Joined]]:
+    """Create an environment whose terminals are ``terminals``, or join
+    ``join`` (one of the caller's own, or anyone's for root) with them,
+    applying ``config`` to its configuration."""
+    ctx = session.ctx
+    joined: Optional[Joined] = None
+    if join is not None:
+        found = environments.find(session.users, join)
+        if found is None:
+            raise GenvError("there is no environment %s (it may have ended; 'genv envs' lists the live ones)" % join)
+        owner, env = found
+        environments.check_owner(owner, ctx.euid, join, ctx.describe)
+        joined = Joined(env, config, [pid for pid, _ in terminals])
+        env["config"].update(config)
+    else:
+        owner = ctx.euid
+        pid, token = terminals[0]
+        env = environments.new_env(environments.new_id(session.users, pid), session.now, dict(config), pid, token)
+        session.tx.user(owner)["envs"].append(env)
+    for pid, token in terminals:
+        environments.add_terminal(env, pid, token)
+        if owner != ctx.euid:  # root joins a user's environment
+            environments.record_join(session.users, owner, env, pid, token)
+            session.tx.changed(ctx.euid)
+    session.tx.changed(owner)
+    return owner, env, joined
+
+
+# --- a shell ---------------------------------------------------------------------------
+
+
+def activate(ctx: Context, base: Mapping[str, str], config: Dict[str, Any], join: Optional[str] = None,
+             attach: bool = False, prompt: bool = True) -> Outcome:
+    """The calling shell enters a new environment with ``config`` (or joins
+    ``join``, ``config`` changing its configuration) and, with ``attach``,
+    attaches its GPUs. The shell is in the environment even when the attach
+    fails (``failure``); a cap refusal leaves the configuration as it was."""
+    from ..policy import CapExceeded
+
+    session = Session(ctx)
+    pid, token = session.terminal()
+    discovery: Optional[str] = None
+    if attach:
+        try:
+            session.observe()
+        except GenvError as error:
+            discovery = str(error)
+    with session:
+        owner, env, joined = _open(session, [(pid, token)], join, config)
+        failure = None
+        if attach:
+            failure = discovery
+            if failure is None:
+                try:
+                    failure = session.attach(owner, env, request_of(env["config"]))
+                except CapExceeded as error:
+                    if joined is not None:
+                        env["config"] = joined.config
+                    failure = str(error)
+        session.deliver_warnings(owner, env)
+        plan = activation.open_plan(env, base, ctx.shims(), prompt)
+        result = copy(env)
+    return Outcome(result, plan, failure, session.messages)
+
+
+class AttachRequest:
+    """What ``genv attach`` asks for: a count (None: the configured one),
+    exact GPUs, over-subscription, and how long to wait in line (None:
+    not at all)."""
+
+    __slots__ = ("count", "indices", "over_subscribe", "wait")
+
+    def __init__(self, count: Optional[int] = None, indices: Optional[Sequence[int]] = None,
+                 over_subscribe: bool = False, wait: Optional[float] = None) -> None:
+        self.count = len(indices) if indices is not None else count
+        self.indices = list(indices) if indices is not None else None
+        self.over_subscribe, self.wait = over_subscribe, wait
+
+    def request(self, env: Dict[str, Any]) -> Request:
+        """The request, after storing the count it implies in the config."""
+        from ..allocate import Request
+
+        config = env["config"]
+        if self.count is not None:
+            config["gpus"] = self.count
+        if "gpus" not in config:
+            raise GenvError("environment %s has no GPU count; run 'genv config gpus <count>' or use --count"
+                            % env["id"])
+        base = request_of(config)
+        return Request(base.count, base.memory, self.indices, self.over_subscribe)
+
+
+def attach(ctx: Context, eid: str, asked: AttachRequest, base: Mapping[str, str]) -> Outcome:
+    """Attach GPUs to the shell's environment now or, with ``asked.wait``,
+    in line. All or nothing: a refusal leaves the environment detached.
+    Once it waits, signals in ``HELD`` are held back from its last try on:
+    the caller prints the plan, then restores its signal mask."""
+    from . import waitline
+
+    session = Session(ctx, observe=True)
+    with session:
+        owner, env = session.owned_env(eid)
+        if env.get("waiting"):
+            raise GenvError("environment %s is already waiting for GPUs (pid %d)" % (eid, env["waiting"]["pid"]))
+        config = dict(env["config"])
+        request = asked.request(env)
+        if env["config"] != config:
+            session.tx.changed(owner)
+        waiting = asked.wait is not None and asked.wait > 0
+        failure = session.attach(owner, env, request, detach=not waiting)
+        if failure is not None and waiting and session.final:
+            # No release could ever make it possible: fail now, as a plain attach.
+            failure = session.attach(owner, env, request)
+        waits = failure is not None and waiting and not session.final
+        if waits:
+            waitline.join(session, env, request)
+            session.tx.changed(owner)
+        session.deliver_warnings(owner, env)
+        plan = activation.sync(env, base)
+        result = copy(env)
+    if waits:
+        assert asked.wait is not None
+        done = waitline.wait(ctx, eid, asked.wait, request.count, lambda env: (copy(env), activation.sync(env, base)))
+        (result, plan), failure = done[0] or (result, plan), done[1]
+    return Outcome(result, plan, failure, session.messages)
+
+
+def detach(ctx: Context, eid: str, base: Mapping[str, str]) -> Outcome:
+    """Release the shell's environment's GPUs."""
+    with Session(ctx) as session:
+        owner, env = session.owned_env(eid)
+        if env["devices"]:
+            env["devices"] = []
+            session.tx.changed(owner)
+        session.deliver_warnings(owner, env)
+        return Outcome(copy(env), activation.sync(env, base), None, session.messages)
+
+
+def deactivate(ctx: Context, eid: str, base: Mapping[str, str]) -> Outcome:
+    """The shell leaves its environment (which ends with its last terminal)
+    and is restored exactly. The plan is the restore even when the state
+    could not be changed (``failure`` says why)."""
+    plan = activation.restore(base, ctx.shims())
+    problem: Optional[str] = None
+    try:
+        session = Session(ctx)
+        pid = ctx.shell_pid()
+        with session:
+            found = environments.find(session.users, eid)
+            if found is not None:
+                owner, env = found
+                if any(terminal["pid"] == pid for terminal in env["terminals"]):
+                    environments.check_owner(owner, ctx.euid, eid, ctx.describe)
+                    environments.remove_terminal(session.tx.user(owner), env, pid)
+                    session.tx.changed(owner)
+                    if owner != ctx.euid and environments.forget_join(session.users, owner, env, pid):
+                        session.tx.changed(ctx.euid)
+    except GenvError as error:
+        problem = str(error)
+    return Outcome(None, plan, problem)
+
+
+# --- a process ---------------------------------------------------------------------------
+
+
+class Settings:
+    """What a process asks for: the configuration (count, share, name),
+    exact GPUs, over-subscription, how long to wait (None: not at all;
+    ``inf``: as long as it takes), or an environment to join."""
+
+    __slots__ = ("config", "indices", "over_subscribe", "wait", "join")
+
+    def __init__(self, config: Optional[Dict[str, Any]] = None, indices: Optional[Sequence[int]] = None,
+                 over_subscribe: bool = False, wait: Optional[float] = None, join: Optional[str] = None) -> None:
+        self.config = dict(config or {})
+        self.indices = list(indices) if indices is not None else None
+        self.over_subscribe = over_subscribe
+        self.wait = wait
+        self.join = join
+        if self.indices is not None:
+            self.config["gpus"] = len(self.indices)
+
+    def request(self, config: Dict[str, Any]) -> Request:
+        from ..allocate import Request
+
+        base = request_of(config)
+        return Request(base.count, base.memory, self.indices, self.over_subscribe)
+
+
+class Entered:
+    """A process in an environment: the environment (a copy), the plan for
+    its variables, the processes made its terminals, and, for a join, what
+    to undo on leaving."""
+
+    __slots__ = ("env", "plan", "pids", "joined")
+
+    def __init__(self, env: Dict[str, Any], plan: activation.Plan, pids: List[int], joined: Optional[Joined]) -> None:
+        self.env, self.plan, self.pids, self.joined = env, plan, pids, joined
+
+    @property
+    def id(self) -> str:
+        return str(self.env["id"])
+
+
+def enter(ctx: Context, settings: Settings, base: Mapping[str, str], also: Sequence[int] = (),
+          sleeping: Optional[Set[int]] = None, checkpoint: Optional[Callable[[], None]] = None) -> Entered:
+    """Make this process (and the processes ``also``, started by it)
+    terminals of a new environment (or of ``settings.join``) with its GPUs,
+    waiting in line if asked. Raises GenvError (attach's message) when the
+    GPUs cannot be had; then nothing is held. Call it with ``HELD`` signals
+    blocked; while it sleeps in line the signal mask is ``sleeping`` (the
+    caller's own), and it returns with the mask it was called with.
+    ``checkpoint`` is called between looks while it waits (it may raise
+    KeyboardInterrupt: the line is left, nothing held)."""
+    from . import waitline
+
+    pids = [os.getpid(), *also]
+    # The processes on the GPUs matter only to an attach.
+    wants = bool(settings.indices) or bool(settings.config.get("gpus")) or settings.join is not None
+    session = Session(ctx, observe=wants)
+    terminals = []
+    for pid in pids:
+        token = session.processes.token(pid)
+        if token is None:
+            raise GenvError("cannot find the process %d" % pid)
+        terminals.append((pid, token))
+    with session:
+        owner, env, joined = _open(session, terminals, settings.join, settings.config)
+        request = settings.request(env["config"])
+        failure = session.attach(owner, env, request, detach=False) if request.count else None
+        if failure is not None:
+            if not settings.wait or session.final:
+                # Leaving the block with an exception: nothing is written.
+                raise GenvError(failure)
+            waitline.join(session, env, request)
+        result = copy(env)
+        plan = activation.open_plan(env, base, ctx.shims(), prompt=False)
+    entered = Entered(result, plan, [pid for pid in pids if joined is None or pid not in joined.already], joined)
+    if failure is None:
+        return entered
+    assert settings.wait is not None
+    mask = signals.pthread_sigmask(signals.SIG_BLOCK, set())  # the caller's (HELD blocked)
+    try:
+        signals.pthread_sigmask(signals.SIG_SETMASK, set(mask) - HELD if sleeping is None else sleeping)
+        attached, failure = waitline.wait(ctx, entered.id, settings.wait, request.count,
+                                          lambda env: (copy(env), activation.open_plan(env, base, ctx.shims(),
+                                                                                        prompt=False)),
+                                          detach=False, checkpoint=checkpoint)
+        if failure is not None:
+            raise GenvError(failure)
+        assert attached is not None
+        entered.env, entered.plan = attached
+    except BaseException:
+        signals.pthread_sigmask(signals.SIG_BLOCK, HELD)
+        leave(ctx, entered)
+        raise
+    finally:
+        signals.pthread_sigmask(signals.SIG_SETMASK, mask)
+    return entered
+
+
+def leave(ctx: Context, entered: Entered) -> None:
+    """Undo ``enter``: its processes stop being terminals (the environment
+    goes with its last terminal, and its GPUs with it); a joined
+    environment gets back its configuration and gives back the GPUs
+    attached for the join. Call it with ``HELD`` signals blocked."""
+    eid = entered.id
+    with Session(ctx) as session:
+        found = environments.find(session.users, eid)
+        if found is None:
+            return
+        owner, env = found
+        joined = entered.joined
+        waiting = env.get("waiting")
+        if waiting and waiting["pid"] in set(entered.pids) | {os.getpid()}:
+            env["waiting"] = None
+        if joined is not None:
+            if all(env["config"].get(key) == value for key, value in joined.set.items()):
+                env["config"] = dict(joined.config)
+            env["devices"] = [d for d in env["devices"] if d["index"] in joined.indices]
+        for pid in entered.pids:
+            if any(t["pid"] == pid for t in env["terminals"]):
+                environments.remove_terminal(session.tx.user(owner), env, pid)
+                if owner != ctx.euid:
+                    environments.forget_join(session.users, owner, env, pid)
+                    session.tx.changed(ctx.euid)
+        session.tx.changed(owner)
