@@ -11,7 +11,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from signal import (SIG_BLOCK, SIG_DFL, SIG_IGN, SIG_SETMASK, SIG_UNBLOCK, SIGCHLD, SIGHUP, SIGINT, SIGKILL,
                         SIGTERM, getsignal, pthread_sigmask, sigpending, signal, sigwait, sigwaitinfo)
+    from signal import pidfd_send_signal
 else:
+    try:  # Python >= 3.9 on Linux; used only with a pidfd (os.pidfd_open), which 3.8 lacks too
+        from _signal import pidfd_send_signal
+    except ImportError:  # pragma: no cover - Python 3.8
+        pass
     try:
         from _signal import (SIG_BLOCK, SIG_DFL, SIG_IGN, SIG_SETMASK, SIG_UNBLOCK, SIGCHLD, SIGHUP, SIGINT, SIGKILL,
                              SIGTERM, getsignal, pthread_sigmask, sigpending, signal, sigwait, sigwaitinfo)
@@ -21,3 +26,4 @@ else:
 
 __all__ = ["SIG_BLOCK", "SIG_DFL", "SIG_IGN", "SIG_SETMASK", "SIG_UNBLOCK", "SIGCHLD", "SIGHUP", "SIGINT", "SIGKILL",
            "SIGTERM", "getsignal", "pthread_sigmask", "sigpending", "signal", "sigwait", "sigwaitinfo"]
+# (pidfd_send_signal is left out of __all__: Python 3.8 does not have it.)
