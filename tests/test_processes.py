@@ -1166,3 +1166,88 @@ def test_shim_hides_a_nested_environments_processes(genv, sh, gpus):
     assert row["env_name"] == "B", row
     assert outer.ok("nvidia-smi --query-compute-apps=pid --format=csv,noheader") == ""
     assert smi_table_pids(outer.ok("nvidia-smi")) == [None]
+
+
+def table_rounds(text):
+    """The process rows of each complete table in ``text`` (a loop prints
+    table after table): per table, a list of (pid, memory cell)."""
+    rounds, rows, state = [], [], None
+    for line in text.splitlines():
+        if "Processes:" in line:
+            state = "header"
+        elif state == "header" and line.startswith("|="):
+            state, rows = "rows", []
+        elif state == "rows":
+            if line.startswith("+"):
+                rounds.append(rows)
+                state = None
+            elif NO_PROCESSES.strip() not in line:
+                words = line.strip("|").split()
+                rows.append((int(words[3]), words[-1]))
+    return rounds
+
+
+def apps_rows(text):
+    """(pid, memory) of each complete ``pid, used_memory`` row (no header)."""
+    return [tuple(line.rstrip("\n").split(", ")) for line in text.splitlines(keepends=True)
+            if line.endswith("\n") and line.count(", ") == 1]
+
+
+LOOPS = [
+    ("nvidia-smi -lms 100", "table"),
+    ("nvidia-smi -l 1", "table"),
+    ("nvidia-smi -i 1,2 --loop-ms=100", "table"),
+    ("nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader -lms 100", "apps"),
+]
+
+
+@pytest.mark.parametrize("loop", LOOPS, ids=[command for command, _ in LOOPS])
+def test_shim_loops_decide_membership_afresh_each_round(genv, sh, gpus, crowded, loop):
+    """A loop of nvidia-smi (``-l``, ``-lms``) runs for long: a process the
+    environment starts after the loop began shows, with its memory, in a
+    later round, while another environment's started as late never does."""
+    import time
+
+    me, other, mine, intruders, theirs = crowded
+    command, kind = loop
+    out = os.path.join(genv.base, "loop.out")
+    loop_pid = int(me.ok("FAKE_NVIDIA_SMI_LOOPS=600 %s >%s 2>&1 </dev/null & echo $!" % (command, out)).strip())
+    gpus.pids.append(loop_pid)
+
+    def seen():
+        if not os.path.exists(out):  # (the background job opens it)
+            return []
+        with open(out) as handle:
+            text = handle.read()
+        if kind == "table":
+            return [(pid, memory) for rows in table_rounds(text) for pid, memory in rows]
+        return [(int(pid), memory.replace(" ", "")) for pid, memory in apps_rows(text)]
+
+    def wait_for(what, test):
+        deadline = time.monotonic() + 15
+        while not test(seen()):
+            assert time.monotonic() < deadline, "%s: not seen in %r" % (what, open(out).read()[-3000:])
+            time.sleep(0.05)
+
+    wait_for("the first round", lambda rows: {pid for pid, _ in rows} >= set(mine))
+    late = gpus.in_shell(me, gpu=2, mib=777, name="late-mine")
+    late_intruder = gpus.in_shell(other, gpu=1, mib=888, name="late-theirs")
+    wait_for("the late process", lambda rows: (late, "777MiB") in rows)
+    before = len(seen())
+    wait_for("one more round", lambda rows: len(rows) > before)
+    kill_quietly(loop_pid)
+    shown = {pid for pid, _ in seen()}
+    assert shown == set(mine) | {late}, (shown, mine, late)
+    assert late_intruder not in shown and not shown & set(intruders + [theirs])
+
+
+def test_shim_loop_option_without_its_number_is_still_filtered(genv, sh, gpus, crowded):
+    """``-l`` takes an optional number (5 s without one): in ``nvidia-smi -l
+    --query-compute-apps=pid ...`` the next word is the query, which must be
+    filtered as without ``-l``."""
+    me, _, mine, _, _ = crowded
+    for command in ("nvidia-smi -l --query-compute-apps=pid --format=csv,noheader",
+                    "nvidia-smi --loop --query-compute-apps=pid --format=csv,noheader"):
+        out = me.ok("FAKE_NVIDIA_SMI_LOOPS=1 " + command)
+        assert sorted(map(int, out.split())) == sorted(mine), (command, out)
+    assert smi_table_pids(me.ok("FAKE_NVIDIA_SMI_LOOPS=1 nvidia-smi -l")) == mine
