@@ -120,8 +120,9 @@ class Context:
 
     def shell_pid(self) -> int:
         text = os.environ.get("GENV_SHELL_PID", "")
-        if text.isascii() and text.isdigit() and int(text) > 0:
-            return int(text)
+        digits = text.lstrip("0")
+        if digits.isascii() and digits.isdigit() and len(digits) < 20:  # (int() refuses over 4300 digits)
+            return int(digits)
         return os.getppid()
 
     def in_subshell(self) -> bool:
