@@ -266,8 +266,9 @@ def csv_text(value):
         return "true" if value else "false"
     if isinstance(value, list):
         return " ".join(map(str, value))
-    if isinstance(value, str):
-        return printable(value)
+    if isinstance(value, str):  # escaped, and never a formula for a spreadsheet
+        text = printable(value)
+        return "'" + text if text.lstrip(" ").startswith(("=", "+", "-", "@")) else text
     return str(value)
 
 
@@ -681,6 +682,42 @@ def test_envs_formats(genv, sh):
     assert rows[0]["devices"] == "0 1" and rows[0]["name"] == 'one, "two"'
     raw = a.ok("genv envs --format csv").split("\r\n")[1]
     assert raw.startswith('%s,%d,%s,"one, ""two""",2,,' % (docs[0]["id"], UID, ME)), raw
+
+
+# Text that a spreadsheet opening the CSV would take for a formula (OWASP's
+# CSV injection: =, +, - and @ first, also after spaces).
+FORMULAS = ["=1+1", "=cmd|' /C calc'!A0", "+1+1", "-1+1", "@SUM(A1:A2)", "=SUM(1,2)", "  =1+1", "-bash"]
+
+
+def test_csv_text_cells_are_never_formulas(genv, gpus):
+    """Names and command lines are chosen by any user; an admin opens the
+    export in a spreadsheet. In CSV, such a cell starts with ``'`` (shown as
+    text); JSON stays exact, and so do tables."""
+    shell = genv.shell("bash")
+    shell.ok("genv activate --gpus 1")
+    eid = shell.var("GENV_ENVIRONMENT_ID")
+    for text in FORMULAS:
+        quoted = "'" + text.replace("'", "'\\''") + "'"
+        shell.ok("genv config name -- %s" % quoted)
+        assert [d["name"] for d in json.loads(shell.ok("genv envs --json"))] == [text]
+        assert json.loads(shell.ok("genv status --json"))["name"] == text
+        _, rows = parse_csv(shell.ok("genv envs --format csv"))
+        assert [row["name"] for row in rows] == ["'" + text], text
+        _, rows = parse_csv(shell.ok("genv status --format csv"))
+        assert [row["name"] for row in rows] == ["'" + text], text
+        _, rows = parse_csv(shell.ok("genv devices --format csv"))
+        assert [row["env_name"] for row in rows if row["env_id"] == eid] == ["'" + text], text
+        assert text.strip() in shell.ok("genv envs")  # the table: as it is
+    pids = {gpus.outside(gpu=0, argv=["bash", "-c", 'exec -a "$0" sleep 600', text]): text + " 600"
+            for text in FORMULAS}
+    docs = by_pid(ps(genv))
+    assert {pid: docs[pid]["command"] for pid in pids} == pids  # JSON: exact
+    _, rows = parse_csv(genv.cli("ps", "--format", "csv").stdout.decode())
+    assert {int(row["pid"]): row["command"] for row in rows} == {pid: "'" + command for pid, command in pids.items()}
+    table = genv.cli("ps").stdout.decode()
+    assert all(command in table for command in pids.values())
+    # Numbers genv writes itself stay numbers; other text is unchanged.
+    assert [row["gpu"] for row in rows] == ["0"] * len(pids) and rows[0]["user"] == ME
 
 
 @pytest.mark.parametrize("command", ["envs", "devices", "ps", "status"])
