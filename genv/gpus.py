@@ -37,13 +37,15 @@ _KEY_VERSION = "2"
 
 
 def parse_count(text: str, what: str) -> int:
-    """A GPU count: ASCII digits only, at most MAX_GPUS."""
+    """A GPU count: ASCII digits only, at most MAX_GPUS. Leading zeros do
+    not count (``0001`` is 1); the length is checked before ``int``, which
+    refuses more than 4300 digits."""
     if not text or not text.isascii() or not text.isdigit():
         raise GenvError("invalid %s %r: expected a whole number from 0 to %d" % (what, text, MAX_GPUS))
-    value = int(text)
-    if value > MAX_GPUS:
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_GPUS)) or int(digits) > MAX_GPUS:
         raise GenvError("invalid %s %r: more than %d GPUs" % (what, text, MAX_GPUS))
-    return value
+    return int(digits)
 
 
 def _ttl() -> float:

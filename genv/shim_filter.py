@@ -18,6 +18,13 @@ is the share, ``memory.used`` what the environment's own processes use,
 The table is then held back until its process rows are read (they give the
 use); ``--query-gpu`` asks nvidia-smi for the processes once more.
 
+A loop (``-l``, ``-lms``) runs for long, and the environment's processes
+come and go: membership is decided afresh for each round, from the state
+read again and a new mark on the process clock. A round is one table; for
+``--query-compute-apps``, which prints its rows without a separator, the
+rows nvidia-smi wrote together (a round ends when its output pauses); for
+``--query-gpu``, a GPU seen again.
+
 Usage (from the shim): python -I -S shim_filter.py table|apps|gpu REAL [ARGS...]
 """
 
@@ -28,7 +35,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+    from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 NO_PROCESSES = "  No running processes found"
 MIB = 1 << 20
@@ -40,24 +47,43 @@ def share() -> Optional[int]:
     return int(text) // MIB if text.isascii() and text.isdigit() and 0 < len(text) < 20 else None
 
 
-def member_test() -> Callable[[int], bool]:
-    """Whether a PID belongs to this terminal's environment. The state is
-    read at the first question: a table without processes asks none."""
-    from .procs import processes
+class Membership:
+    """Whether a PID belongs to this terminal's environment, for one round
+    of nvidia-smi's output at a time. A round's answers rest on a mark on
+    the process clock taken before nvidia-smi could look at the processes
+    it shows (a process that starts later, a PID reused, belongs to none)
+    and on the state, read at the round's first question (a table without
+    processes asks none)."""
 
-    facts = processes()
-    mark = facts.clock()  # now: a process that starts later is not one nvidia-smi shows
-    memo: Dict[int, bool] = {}
-    tests: List[Callable[[int], bool]] = []
+    def __init__(self) -> None:
+        self._facts: Any = None
+        self._mark = 0.0
+        self._memo: Dict[int, bool] = {}
+        self._test: Optional[Callable[[int], bool]] = None
+        self.new_round()
 
-    def member(pid: int) -> bool:
-        if not tests:
-            tests.append(_test(facts, mark))
-        if pid not in memo:
-            memo[pid] = bool(tests[0](pid))
-        return memo[pid]
+    def new_round(self) -> None:
+        """Forget the answers: the next round is judged by the processes and
+        the state as they are from now on."""
+        from .procs import processes
 
-    return member
+        if self._facts is not None:
+            self._facts.close()
+        self._facts = processes()  # (it remembers what it read: a fresh one)
+        self._mark = self._facts.clock()
+        self._memo = {}
+        self._test = None
+
+    def __call__(self, pid: int) -> bool:
+        if self._test is None:
+            self._test = _test(self._facts, self._mark)
+        if pid not in self._memo:
+            self._memo[pid] = bool(self._test(pid))
+        return self._memo[pid]
+
+
+def member_test() -> Membership:
+    return Membership()
 
 
 def _test(facts: Any, mark: float) -> Callable[[int], bool]:
@@ -92,14 +118,14 @@ def _mib(word: str) -> int:
     return int(word[:-3]) if word.endswith("MiB") and word[:-3].isdigit() else 0
 
 
-def filter_table(lines: Iterable[bytes], out: IO[bytes], member: Callable[[int], bool],
+def filter_table(lines: Iterable[bytes], out: IO[bytes], member: Membership,
                  total: Optional[int] = None) -> None:
     """Pass the table through, keeping only the environment's process rows.
     The process section starts after a line with ``Processes:``; its header
     names the PID column (its position among the row's words); rows end at
-    the next ``+---`` border. Loops (``-l``) print table after table. With a
-    share (``total`` MiB), each table is held back until its end, and GPU
-    memory is shown as the environment's."""
+    the next ``+---`` border. Loops (``-l``) print table after table: each
+    is a round of its own. With a share (``total`` MiB), each table is held
+    back until its end, and GPU memory is shown as the environment's."""
     state = "gpus"
     pid_column = -1
     kept = 0
@@ -152,6 +178,7 @@ def filter_table(lines: Iterable[bytes], out: IO[bytes], member: Callable[[int],
                 emit(line)
                 flush()
                 state, gpu = "gpus", -1
+                member.new_round()  # (the next table's processes are listed after this one is read)
                 continue
             else:
                 if NO_PROCESSES.strip() in stripped:
@@ -168,10 +195,14 @@ def filter_table(lines: Iterable[bytes], out: IO[bytes], member: Callable[[int],
     flush()
 
 
-def filter_apps(lines: Iterable[bytes], out: IO[bytes], member: Callable[[int], bool]) -> None:
+def filter_apps(lines: Iterable[Optional[bytes]], out: IO[bytes], member: Membership) -> None:
     """``--query-compute-apps`` with ``pid`` put first by ``apps_args``: keep
-    the environment's rows, and drop that first column again."""
+    the environment's rows, and drop that first column again. ``lines``
+    yields None where nvidia-smi's output paused (a loop's round ended)."""
     for raw in lines:
+        if raw is None:
+            member.new_round()
+            continue
         line = raw.decode("utf-8", "surrogateescape")
         first, sep, rest = line.partition(", ")
         if not sep:
@@ -188,7 +219,7 @@ def filter_apps(lines: Iterable[bytes], out: IO[bytes], member: Callable[[int], 
         out.flush()
 
 
-def gpu_query(real: str, args: List[str], member: Callable[[int], bool], total: int, out: IO[bytes]) -> int:
+def gpu_query(real: str, args: List[str], member: Membership, total: int, out: IO[bytes]) -> int:
     """``--query-gpu`` in an environment with a share: ``uuid`` is put
     first (to know each row's GPU) and dropped again; memory fields show the
     environment's view (the share even where nvidia-smi does not know the
@@ -197,6 +228,7 @@ def gpu_query(real: str, args: List[str], member: Callable[[int], bool], total: 
     from . import spawn
 
     def own_use() -> Dict[str, int]:
+        member.new_round()  # before nvidia-smi looks at the processes
         used: Dict[str, int] = {}
         _, apps, _ = spawn.run([real, "--query-compute-apps=pid,gpu_uuid,used_memory",
                                 "--format=csv,noheader,nounits"])
@@ -241,6 +273,32 @@ def gpu_query(real: str, args: List[str], member: Callable[[int], bool], total: 
     finally:
         os.close(fd)
     return spawn.wait(pid)
+
+
+def rounds(fd: int) -> Iterator[Optional[bytes]]:
+    """The lines read from ``fd`` as they come, and None after the last
+    line of each burst: where everything written so far has been read and
+    the pipe is empty (nvidia-smi paused between two rounds of a loop)."""
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    pending = b""
+    fresh = False  # lines given since the last None
+    while True:
+        if fresh and not pending and not poller.poll(0):
+            fresh = False
+            yield None
+        data = os.read(fd, 65536)
+        if not data:
+            break
+        pending += data
+        while b"\n" in pending:
+            line, _, pending = pending.partition(b"\n")
+            fresh = True
+            yield line + b"\n"
+    if pending:
+        yield pending
 
 
 def apps_args(args: List[str]) -> List[str]:
@@ -302,7 +360,7 @@ def _main(mode: str, real: str, args: List[str], out: IO[bytes]) -> int:
         return 127
     try:
         if mode == "apps":
-            filter_apps(spawn.lines(fd), out, member)
+            filter_apps(rounds(fd), out, member)
         else:
             filter_table(spawn.lines(fd), out, member, total)
     except BrokenPipeError:

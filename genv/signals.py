@@ -13,7 +13,12 @@ if TYPE_CHECKING:
                         SIGINT, SIGKILL, SIGPIPE, SIGQUIT, SIGSTOP, SIGTERM, SIGTSTP, SIGTTIN, SIGTTOU, SIGUSR1,
                         SIGUSR2, SIGWINCH, SIGXFSZ, default_int_handler, getsignal, pthread_sigmask, sigpending,
                         signal, sigwait, sigwaitinfo)
+    from signal import pidfd_send_signal
 else:
+    try:  # Python >= 3.9 on Linux; used only with a pidfd (os.pidfd_open), which 3.8 lacks too
+        from _signal import pidfd_send_signal
+    except ImportError:  # pragma: no cover - Python 3.8
+        pass
     try:
         from _signal import (SIG_BLOCK, SIG_DFL, SIG_IGN, SIG_SETMASK, SIG_UNBLOCK, SIGALRM, SIGCHLD, SIGCONT,
                              SIGHUP, SIGINT, SIGKILL, SIGPIPE, SIGQUIT, SIGSTOP, SIGTERM, SIGTSTP, SIGTTIN, SIGTTOU,
@@ -29,3 +34,4 @@ __all__ = ["SIG_BLOCK", "SIG_DFL", "SIG_IGN", "SIG_SETMASK", "SIG_UNBLOCK", "SIG
            "SIGINT", "SIGKILL", "SIGPIPE", "SIGQUIT", "SIGSTOP", "SIGTERM", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGUSR1",
            "SIGUSR2", "SIGWINCH", "SIGXFSZ", "default_int_handler", "getsignal", "pthread_sigmask", "sigpending",
            "signal", "sigwait", "sigwaitinfo"]
+# (pidfd_send_signal is left out of __all__: Python 3.8 does not have it.)

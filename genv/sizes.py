@@ -41,13 +41,14 @@ def parse_size(text: str, what: str = "size") -> int:
             "invalid %s %r: expected a number with an optional unit b, k, m, g or t (e.g. 4g, 4096m, 4.5GiB)"
             % (what, text)
         )
-    if len(whole.lstrip("0")) > 20:
+    whole = whole.lstrip("0")  # (before int(), which refuses more than 4300 digits)
+    if len(whole) > 20:
         raise GenvError("invalid %s %r: more than 1 PiB" % (what, text))
     fraction = fraction.rstrip("0")
     if len(fraction) > 40:  # 1 TiB is 2**40 bytes: more decimals cannot give whole bytes
         raise GenvError("invalid %s %r: not a whole number of bytes" % (what, text))
     scale = 1 << (10 * _UNITS[unit])
-    digits = int(whole + fraction)
+    digits = int(whole + fraction or "0")
     denominator = 10 ** len(fraction)
     if (digits * scale) % denominator:
         raise GenvError("invalid %s %r: not a whole number of bytes" % (what, text))

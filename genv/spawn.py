@@ -50,13 +50,27 @@ def run_all(argvs: Sequence[Sequence[str]], timeout: float = 60.0,
     results in the same order. When one fails (a non-zero status), those
     still running are killed and their results are None: the failure is the
     answer. If one cannot be started, or they run longer than ``timeout``
-    (waiting for their exit included), those started are killed and reaped."""
+    (waiting for their exit included), those started are killed and reaped.
+    Only programs not yet reaped are signalled (a reaped one's PID may be
+    another process's by then), through their pidfds where there are."""
     import select
     import time
 
     pids: List[int] = []
     fds: List[Tuple[int, int]] = []  # per program: stdout and stderr read ends (-1: none)
     pidfds: Dict[int, int] = {}  # pidfd -> its program's position
+    unreaped: Dict[int, int] = {}  # position -> PID: started and not yet waited for
+
+    def reap(position: int, flags: int) -> Tuple[int, int]:
+        try:
+            done, wait_status = os.waitpid(pids[position], flags)
+        except ChildProcessError:  # reaped by the system (SIGCHLD ignored): no longer ours to signal
+            unreaped.pop(position, None)
+            raise
+        if done:
+            del unreaped[position]
+        return done, wait_status
+
     try:
         for argv in argvs:
             out_r, out_w = os.pipe()
@@ -67,6 +81,7 @@ def run_all(argvs: Sequence[Sequence[str]], timeout: float = 60.0,
                     err_r, err_w = os.pipe()
                     fds[-1] = (out_r, err_r)
                 pids.append(_spawn(argv, out_w, err_w))
+                unreaped[len(pids) - 1] = pids[-1]
             finally:
                 os.close(out_w)
                 if err_w >= 0:
@@ -93,7 +108,7 @@ def run_all(argvs: Sequence[Sequence[str]], timeout: float = 60.0,
                     poller.unregister(fd)
                     waiting.discard(fd)
                     position = pidfds[fd]
-                    done, wait_status = os.waitpid(pids[position], os.WNOHANG)
+                    done, wait_status = reap(position, os.WNOHANG)
                     if done:
                         statuses[position] = wait_status
                         if status_of(wait_status) != 0:
@@ -114,27 +129,41 @@ def run_all(argvs: Sequence[Sequence[str]], timeout: float = 60.0,
                 if failed:
                     results.append(None)  # stopped because another one failed (killed below)
                     continue
-                statuses[position] = os.waitpid(pid, 0)[1]
+                statuses[position] = reap(position, 0)[1]
             for fd in (out_r, err_r):
                 if fd in unread:
                     chunks[fd] += _drain(fd)  # what an exited program left in its pipe
             results.append((status_of(statuses[position]), b"".join(chunks[out_r]),
                             b"".join(chunks.get(err_r, []))))
-        pids = [pid for position, pid in enumerate(pids) if position not in statuses]
         return results
     finally:
-        for pid in pids:  # left running by a failure, an error or a time-out
-            try:
-                os.kill(pid, 9)
-            except OSError:
-                pass
-            try:
-                os.waitpid(pid, 0)
-            except OSError:
-                pass
+        if unreaped:  # left running by a failure, an error or a time-out
+            _kill(unreaped, {position: fd for fd, position in pidfds.items()})
         for fd in list(pidfds) + [fd for pair in fds for fd in pair]:
             if fd >= 0:
                 os.close(fd)
+
+
+def _kill(unreaped: Dict[int, int], pidfds: Dict[int, int]) -> None:
+    """SIGKILL and reap children not yet reaped (position -> PID; a pidfd
+    for some positions). A pidfd reaches its process or none; without one,
+    the PID of a child not yet reaped cannot have been given to another
+    process (a zombie keeps it), so ``kill`` is safe there."""
+    from . import signals
+
+    send = getattr(signals, "pidfd_send_signal", None)
+    for position, pid in unreaped.items():
+        try:
+            if position in pidfds and send is not None:
+                send(pidfds[position], signals.SIGKILL)
+            else:
+                os.kill(pid, signals.SIGKILL)
+        except OSError:
+            pass
+        try:
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
 
 
 def _drain(fd: int) -> List[bytes]:

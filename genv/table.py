@@ -17,18 +17,30 @@ def render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "".join((template % tuple(row)).rstrip() + "\n" for row in cells)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@")
+"""What makes a spreadsheet take a CSV cell for a formula (OWASP, "CSV
+injection"; tab and carriage return, the others it lists, are escaped)."""
+
+
 def csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """RFC 4180: a header row, CRLF line ends, fields with a comma, a quote
     or a line break quoted (quotes doubled). ``None`` is an empty field.
-    Text passes the escaper, as everywhere a person may read it."""
+    Text passes the escaper, as everywhere a person may read it, and text
+    that starts (after any spaces) like a formula gets a ``'`` in front, so
+    that a spreadsheet shows it as text and never runs it. Numbers are
+    genv's own and written as they are."""
 
     def field(value: Any) -> str:
         if value is None:
             text = ""
         elif isinstance(value, bool):
             text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = printable(value)
+            if text.lstrip(" ").startswith(FORMULA_STARTS):
+                text = "'" + text
         else:
-            text = printable(value) if isinstance(value, str) else str(value)
+            text = str(value)
         if any(c in text for c in ',"\r\n') or text != text.strip():
             return '"' + text.replace('"', '""') + '"'
         return text

@@ -161,6 +161,38 @@ def test_missing_apps_file_means_no_processes(tmp_path):
     assert "No running processes found" in ok(**env)
 
 
+def test_loops_print_round_after_round_and_look_at_processes_afresh(tmp_path):
+    """-l / -lms: a round every interval (here bounded by
+    FAKE_NVIDIA_SMI_LOOPS); each round reads the process list again; CSV
+    has its header once."""
+    import time
+
+    apps = tmp_path / "apps"
+    me = os.getpid()
+    env = {"FAKE_NVIDIA_SMI_APPS": str(apps), "FAKE_NVIDIA_SMI_LOOPS": "3"}
+    apps.write_text("%d 1 100 first\n" % me)
+    loop = subprocess.Popen([FAKE, "--query-compute-apps=pid,used_memory", "--format=csv", "-lms", "700"],
+                            env=dict(env, PATH="/usr/bin:/bin"), stdout=subprocess.PIPE, text=True)
+    assert loop.stdout.readline() == "pid, used_gpu_memory [MiB]\n"
+    assert loop.stdout.readline() == "%d, 100 MiB\n" % me
+    apps.write_text("%d 1 100 first\n%d 2 200 second\n" % (me, me))  # before the second round
+    rest, _ = loop.communicate(timeout=30)
+    assert rest == ("%d, 100 MiB\n%d, 200 MiB\n" % (me, me)) * 2 and loop.returncode == 0
+    started = time.monotonic()
+    assert ok("--query-gpu=index,memory.used", "--format=csv,noheader", "-i", "2", "-lms", "200", **env) \
+        == "2, 200 MiB\n" * 3
+    assert time.monotonic() - started >= 0.4  # two pauses between three rounds
+    for spelling in (["-l", "1"], ["--loop=1"], ["-lms", "10"], ["--loop-ms=10"], ["-lms=10"], ["-l=1"]):
+        out = ok("-i", "0", *spelling, FAKE_NVIDIA_SMI_LOOPS="2")
+        assert out.count("Processes:") == 2 and out.count("NVIDIA-SMI 535") == 2, spelling
+    # -l without a number: every 5 s, and the next word is an option again.
+    assert ok("-l", "--query-gpu=index", "--format=csv,noheader", "-i", "2", FAKE_NVIDIA_SMI_LOOPS="1") == "2\n"
+    for args in (["-lms"], ["-lms", "x"], ["-l", "0"], ["--loop=x"], ["--loop-ms="], ["dmon", "-l", "1"]):
+        assert fake(*args).returncode == 2, args
+    done = fake("--query-gpu=nope", "--format=csv", "-l", "1")
+    assert (done.returncode, done.stdout) == (2, 'Field "nope" is not a valid field to query.\n\n')
+
+
 def test_dmon():
     out = ok("dmon")
     assert out.startswith("# gpu ") and out.splitlines()[1].startswith("# Idx")

@@ -519,3 +519,46 @@ def test_prompt_stays_data_when_the_option_is_switched_later(genv, kind):
 
 def sh_quote(value):
     return "'" + value.replace("'", "'\\''") + "'"
+
+
+# --- numbers of any length (issue 15, B11) -------------------------------------------
+
+# Each command that reads a number, {} standing for it; ``g`` after {} for a size.
+NUMBER_COMMANDS = [
+    "genv config gpus {}",
+    "genv config gpu-memory {}g",
+    "genv attach --count {}",
+    "genv attach --index {}",
+    "genv attach --index 0,{}",
+    "genv run --gpus {} -- true",
+    "genv run --index {} -- true",
+    "genv run --gpu-memory {}g --gpus 1 -- true",
+    "genv activate --gpus {}",
+    "GENV_DEVICES={} genv devices",
+]
+LONG = 5000  # Python 3.11 refuses int() of a string of more than 4300 digits
+
+
+@pytest.mark.parametrize("command", NUMBER_COMMANDS)
+def test_numbers_of_any_length_are_one_line_errors_or_their_value(genv, command):
+    """A number of thousands of digits was an internal error (exit 70).
+    Too big, it is refused as a shorter number too big is; with leading
+    zeros, it is its value, as ``0001`` is 1."""
+    def run(number):
+        shell = genv.shell("bash", GENV_DEVICES="4")  # a terminal of its own: no state carried over
+        if not command.startswith("genv activate"):
+            shell.ok("genv activate")
+        result = shell.run(command.format(number))
+        shell.close()  # (its environment goes with it, and the GPUs it held)
+        return result
+
+    short = run("9" * 25)
+    assert short.rc == 1 and short.out == "" and short.err.startswith("genv: "), short
+    for number in ("9" * LONG, "1" + "0" * LONG):
+        result = run(number)
+        assert (result.rc, result.out) == (1, ""), (command, result.rc, result.err[:300])
+        assert result.err == short.err.replace("9" * 25, number), (command, result.err[:300])
+    one = run("1")
+    assert one.rc == 0, (command, one)
+    zeros = run("0" * LONG + "1")
+    assert (zeros.rc, zeros.out, zeros.err) == (one.rc, one.out, one.err), (command, zeros.rc, zeros.err[:300])

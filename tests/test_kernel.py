@@ -300,6 +300,65 @@ def test_kernels_that_genv_did_not_install_are_left_alone(genv, prefix):
     assert argv[argv.index("--gpus") + 1] == "3"
 
 
+def their_kernel(base, name):
+    """A kernel that genv did not install, in ``base``/kernels/``name``."""
+    folder = os.path.join(base, "kernels", name)
+    os.makedirs(folder)
+    with open(os.path.join(folder, "kernel.json"), "w") as handle:
+        json.dump({"argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                   "display_name": "Theirs", "language": "python"}, handle)
+    return folder
+
+
+def test_a_name_another_kernel_has_is_refused_unless_forced(genv, prefix):
+    """A kernel of the same name anywhere Jupyter looks (names that differ
+    only by case are one name for Jupyter) would be hidden by genv's, or
+    hide it: refused, unless --force. Jupyter's own python3 counts."""
+    jupyter()
+    path = os.path.join(genv.base, "jupyter-path")
+    data = os.path.join(genv.base, "data")
+    env = {"JUPYTER_PATH": path, "JUPYTER_DATA_DIR": data}
+    theirs = their_kernel(path, "mine")
+    users = their_kernel(data, "notes")
+    os.makedirs(os.path.join(path, "kernels", "empty"))  # no kernel.json: not a kernel
+    for name, where in (("mine", theirs), ("MINE", theirs), ("Mine", theirs), ("notes", users),
+                        ("python3", "python3")):
+        text = one_line(genv_kernel(genv, "install", "--name", name, "--prefix", prefix, **env))
+        assert where in text and "--force" in text, (name, text)
+        assert os.listdir(prefix) == [], name
+        # Into the user's folder too (the default).
+        if name != "notes":
+            text = one_line(genv_kernel(genv, "install", "--name", name, **env))
+            assert where in text and "--force" in text, (name, text)
+            assert not os.path.exists(os.path.join(data, "kernels", name)), name
+    # Forced: installed; theirs untouched.
+    for name in ("Mine", "python3"):
+        done = genv_kernel(genv, "install", "--name", name, "--prefix", prefix, "--force", **env)
+        assert done.returncode == 0 and done.stderr == b"", done
+        assert os.path.isfile(os.path.join(spec_dir(prefix, name), "kernel.json"))
+    with open(os.path.join(theirs, "kernel.json")) as handle:
+        assert json.load(handle)["display_name"] == "Theirs"
+    # A folder that is no kernel, and genv's own kernels elsewhere, are no clash.
+    assert genv_kernel(genv, "install", "--name", "empty", "--prefix", prefix, **env).returncode == 0
+    other = os.path.join(genv.base, "other")
+    assert genv_kernel(genv, "install", "--name", "shared", "--prefix", other, **env).returncode == 0
+    done = genv_kernel(genv, "install", "--name", "shared", "--prefix", prefix,
+                       **dict(env, JUPYTER_PATH=os.pathsep.join([path, os.path.join(other, "share", "jupyter")])))
+    assert done.returncode == 0, done
+    # A kernel that genv did not install is never overwritten, even forced.
+    their_kernel(os.path.join(genv.base, "p2", "share", "jupyter"), "keep")
+    text = one_line(genv_kernel(genv, "install", "--name", "keep", "--prefix", os.path.join(genv.base, "p2"),
+                                "--force", **env))
+    assert "choose another --name" in text
+    # Two spellings of one name in one folder: refused, forced or not.
+    install(genv, prefix, "--name", "twice")
+    for flags in ([], ["--force"]):
+        text = one_line(genv_kernel(genv, "install", "--name", "Twice", "--prefix", prefix, *flags, **env))
+        assert spec_dir(prefix, "twice") in text, text
+    assert sorted(os.listdir(os.path.join(prefix, "share", "jupyter", "kernels"))) == [
+        "Mine", "empty", "python3", "shared", "twice"]
+
+
 def test_remove_of_a_symlinked_kernel_folder(genv, prefix):
     """A kernel folder that is a link to genv's kernel elsewhere: remove
     neither follows it nor says 'None'."""

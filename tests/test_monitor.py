@@ -541,15 +541,15 @@ def test_a_port_in_use_is_one_line(genv, monitors):
 
 
 def test_address(genv, monitors):
-    local = monitors(genv, "--address", "127.0.0.1")
-    assert (local.host, local.line.endswith("(reading at most every 5s)\n")) == ("127.0.0.1", True)
-    assert local.scrape().value("genv_up") == 1
-    # Only on that address: another of this machine's addresses is refused.
-    others = [address for address in ("127.0.0.2",) if address != local.host]
-    for address in others:
+    """This machine only unless --address says otherwise (issue 16, item 9:
+    it listened on every interface by default)."""
+    for local in (monitors(genv), monitors(genv, "--address", "127.0.0.1")):
+        assert (local.host, local.line.endswith("(reading at most every 5s)\n")) == ("127.0.0.1", True)
+        assert local.scrape().value("genv_up") == 1
+        # Only on that address: another of this machine's addresses is refused.
         with pytest.raises(OSError):
-            socket.create_connection((address, local.port), timeout=5).close()
-    everywhere = monitors(genv)
+            socket.create_connection(("127.0.0.2", local.port), timeout=5).close()
+    everywhere = monitors(genv, "--address", "0.0.0.0")
     assert everywhere.host == "0.0.0.0"
     assert everywhere.scrape("127.0.0.2").value("genv_up") == 1
     if socket.has_ipv6:
@@ -562,6 +562,51 @@ def test_address(genv, monitors):
         six = monitors(genv, "--address", "::1")
         assert six.host == "[::1]"
         assert six.scrape("[::1]").value("genv_up") == 1
+
+
+def thread_count(pid):
+    return len(os.listdir("/proc/%d/task" % pid))
+
+
+def closed_by_peer(conn):
+    """Whether the other end closed ``conn`` (an answer of nothing)."""
+    conn.setblocking(False)
+    try:
+        return conn.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_idle_connections_cost_no_thread_and_are_dropped(genv, monitors):
+    """500 connections that send nothing (or half a request) must not cost a
+    thread each, nor keep scrapes out; each is closed after the time-out."""
+    mon = monitors(genv)
+    assert mon.scrape().value("genv_up") == 1
+    idle = []
+    try:
+        for _ in range(500):
+            idle.append(socket.create_connection(("127.0.0.1", mon.port), timeout=10))
+        for conn in idle[-20:]:
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # a request that never ends
+        time.sleep(1)  # (the monitor has taken them)
+        assert thread_count(mon.proc.pid) <= monitor_command.WORKERS + 4
+        started = time.monotonic()
+        for _ in range(3):  # scrapes are answered meanwhile, at once
+            assert mon.scrape().value("genv_up") == 1
+        assert time.monotonic() - started < 5
+        assert thread_count(mon.proc.pid) <= monitor_command.WORKERS + 4
+        # Those past the bound were closed already (the oldest first); the
+        # rest are closed once idle for the time-out.
+        assert sum(map(closed_by_peer, idle)) >= 500 - monitor_command.MAX_CONNECTIONS
+        assert until(lambda: all(map(closed_by_peer, idle)), timeout=monitor_command.IDLE_TIMEOUT + 10)
+    finally:
+        for conn in idle:
+            conn.close()
+    assert mon.scrape().value("genv_up") == 1
+    code, err = mon.stop()
+    assert code == 0 and err == "", err
 
 
 def python_without_client(genv):
@@ -1066,7 +1111,8 @@ def test_the_systemd_units_settings():
                            "ProtectProc", "ProcSubset"):
             assert hides_gpus not in settings, hides_gpus
         assert settings["ExecStartPre"][0].startswith("+")
-    assert monitor["ExecStart"] == ["/opt/genv/bin/genv monitor --port 9759 --interval 5"]
+    # The address is named, not left to the default (docs/admin.md says how to open it to Prometheus elsewhere).
+    assert monitor["ExecStart"] == ["/opt/genv/bin/genv monitor --address 127.0.0.1 --port 9759 --interval 5"]
     assert monitor["User"] == ["genv-monitor"] and monitor["CapabilityBoundingSet"] == [""]
     assert enforce["ExecStart"] == ["/opt/genv/bin/genv enforce --interval 60 --kill"]
     assert enforce["User"] == ["root"]

@@ -266,8 +266,9 @@ def csv_text(value):
         return "true" if value else "false"
     if isinstance(value, list):
         return " ".join(map(str, value))
-    if isinstance(value, str):
-        return printable(value)
+    if isinstance(value, str):  # escaped, and never a formula for a spreadsheet
+        text = printable(value)
+        return "'" + text if text.lstrip(" ").startswith(("=", "+", "-", "@")) else text
     return str(value)
 
 
@@ -681,6 +682,42 @@ def test_envs_formats(genv, sh):
     assert rows[0]["devices"] == "0 1" and rows[0]["name"] == 'one, "two"'
     raw = a.ok("genv envs --format csv").split("\r\n")[1]
     assert raw.startswith('%s,%d,%s,"one, ""two""",2,,' % (docs[0]["id"], UID, ME)), raw
+
+
+# Text that a spreadsheet opening the CSV would take for a formula (OWASP's
+# CSV injection: =, +, - and @ first, also after spaces).
+FORMULAS = ["=1+1", "=cmd|' /C calc'!A0", "+1+1", "-1+1", "@SUM(A1:A2)", "=SUM(1,2)", "  =1+1", "-bash"]
+
+
+def test_csv_text_cells_are_never_formulas(genv, gpus):
+    """Names and command lines are chosen by any user; an admin opens the
+    export in a spreadsheet. In CSV, such a cell starts with ``'`` (shown as
+    text); JSON stays exact, and so do tables."""
+    shell = genv.shell("bash")
+    shell.ok("genv activate --gpus 1")
+    eid = shell.var("GENV_ENVIRONMENT_ID")
+    for text in FORMULAS:
+        quoted = "'" + text.replace("'", "'\\''") + "'"
+        shell.ok("genv config name -- %s" % quoted)
+        assert [d["name"] for d in json.loads(shell.ok("genv envs --json"))] == [text]
+        assert json.loads(shell.ok("genv status --json"))["name"] == text
+        _, rows = parse_csv(shell.ok("genv envs --format csv"))
+        assert [row["name"] for row in rows] == ["'" + text], text
+        _, rows = parse_csv(shell.ok("genv status --format csv"))
+        assert [row["name"] for row in rows] == ["'" + text], text
+        _, rows = parse_csv(shell.ok("genv devices --format csv"))
+        assert [row["env_name"] for row in rows if row["env_id"] == eid] == ["'" + text], text
+        assert text.strip() in shell.ok("genv envs")  # the table: as it is
+    pids = {gpus.outside(gpu=0, argv=["bash", "-c", 'exec -a "$0" sleep 600', text]): text + " 600"
+            for text in FORMULAS}
+    docs = by_pid(ps(genv))
+    assert {pid: docs[pid]["command"] for pid in pids} == pids  # JSON: exact
+    _, rows = parse_csv(genv.cli("ps", "--format", "csv").stdout.decode())
+    assert {int(row["pid"]): row["command"] for row in rows} == {pid: "'" + command for pid, command in pids.items()}
+    table = genv.cli("ps").stdout.decode()
+    assert all(command in table for command in pids.values())
+    # Numbers genv writes itself stay numbers; other text is unchanged.
+    assert [row["gpu"] for row in rows] == ["0"] * len(pids) and rows[0]["user"] == ME
 
 
 @pytest.mark.parametrize("command", ["envs", "devices", "ps", "status"])
@@ -1166,3 +1203,88 @@ def test_shim_hides_a_nested_environments_processes(genv, sh, gpus):
     assert row["env_name"] == "B", row
     assert outer.ok("nvidia-smi --query-compute-apps=pid --format=csv,noheader") == ""
     assert smi_table_pids(outer.ok("nvidia-smi")) == [None]
+
+
+def table_rounds(text):
+    """The process rows of each complete table in ``text`` (a loop prints
+    table after table): per table, a list of (pid, memory cell)."""
+    rounds, rows, state = [], [], None
+    for line in text.splitlines():
+        if "Processes:" in line:
+            state = "header"
+        elif state == "header" and line.startswith("|="):
+            state, rows = "rows", []
+        elif state == "rows":
+            if line.startswith("+"):
+                rounds.append(rows)
+                state = None
+            elif NO_PROCESSES.strip() not in line:
+                words = line.strip("|").split()
+                rows.append((int(words[3]), words[-1]))
+    return rounds
+
+
+def apps_rows(text):
+    """(pid, memory) of each complete ``pid, used_memory`` row (no header)."""
+    return [tuple(line.rstrip("\n").split(", ")) for line in text.splitlines(keepends=True)
+            if line.endswith("\n") and line.count(", ") == 1]
+
+
+LOOPS = [
+    ("nvidia-smi -lms 100", "table"),
+    ("nvidia-smi -l 1", "table"),
+    ("nvidia-smi -i 1,2 --loop-ms=100", "table"),
+    ("nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader -lms 100", "apps"),
+]
+
+
+@pytest.mark.parametrize("loop", LOOPS, ids=[command for command, _ in LOOPS])
+def test_shim_loops_decide_membership_afresh_each_round(genv, sh, gpus, crowded, loop):
+    """A loop of nvidia-smi (``-l``, ``-lms``) runs for long: a process the
+    environment starts after the loop began shows, with its memory, in a
+    later round, while another environment's started as late never does."""
+    import time
+
+    me, other, mine, intruders, theirs = crowded
+    command, kind = loop
+    out = os.path.join(genv.base, "loop.out")
+    loop_pid = int(me.ok("FAKE_NVIDIA_SMI_LOOPS=600 %s >%s 2>&1 </dev/null & echo $!" % (command, out)).strip())
+    gpus.pids.append(loop_pid)
+
+    def seen():
+        if not os.path.exists(out):  # (the background job opens it)
+            return []
+        with open(out) as handle:
+            text = handle.read()
+        if kind == "table":
+            return [(pid, memory) for rows in table_rounds(text) for pid, memory in rows]
+        return [(int(pid), memory.replace(" ", "")) for pid, memory in apps_rows(text)]
+
+    def wait_for(what, test):
+        deadline = time.monotonic() + 15
+        while not test(seen()):
+            assert time.monotonic() < deadline, "%s: not seen in %r" % (what, open(out).read()[-3000:])
+            time.sleep(0.05)
+
+    wait_for("the first round", lambda rows: {pid for pid, _ in rows} >= set(mine))
+    late = gpus.in_shell(me, gpu=2, mib=777, name="late-mine")
+    late_intruder = gpus.in_shell(other, gpu=1, mib=888, name="late-theirs")
+    wait_for("the late process", lambda rows: (late, "777MiB") in rows)
+    before = len(seen())
+    wait_for("one more round", lambda rows: len(rows) > before)
+    kill_quietly(loop_pid)
+    shown = {pid for pid, _ in seen()}
+    assert shown == set(mine) | {late}, (shown, mine, late)
+    assert late_intruder not in shown and not shown & set(intruders + [theirs])
+
+
+def test_shim_loop_option_without_its_number_is_still_filtered(genv, sh, gpus, crowded):
+    """``-l`` takes an optional number (5 s without one): in ``nvidia-smi -l
+    --query-compute-apps=pid ...`` the next word is the query, which must be
+    filtered as without ``-l``."""
+    me, _, mine, _, _ = crowded
+    for command in ("nvidia-smi -l --query-compute-apps=pid --format=csv,noheader",
+                    "nvidia-smi --loop --query-compute-apps=pid --format=csv,noheader"):
+        out = me.ok("FAKE_NVIDIA_SMI_LOOPS=1 " + command)
+        assert sorted(map(int, out.split())) == sorted(mine), (command, out)
+    assert smi_table_pids(me.ok("FAKE_NVIDIA_SMI_LOOPS=1 nvidia-smi -l")) == mine

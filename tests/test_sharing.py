@@ -1594,6 +1594,36 @@ def test_shim_query_gpu_in_a_loop_prints_as_it_goes(genv, shared):
     samples("", "share.out", "1600")
 
 
+SHARE_LOOPS = [
+    ("nvidia-smi -lms 100", lambda text: [int(used) for used, _ in memory_cells(text)]),
+    ("nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100",
+     lambda text: [int(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]),
+]
+
+
+@pytest.mark.parametrize("command,used", SHARE_LOOPS, ids=[command for command, _ in SHARE_LOOPS])
+def test_shim_loops_count_processes_started_after_the_loop(genv, shared, apps, command, used):
+    """With a share, memory in use is the environment's own: a process it
+    starts while the loop runs counts in a later round (it was 0 MiB
+    more, the process unseen, when membership was decided once)."""
+    a, b, _, _ = shared
+    out = os.path.join(genv.base, "loop.out")
+    pid = int(a.ok("FAKE_NVIDIA_SMI_LOOPS=600 %s >%s 2>&1 </dev/null & echo $!" % (command, out)).strip())
+    apps.pids.append(pid)
+
+    def wait_for(what, value):
+        for _ in deadline_loop(15, what):
+            if os.path.exists(out) and value in used(open(out).read()):
+                return
+
+    wait_for("the first round", 1600)
+    apps.in_shell(a, 0, 777)
+    apps.in_shell(b, 0, 888)  # the other environment's: not a's use
+    wait_for("the late process's memory", 1600 + 777)
+    kill_quietly(pid)
+    assert set(used(open(out).read())) <= {1600, 1600 + 777}
+
+
 # === 7. framework hints ================================================================
 
 HINTS = ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION", "TF_FORCE_GPU_ALLOW_GROWTH", "GENV_GPU_MEMORY")

@@ -108,3 +108,44 @@ def test_a_failing_nvidia_smi_query_is_reported_while_the_other_hangs(tmp_path):
     assert str(raised.value) == "nvidia-smi failed with exit status 9: NVIDIA-SMI has failed"
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
+
+
+def test_a_time_out_signals_no_program_already_reaped(tmp_path, monkeypatch):
+    """The first program exits at once and is reaped; then the second runs
+    into the time-out. Its PID may by then be another process's (enforce and
+    monitor run as root): the clean-up must signal only the program still
+    unreaped, through its pidfd where the system has one. Every os.kill is
+    recorded (and still done), and the signals sent through pidfds counted."""
+    from genv import signals
+
+    mark = str(tmp_path / "quick")
+    killed = []
+    real_kill = os.kill
+
+    def kill(pid, signum):
+        killed.append(pid)
+        real_kill(pid, signum)
+
+    monkeypatch.setattr(os, "kill", kill)
+    through_pidfd = []
+    if hasattr(signals, "pidfd_send_signal"):
+        real_send = signals.pidfd_send_signal
+
+        def send(fd, signum, *args):
+            through_pidfd.append(fd)
+            return real_send(fd, signum, *args)
+
+        monkeypatch.setattr(signals, "pidfd_send_signal", send)
+    quick = ["/bin/sh", "-c", "echo $$ > %s" % mark]
+    slow = ["/bin/sh", "-c", "exec sleep 600"]
+    with pytest.raises(spawn.Timeout):
+        spawn.run_all([quick, slow], timeout=1.5)
+    with open(mark) as handle:
+        quick_pid = int(handle.read())
+    if hasattr(os, "pidfd_open"):  # its exit was seen (pidfd) and it was reaped before the time-out
+        assert quick_pid not in killed, "signalled PID %d after reaping it" % quick_pid
+        assert killed == [] and len(through_pidfd) == 1, (killed, through_pidfd)
+    else:  # nothing tells its exit before the time-out: both are reaped only after the kill (a zombie keeps its PID)
+        assert len(killed) == 2 and quick_pid in killed, killed
+    with pytest.raises(ChildProcessError):  # the slow one was killed and reaped
+        os.waitpid(-1, os.WNOHANG)

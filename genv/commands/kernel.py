@@ -17,9 +17,13 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Any, Dict, List, Optional, Tuple
 
 INSTALL: options.Spec = {"--name": options.VALUE, "--gpus": options.VALUE, "--gpu-memory": options.VALUE,
-           "--wait": options.WAIT, "--user": options.FLAG, "--prefix": options.VALUE, "--python": options.VALUE}
+           "--wait": options.WAIT, "--user": options.FLAG, "--prefix": options.VALUE, "--python": options.VALUE,
+                         "--force": options.FLAG}
 WHERE: options.Spec = {"--user": options.FLAG, "--prefix": options.VALUE}
 DEFAULT_NAME = "genv"
+NATIVE = "python3"
+"""The kernel Jupyter lists whenever ipykernel is there (ipykernel's own),
+even with no folder of that name."""
 
 
 def complete(words: List[str]) -> List[str]:
@@ -55,13 +59,16 @@ def data_dir(opts: Dict[str, Any]) -> str:
     return os.path.join(base, "jupyter")
 
 
-def search_dirs(opts: Dict[str, Any]) -> List[str]:
-    """Every folder Jupyter looks in for kernels, the one given first."""
-    found = [data_dir(opts)]
+def search_dirs(opts: Dict[str, Any], prefixes: Tuple[str, ...] = ()) -> List[str]:
+    """Every folder Jupyter looks in for kernels, the one given first: the
+    user's data folder, JUPYTER_PATH, the prefix of the Python genv runs on
+    (and of ``prefixes``: the kernel's Python), /usr/local and /usr."""
+    found = [data_dir(opts), data_dir({})]
     for entry in os.environ.get("JUPYTER_PATH", "").split(os.pathsep):
         if entry:
             found.append(os.path.abspath(entry))
-    found += [os.path.join(sys.prefix, "share", "jupyter"), "/usr/local/share/jupyter", "/usr/share/jupyter"]
+    found += [os.path.join(prefix, "share", "jupyter") for prefix in (sys.prefix,) + prefixes]
+    found += ["/usr/local/share/jupyter", "/usr/share/jupyter"]
     unique: List[str] = []
     for folder in found:
         if folder not in unique:
@@ -84,20 +91,65 @@ def read_spec(folder: str) -> Optional[Dict[str, Any]]:
     return spec if isinstance(spec, dict) else None
 
 
-def _python(opts: Dict[str, Any]) -> str:
-    """The Python of the notebooks (it must have ipykernel)."""
+def _python(opts: Dict[str, Any]) -> Tuple[str, str]:
+    """The Python of the notebooks (it must have ipykernel), and its prefix
+    (where its kernels are)."""
     import subprocess
 
     python = opts.get("--python") or sys.executable
     try:
-        done = subprocess.run([python, "-c", "import ipykernel"], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120, check=False)
+        done = subprocess.run([python, "-c", "import sys, ipykernel; sys.stdout.write(sys.prefix)"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              timeout=120, check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise GenvError("cannot run %s: %s" % (python, error)) from None
     if done.returncode != 0:
         raise GenvError("%s has no ipykernel: install it there (pip install ipykernel), or run this with the "
                         "Python of your notebooks: <python> -m genv kernel install, or --python <python>" % python)
-    return python
+    return python, done.stdout.decode("utf-8", "surrogateescape")
+
+
+def _is_genvs(spec: Optional[Dict[str, Any]]) -> bool:
+    meta = (spec or {}).get("metadata")
+    return isinstance(meta, dict) and isinstance(meta.get("genv"), dict)
+
+
+def check_unshadowed(name: str, folder: str, dirs: List[str], force: bool) -> None:
+    """Refuse a name that a kernel genv did not install has anywhere Jupyter
+    looks (a folder with a kernel.json; Jupyter's own python3 too), unless
+    ``force``: Jupyter lists one kernel per name, the case ignored, so one
+    would hide the other. Two spellings of one name in the folder written
+    to are refused even then (Jupyter would pick either), and a kernel that
+    genv did not install is never overwritten."""
+    target = os.path.dirname(folder)
+    if os.path.islink(folder):
+        raise GenvError("%s is a symbolic link; genv does not write through it" % folder)
+    if os.path.isfile(os.path.join(folder, "kernel.json")) and not _is_genvs(read_spec(folder)):
+        raise GenvError("a kernel %s that genv did not install is in %s; choose another --name" % (name, folder))
+    for base in dirs:
+        kernels = os.path.join(base, "kernels")
+        try:
+            entries = os.listdir(kernels)
+        except OSError:
+            continue
+        here = os.path.realpath(kernels) == os.path.realpath(target)
+        for entry in entries:
+            path = os.path.join(kernels, entry)
+            if entry.lower() != name.lower() or os.path.realpath(path) == os.path.realpath(folder):
+                continue
+            if not os.path.isfile(os.path.join(path, "kernel.json")):
+                continue  # not a kernel: Jupyter skips it
+            if here:
+                raise GenvError("a kernel %s is in %s already, and Jupyter takes names that differ only by case for "
+                                "one: install it as %s, or choose another --name" % (entry, path, entry))
+            if _is_genvs(read_spec(path)) or force:
+                continue
+            raise GenvError("a kernel %s that genv did not install is in %s, and Jupyter lists one kernel per name "
+                            "(the case aside): choose another --name, or --force to install it all the same"
+                            % (entry, path))
+    if name.lower() == NATIVE and not force and not _is_genvs(read_spec(folder)):
+        raise GenvError("%s is the name of Jupyter's own Python kernel (ipykernel's): choose another --name, or "
+                        "--force to install it all the same" % NATIVE)
 
 
 def install(argv: List[str]) -> int:
@@ -124,7 +176,8 @@ def install(argv: List[str]) -> int:
         wait = options.wait_text(opts["--wait"])
         run_options += ["--wait", wait]
         meta["wait"] = wait
-    python = _python(opts)
+    python, python_prefix = _python(opts)
+    check_unshadowed(name, folder, search_dirs(opts, (python_prefix,)), "--force" in opts)
     ctx = Context()
     genv = os.path.join(ctx.root, "bin", "genv")
     # From a clone, genv's own command; installed with pip (no bin/), the
@@ -137,11 +190,6 @@ def install(argv: List[str]) -> int:
         "interrupt_mode": "signal",
         "metadata": {"genv": dict(meta, root=ctx.root, python=python), "debugger": True},
     }
-    if os.path.islink(folder):
-        raise GenvError("%s is a symbolic link; genv does not write through it" % folder)
-    old = read_spec(folder)
-    if old is not None and not isinstance(old.get("metadata", {}).get("genv"), dict):
-        raise GenvError("a kernel %s that genv did not install is in %s; choose another --name" % (name, folder))
     try:
         os.makedirs(folder, exist_ok=True)
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

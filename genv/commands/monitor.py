@@ -34,7 +34,8 @@ OPTIONS = {"--port": True, "--address": True, "--interval": True}
 DEFAULT_PORT = 9759
 """Not among the common exporters' ports (node_exporter 9100, DCGM 9400,
 nvidia_gpu_exporter 9835); see docs/admin.md."""
-DEFAULT_ADDRESS = "0.0.0.0"
+DEFAULT_ADDRESS = "127.0.0.1"
+"""This machine only: the metrics name users and their processes."""
 DEFAULT_INTERVAL = 5.0
 PACKAGE = "prometheus-client>=0.16"
 
@@ -240,39 +241,187 @@ class Collector:
         return prometheus_families(self.core, self.reader.current())
 
 
-def make_server(address: str, port: int, app: Any) -> Any:
-    """A threading WSGI server on ``address``:``port`` that logs nothing
-    per request."""
+WORKERS = 4
+"""Threads that answer complete requests (a reading is one at a time anyway)."""
+MAX_CONNECTIONS = 64
+"""Connections open at once; past it, a new one closes the one that has
+waited longest for its request (a scrape sends its own at once)."""
+IDLE_TIMEOUT = 10.0
+"""Seconds a connection has to send its whole request, and the client to
+take the whole answer."""
+MAX_REQUEST = 16384
+"""Bytes of request line and headers (a scrape sends a few hundred)."""
+
+
+def _handler_class() -> Any:
+    from wsgiref.simple_server import WSGIRequestHandler
+
+    class Handler(WSGIRequestHandler):
+        """wsgiref's, fed the request already read; every socket operation
+        ends within IDLE_TIMEOUT; nothing is logged per request."""
+
+        timeout = IDLE_TIMEOUT
+
+        def __init__(self, request: bytes, conn: Any, address: Any, server: Any) -> None:
+            self._request = request
+            super().__init__(conn, address, server)
+
+        def setup(self) -> None:
+            import io
+
+            super().setup()
+            self.rfile.close()
+            self.rfile = io.BytesIO(self._request)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+class Server:
+    """HTTP for the metrics, open to the network only where --address says.
+    One thread accepts connections and reads their requests without
+    blocking, so that an idle connection costs no thread: a connection
+    whose request is not complete within IDLE_TIMEOUT is closed, and at
+    most MAX_CONNECTIONS are open. A complete request goes to one of
+    WORKERS threads, which answer through wsgiref."""
+
+    def __init__(self, family: int, where: Any, app: Any) -> None:
+        import queue
+        import socket
+
+        self.app = app
+        self._handler = _handler_class()
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(where)
+            self.socket.listen(128)
+        except OSError:
+            self.socket.close()
+            raise
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+        # What wsgiref's request handler asks of its server.
+        self.server_name, self.server_port = "genv", self.server_address[1]
+        self.base_environ = {"SERVER_NAME": self.server_name, "GATEWAY_INTERFACE": "CGI/1.1",
+                             "SERVER_PORT": str(self.server_port), "REMOTE_HOST": "", "CONTENT_LENGTH": "",
+                             "SCRIPT_NAME": ""}
+        self._jobs: "queue.Queue[Optional[Tuple[Any, Any, bytes]]]" = queue.Queue()
+        self._lock = threading.Lock()
+        self._busy = 0  # connections handed to the workers, not yet answered
+        self._closed = False
+
+    def get_app(self) -> Any:
+        return self.app
+
+    def serve_forever(self) -> None:
+        import selectors
+
+        for number in range(WORKERS):
+            threading.Thread(target=self._work, name="genv-monitor-%d" % number, daemon=True).start()
+        selector = selectors.DefaultSelector()
+        selector.register(self.socket, selectors.EVENT_READ, None)
+        waiting: Dict[Any, List[Any]] = {}  # connection -> [deadline, address, bytes so far], oldest first
+
+        def drop(conn: Any) -> None:
+            selector.unregister(conn)
+            del waiting[conn]
+            conn.close()
+
+        while not self._closed:
+            now = time.monotonic()
+            for conn in [conn for conn, (deadline, _, _) in waiting.items() if deadline <= now]:
+                drop(conn)  # idle for too long
+            timeout = min((deadline for deadline, _, _ in waiting.values()), default=now + 60) - now
+            try:
+                events = selector.select(max(timeout, 0.01))
+            except OSError:  # closed under it: the monitor stops
+                break
+            for key, _ in events:
+                if key.data is None:
+                    self._accept(selector, waiting, drop)
+                    continue
+                conn = key.fileobj
+                try:
+                    data = conn.recv(4096)  # type: ignore[union-attr]
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    data = b""
+                entry = waiting[conn]
+                entry[2] += data
+                if not data or len(entry[2]) > MAX_REQUEST:
+                    drop(conn)  # gone, or not a scrape
+                elif b"\r\n\r\n" in entry[2] or b"\n\n" in entry[2]:
+                    selector.unregister(conn)
+                    del waiting[conn]
+                    with self._lock:
+                        self._busy += 1
+                    self._jobs.put((conn, entry[1], entry[2]))
+
+    def _accept(self, selector: Any, waiting: Dict[Any, List[Any]], drop: Any) -> None:
+        import selectors
+
+        while True:
+            try:
+                conn, address = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of files, or the client gave up: the next one may do
+                return
+            with self._lock:
+                full = len(waiting) + self._busy >= MAX_CONNECTIONS
+            if full and waiting:
+                drop(next(iter(waiting)))  # the one that has waited longest
+            elif full:
+                conn.close()  # every slot is being answered: this one must try again
+                continue
+            conn.setblocking(False)
+            selector.register(conn, selectors.EVENT_READ, address)
+            waiting[conn] = [time.monotonic() + IDLE_TIMEOUT, address, b""]
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            conn, address, request = job
+            try:
+                conn.setblocking(True)
+                self._handler(request, conn, address, self)
+            except Exception:  # the client went away, or timed out taking the answer
+                pass
+            finally:
+                try:
+                    conn.shutdown(1)  # (SHUT_WR: the answer ends; as socketserver does)
+                except OSError:
+                    pass
+                conn.close()
+                with self._lock:
+                    self._busy -= 1
+
+    def server_close(self) -> None:
+        self._closed = True
+        self.socket.close()
+        for _ in range(WORKERS):
+            self._jobs.put(None)
+
+
+def make_server(address: str, port: int, app: Any) -> Server:
+    """The server for ``address``:``port`` (an IPv4 or IPv6 address, or a
+    host name), or a one-line GenvError."""
     import socket
-    import socketserver
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
     try:
         found = socket.getaddrinfo(address, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as error:
         raise GenvError("invalid --address %r: %s" % (address, error)) from None
-
-    class Server(socketserver.ThreadingMixIn, WSGIServer):
-        daemon_threads = True
-        address_family = found[0][0]
-
-        def server_bind(self) -> None:
-            # HTTPServer.server_bind would ask DNS for the host's name.
-            socketserver.TCPServer.server_bind(self)
-            self.server_name, self.server_port = "genv", self.server_address[1]
-            self.setup_environ()
-
-    class Handler(WSGIRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    where: Any = found[0][4][:2]  # (host, port), IPv4 or IPv6
     try:
-        server = Server(where, Handler)
+        return Server(found[0][0], found[0][4][:2], app)  # (host, port), IPv4 or IPv6
     except OSError as error:
         raise GenvError("cannot listen on %s port %d: %s" % (address, port, error.strerror or error)) from None
-    server.set_app(app)
-    return server
 
 
 class _Stop(BaseException):

@@ -28,9 +28,9 @@ class Context:
 
     def shell_pid(self) -> int:
         """The calling shell (the ``genv`` function says which), else the parent."""
-        text = os.environ.get("GENV_SHELL_PID", "")
-        if text.isascii() and text.isdigit() and 0 < len(text) < 11 and int(text) > 0:
-            return int(text)
+        digits = os.environ.get("GENV_SHELL_PID", "").lstrip("0")
+        if digits.isascii() and digits.isdigit() and len(digits) < 20:  # (int() refuses over 4300 digits)
+            return int(digits)
         return os.getppid()
 
     def in_subshell(self) -> bool:
