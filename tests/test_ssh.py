@@ -73,8 +73,8 @@ class Holder:
         self.proc.wait(30)
 
 
-def remote_devices(hosts, name):
-    done = hosts.ssh(name, "genv devices --format json")
+def remote_devices(hosts, name, genv="genv"):
+    done = hosts.ssh(name, "%s devices --format json" % genv)
     assert done.returncode == 0, done
     return json.loads(done.stdout)
 
@@ -105,9 +105,10 @@ def test_listings_across_hosts(genv, hosts):
             ["gpu1", "0"], ["gpu1", "1"], ["gpu1", "2"], ["gpu1", "3"], ["gpu2", "0"], ["gpu2", "1"]]
         assert "train" in lines[1] and holder.eid in lines[1]
 
-        # -H, repeated, --host=, -HDEST: the same hosts, in the order given.
+        # -H, repeated, --host=, -HDEST: the same hosts, in the order given (CSV: no "1 second ago").
+        csv = run(genv, "devices", "--host", "gpu1,gpu2", "--format", "csv")[1]
         for args in (["-H", "gpu1", "-H", "gpu2"], ["--host=gpu1", "-Hgpu2"], ["-H", "gpu1,gpu2,gpu1"]):
-            assert run(genv, "devices", *args)[1] == out, args
+            assert run(genv, "devices", "--format", "csv", *args)[1] == csv, args
 
         rc, out, err = run(genv, "devices", "-H", "gpu2,gpu1", "--format", "csv")
         rows = out.split("\r\n")
@@ -572,3 +573,42 @@ def test_the_control_folder_is_private(monkeypatch):
         if not existed and os.path.isdir(fallback) and not os.path.islink(fallback):
             os.rmdir(fallback)
         shutil.rmtree(str(tmp_path))
+
+
+# === 8. the README's "Several machines" ==========================================================
+
+
+def test_the_readme_examples_of_several_machines(genv, hosts):
+    """The ``console ssh`` blocks of the README (tests/test_readme.py runs
+    the others, without daemons), as a session in one bash terminal, stderr
+    shown where it comes, compared as test_readme compares."""
+    from test_readme import README, normalise, session
+
+    with open(README, encoding="utf-8") as handle:
+        blocks = re.findall(r"^```console ssh\n(.*?)^```$", handle.read(), flags=re.S | re.M)
+    assert blocks
+    hosts.add("gpu1", gpus=2)
+    hosts.add("gpu2", gpus=2, PATH="%s/tests/fake:/usr/bin:/bin" % genv.root)  # genv is not on the PATH there
+    os.symlink(genv.root, os.path.join(hosts.homes["gpu2"], "genv"))  # ~/genv/bin/genv
+    holder = Holder(hosts, "gpu1", "--gpus", "1", "--name", "train")
+    config = os.path.join(genv.home, ".config")
+    shell = genv.shell("bash", GENV_DEVICES=None, XDG_CONFIG_HOME=None)
+    try:
+        shell.ok("PS1='$ '")
+        for block in blocks:
+            steps = session(block)
+            # The hosts file is what the example shows.
+            (command, shown), = [(command, expected) for _, command, expected in steps if command.startswith("cat ")]
+            assert command == "cat ~/.config/genv/hosts"
+            os.makedirs(os.path.join(config, "genv"), exist_ok=True)
+            with open(os.path.join(config, "genv", "hosts"), "w") as handle:
+                handle.write("\n".join(shown) + "\n")
+            for prefix, command, expected in steps:
+                # (stdin from /dev/null: ssh, like genv ssh, reads its stdin, which is here the test's pipe)
+                result = shell.run("%s </dev/null 2>&1" % command)
+                assert result.rc == 0, (command, result)
+                assert normalise(result.out) == normalise("\n".join(expected)), (command, result)
+    finally:
+        holder.close()
+    # genv ssh's environment is gone with its command.
+    assert all(not gpu["environments"] for gpu in remote_devices(hosts, "gpu2", "~/genv/bin/genv"))
