@@ -136,15 +136,17 @@ def read_hosts(path: str) -> List[Host]:
     return parse_hosts(text, path)
 
 
-def all_hosts() -> List[Host]:
+def all_hosts(why: str = "--all-hosts") -> List[Host]:
+    """The hosts of the hosts file; ``why``: what asked for them (for the
+    message when there are none)."""
     path = hosts_file()
     if path is None:
-        raise GenvError("--all-hosts: there is no hosts file (%s or %s); write one host a line"
-                        % (os.path.join(os.environ.get("XDG_CONFIG_HOME") or "~/.config", "genv", "hosts"),
-                           SYSTEM_HOSTS))
+        config = os.environ.get("XDG_CONFIG_HOME") or ""
+        raise GenvError("%s: there is no hosts file (%s or %s); write one host a line" % (
+            why, os.path.join(config if os.path.isabs(config) else "~/.config", "genv", "hosts"), SYSTEM_HOSTS))
     hosts = read_hosts(path)
     if not hosts:
-        raise GenvError("--all-hosts: %s lists no host" % path)
+        raise GenvError("%s: %s lists no host" % (why, path))
     return hosts
 
 
@@ -307,7 +309,11 @@ class Transport:
         self.timeout = timeout()
         self.command = ssh_command()
         self.folder = control_folder()
-        self.options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % max(1, math.ceil(self.timeout))]
+        seconds = max(1, math.ceil(self.timeout))
+        # ServerAliveInterval: a reused connection whose host went away ends
+        # within a few time-outs, instead of holding up every later listing.
+        self.options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % seconds,
+                        "-o", "ServerAliveInterval=%d" % seconds]
         if self.folder is not None:
             self.options += ["-o", "ControlMaster=auto", "-o", "ControlPath=%s/%%C" % self.folder,
                              "-o", "ControlPersist=%d" % PERSIST_SECONDS]

@@ -108,3 +108,41 @@ def test_a_failing_nvidia_smi_query_is_reported_while_the_other_hangs(tmp_path):
     assert str(raised.value) == "nvidia-smi failed with exit status 9: NVIDIA-SMI has failed"
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
+
+
+def test_run_each_keeps_every_program_apart(tmp_path):
+    """Issue 18: one program failing, hanging or not starting changes
+    nothing for the others (run_all, by design, stops them)."""
+    import time
+
+    witness = tmp_path / "grandchild"
+    argvs = [
+        ["/bin/sh", "-c", "sleep 0.3; echo late; exit 0"],
+        ["/bin/sh", "-c", "echo fails >&2; exit 3"],
+        ["/bin/sh", "-c", "(sleep 30; touch %s) & sleep 30" % witness],  # hangs, with a child of its own
+        ["/no/such/program"],
+        ["/bin/sh", "-c", "head -c 5000 /dev/zero"],
+    ]
+    start = time.monotonic()
+    results = spawn.run_each(argvs, timeout=1.5, limit=4096)
+    took = time.monotonic() - start
+    assert results[0] == (0, b"late\n", b"")
+    assert results[1] == (3, b"", b"fails\n")
+    assert isinstance(results[2], spawn.Timeout)
+    assert isinstance(results[3], OSError) and not isinstance(results[3], spawn.Timeout)
+    assert isinstance(results[4], spawn.TooLong)
+    assert 1.4 < took < 5, took
+    # The hanging one's whole process group was killed: its child never wakes up.
+    out = os.popen("ps -eo args").read()
+    assert "touch %s" % witness not in out
+
+
+def test_run_each_reaps_every_program_once():
+    """Each program is waited for exactly once: none is left a zombie, and
+    nothing is killed after it was reaped (its PID may be another's)."""
+    results = spawn.run_each([["/bin/true"]] * 20, timeout=30)
+    assert results == [(0, b"", b"")] * 20
+    try:
+        assert os.waitpid(-1, os.WNOHANG) == (0, 0)  # no exited child of ours is left to reap
+    except ChildProcessError:
+        pass  # no child at all

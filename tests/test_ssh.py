@@ -619,3 +619,12 @@ def test_the_readme_examples_of_several_machines(genv, hosts):
         holder.close()
     # genv ssh's environment is gone with its command.
     assert all(not gpu["environments"] for gpu in remote_devices(hosts, "gpu2", "~/genv/bin/genv"))
+
+
+def test_genv_ssh_without_gpus_and_without_hosts(genv, hosts):
+    hosts.add("gpu1", gpus=1)
+    rc, out, err = run(genv, "ssh", "--", "true")
+    assert rc == 1 and err.startswith("genv: no --host given: there is no hosts file ("), err
+    hosts.write_hosts("gpu1\n")
+    rc, out, err = run(genv, "ssh", "--gpus", "0", "--", "sh", "-c", 'echo "[$CUDA_VISIBLE_DEVICES]"')
+    assert (rc, out) == (0, "[]\n") and re.match(r"genv: gpu1: environment \d+, without GPUs\n$", err), err

@@ -278,7 +278,7 @@ def main(argv: List[str]) -> int:
     memory = parse_size(opts["--gpu-memory"], "GPU memory") if "--gpu-memory" in opts else None
     name = check_text(opts["--name"], "name") if "--name" in opts else None
     if hosts is None:
-        hosts = remote.all_hosts()
+        hosts = remote.all_hosts("no --host given")
     transport = remote.Transport()
     warning = transport.warning()
     if warning:
@@ -304,8 +304,11 @@ def main(argv: List[str]) -> int:
     if held is None or chosen is None:
         raise GenvError(_none_fits(answers, count, memory, lost))
     try:
-        err("%s: environment %s with GPU%s %s" % (chosen.dest, held.eid, "" if held.gpus.count(",") == 0 else "s",
-                                                 held.gpus or "(none)"))
+        if held.gpus:
+            err("%s: environment %s with GPU%s %s" % (chosen.dest, held.eid, "s" if "," in held.gpus else "",
+                                                     held.gpus))
+        else:
+            err("%s: environment %s, without GPUs" % (chosen.dest, held.eid))
         tty = "-t" in opts or (command is None and os.isatty(0))
         ssh = transport.argv(chosen, ["run", "--id", held.eid, "--"] + (command or []), tty=tty)
         if command is None:
