@@ -212,7 +212,7 @@ def wants_hosts(argv: Sequence[str]) -> bool:
     for arg in argv:
         if arg == "--":
             return False
-        if arg == "--all-hosts" or arg.startswith("--host") or arg.startswith("-H"):
+        if arg in ("--all-hosts", "--host") or arg.startswith(("--host=", "-H")):
             return True
     return False
 

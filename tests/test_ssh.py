@@ -277,6 +277,8 @@ def test_destinations_are_checked(genv, hosts, tmp_path):
     assert rc == 1 and "hosts:1: invalid host '-oProxyCommand=x': a host cannot start with '-'" in err
     rc, out, err = run(genv, "devices", "-H")
     assert rc == 1 and "option -H needs a value" in err
+    rc, out, err = run(genv, "devices", "--hosts", "gpu1")
+    assert rc == 1 and "unknown option '--hosts'" in err
 
 
 def test_connections_are_reused_from_a_private_folder(genv, hosts):
@@ -541,6 +543,7 @@ def test_option_splitting():
     hosts, rest = split(["-H", "a,b", "--json", "--host=c", "-Ha", "--", "-H", "x"])
     assert [host.dest for host in hosts] == ["a", "b", "c"] and rest == ["--json", "--", "-H", "x"]
     assert remote.wants_hosts(["--json", "-Hx"]) and not remote.wants_hosts(["--", "-H", "x"])
+    assert not remote.wants_hosts(["--hosts", "x"])
     with pytest.raises(UsageError, match="needs a value"):
         split(["--host"])
 

@@ -104,26 +104,36 @@ def fits(answers: Sequence[remote.Answer], count: int, memory: Optional[int]) ->
 
 
 class Held:
-    """The holder on a host: its ssh process and the pipe that keeps it."""
+    """The holder on a host: its ssh process, the pipe that keeps it (its
+    stdin) and its output pipes (kept open, so that a late message from the
+    holder cannot end it early)."""
 
-    def __init__(self, pid: int, stdin: int, eid: str, gpus: str) -> None:
-        self.pid, self.stdin, self.eid, self.gpus = pid, stdin, eid, gpus
+    def __init__(self, pid: int, fds: Sequence[int], eid: str, gpus: str) -> None:
+        self.pid, self.fds, self.eid, self.gpus = pid, list(fds), eid, gpus
 
     def release(self, timeout: float) -> None:
         """Close the holder's stdin (its environment goes with it) and wait
         for it to end, at most ``timeout`` seconds."""
-        import time
+        os.close(self.fds[0])
+        if _reap(self.pid, timeout) is None:
+            _kill(self.pid)
+        for fd in self.fds[1:]:
+            os.close(fd)
 
-        if self.stdin >= 0:
-            os.close(self.stdin)
-            self.stdin = -1
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            done, _ = os.waitpid(self.pid, os.WNOHANG)
-            if done:
-                return
-            time.sleep(0.01)
-        _kill(self.pid)
+
+def _reap(pid: int, timeout: float) -> Optional[int]:
+    """The wait status of ``pid`` once it ends, or None if it is still
+    running after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        done, wait_status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return wait_status
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
 
 
 def _kill(pid: int) -> None:
@@ -191,32 +201,33 @@ def hold(transport: remote.Transport, host: remote.Host, words: List[str]) -> Tu
         line = output.split(b"\n", 1)[0].decode("utf-8", "replace").split()
         if b"\n" in output and len(line) in (1, 2) and line[0].isascii() and line[0].isalnum():
             done = True
-            return Held(pid, stdin_w, line[0], line[1] if len(line) == 2 else ""), ""
+            return Held(pid, (stdin_w, out_r, err_r), line[0], line[1] if len(line) == 2 else ""), ""
         # No line: it ended (or will) without the GPUs; what it said is why.
         os.close(stdin_w)
         stdin_w = -1
-        rest_deadline = time.monotonic() + transport.timeout
-        while err_r in open_fds and time.monotonic() < rest_deadline:
-            for fd, _ in poller.poll(int(max(0.0, rest_deadline - time.monotonic()) * 1000) + 1):
+        rest = time.monotonic() + transport.timeout
+        while err_r in open_fds and time.monotonic() < rest:
+            for fd, _ in poller.poll(int(max(0.0, rest - time.monotonic()) * 1000) + 1):
                 data = os.read(fd, 65536)
                 if not data:
                     poller.unregister(fd)
                     open_fds.discard(fd)
                 elif fd == err_r:
                     errors += data
-        ended, wait_status = os.waitpid(pid, os.WNOHANG)
-        if not ended:
+        wait_status = _reap(pid, max(0.0, rest - time.monotonic()))
+        if wait_status is None:
             _kill(pid)
-            wait_status = 1 << 8
         done = True
-        return None, remote.reason(spawn.status_of(wait_status), errors, transport.genv(host))
+        status = spawn.status_of(wait_status) if wait_status is not None else 1
+        return None, remote.reason(status, errors, transport.genv(host))
     finally:
-        os.close(out_r)
-        os.close(err_r)
         if not done:
             if stdin_w >= 0:
                 os.close(stdin_w)
             _kill(pid)
+        if not done or stdin_w < 0:  # (a holder kept keeps its pipes)
+            os.close(out_r)
+            os.close(err_r)
 
 
 def run_there(argv: List[str]) -> int:
