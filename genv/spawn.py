@@ -4,7 +4,9 @@
 measured, about as much as a second interpreter start, paid by every command
 that asks nvidia-smi something (``ps``, ``devices``, ``attach``, the shim's
 filter). ``os.posix_spawn`` with two pipes and ``select.poll`` does the same
-job for the few calls genv makes.
+job for the few calls genv makes: nvidia-smi (``run``, ``run_all``: side by
+side, the first failure is the answer) and ssh to other hosts (``run_each``:
+side by side, each on its own; ``start`` for genv ssh).
 """
 
 from __future__ import annotations
@@ -286,7 +288,8 @@ def start(argv: Sequence[str], stdin: int = -1, stdout: int = -1, stderr: int = 
     extra: Dict[str, object] = {"setsigdef": tuple(default)} if default else {}
     if group:
         extra["setpgroup"] = 0
-    return os.posix_spawn(argv[0], list(argv), dict(os.environ), file_actions=actions, **extra)  # type: ignore[arg-type]
+    return os.posix_spawn(argv[0], list(argv), dict(os.environ), file_actions=actions,
+                          **extra)  # type: ignore[arg-type]
 
 
 def stream(argv: Sequence[str]) -> Tuple[int, int]:

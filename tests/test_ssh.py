@@ -207,6 +207,7 @@ def test_the_path_of_genv_there(genv, hosts):
     assert not os.path.exists(os.path.join(hosts.base, "pwned"))
 
 
+@pytest.mark.serial
 def test_a_host_that_fails_never_hides_the_others(genv, hosts):
     hosts.add("gpu1", gpus=2)
     hosts.refusing("down")
