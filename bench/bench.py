@@ -1,4 +1,4 @@
-"""genv's benchmark suite (issues 5, 9, 10, 11 and 12). Run it with ``bench/run``.
+"""genv's benchmark suite (issues 5, 9, 10, 11, 12 and 18). Run it with ``bench/run``.
 
 Every scenario is timed from inside one long-lived bash process with
 ``$EPOCHREALTIME`` around the command, so bash's own start-up is excluded;
@@ -42,6 +42,10 @@ Scenarios (--only/--skip take these names):
   run     (issue 12) 'genv run -- true' and 'genv run --gpus 1 -- true'
           beside true itself, their nvidia-smi calls and the bare interpreter
   sdk     (issue 12) python -I -S -c 'import genv.sdk' beside the bare one
+  hosts   (issue 18) genv devices -H over ssh to sshd instances on 127.0.0.1
+          (tests/sshd_hosts.py): one and three hosts, with fresh and with
+          reused connections, and three hosts whose genv takes --hosts-slow
+          seconds beside one (skipped, with the reason, without sshd)
   kernel  (issue 12) a Jupyter kernel's start (start_kernel() to
           wait_for_ready()), a plain ipykernel kernelspec against one made by
           'genv kernel install --gpus 1', in turn (--kernel-reps); in an
@@ -1139,11 +1143,67 @@ def make_venv(path: str, packages: List[str]) -> str:
     return os.path.join(path, "bin", "python3")
 
 
+def several_hosts(python: str, reps: int, slow: float) -> Tuple[Dict[str, List[float]], Dict[str, Any]]:
+    """(issue 18) Listings across hosts, over ssh to real sshd instances on
+    127.0.0.1 (tests/sshd_hosts.py): ``genv devices -H`` with one and with
+    three hosts, each with fresh connections (the handshakes included) and
+    with the connections ssh reuses (ControlMaster); and with three hosts
+    whose genv takes ``slow`` seconds to answer (a wrapper that sleeps
+    first), beside one such host. Timed from Python around the whole
+    command (ms)."""
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    import sshd_hosts
+
+    base = tempfile.mkdtemp(prefix="genv-bench-ssh-", dir="/tmp")
+    hosts = sshd_hosts.Hosts(base, REPO, python)
+    try:
+        for number in (1, 2, 3):
+            hosts.add("fast%d" % number, gpus=4)
+        wrapper = os.path.join(base, "slow-genv")
+        with open(wrapper, "w") as handle:
+            handle.write("#!/bin/sh\nsleep %s\nexec %s \"$@\"\n" % (slow, shlex.quote(os.path.join(REPO, "bin",
+                                                                                                    "genv"))))
+        os.chmod(wrapper, 0o755)
+        for number in (1, 2, 3):
+            hosts.alias("slow%d" % number, of="fast%d" % number)
+        hosts.write_hosts("".join("fast%d\n" % n for n in (1, 2, 3)) + "".join("slow%d %s\n" % (n, wrapper)
+                                                                               for n in (1, 2, 3)))
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("GENV_", "FAKE_"))}
+        env.update(hosts.environ())
+        env.update({"GENV_PYTHON": python, "GENV_TMPDIR": os.path.join(base, "state"), "GENV_DEVICES": "1",
+                    "PATH": "%s/bin:%s" % (REPO, env.get("PATH", "/usr/bin:/bin"))})
+
+        def timed(label: str, targets: str) -> None:
+            began = time.perf_counter()
+            done = subprocess.run([os.path.join(REPO, "bin", "genv"), "devices", "-H", targets, "--format", "csv"],
+                                  env=env, capture_output=True, timeout=120)
+            took = (time.perf_counter() - began) * 1000
+            if done.returncode != 0 or done.stderr:
+                raise RuntimeError("genv devices -H %s failed: %r" % (targets, done))
+            data.setdefault(label, []).append(took)
+
+        data: Dict[str, List[float]] = {}
+        timed("hosts_warmup", "fast1,fast2,fast3")
+        for _ in range(reps):
+            for label, targets in (("hosts_1_first", "fast1"), ("hosts_3_first", "fast1,fast2,fast3")):
+                hosts.forget_connections()
+                timed(label, targets)
+                timed(label.replace("first", "reused"), targets)
+        for _ in range(max(2, reps // 4)):
+            timed("hosts_1_slow", "slow1")
+            timed("hosts_3_slow", "slow1,slow2,slow3")
+        return data, {"slow_seconds": slow}
+    finally:
+        hosts.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def median(values: List[float]) -> Optional[float]:
     return statistics.median(values) if values else None
 
 
-SCENARIOS = ("cycle", "shim", "envs", "race", "procs", "share", "pack", "wait", "admin", "run", "sdk", "kernel")
+SCENARIOS = ("cycle", "shim", "envs", "race", "procs", "share", "pack", "wait", "admin", "run", "sdk", "kernel",
+             "hosts")
 
 
 def counts(text: str) -> List[int]:
@@ -1171,6 +1231,8 @@ def main() -> int:
     parser.add_argument("--kernel-python",
                         help="an interpreter with ipykernel and jupyter_client for the kernels (default: a venv "
                              "made for them with pip)")
+    parser.add_argument("--hosts-slow", type=float, default=1.5,
+                        help="seconds the slow hosts of the hosts scenario take to answer (default 1.5)")
     parser.add_argument("--only", default="", help="run only these scenarios (comma list of %s)" % ",".join(SCENARIOS))
     parser.add_argument("--skip", default="", help="skip these scenarios (same names)")
     parser.add_argument("--compare-upstream", action="store_true", help="also measure %s" % UPSTREAM)
@@ -1201,7 +1263,7 @@ def main() -> int:
 
         results: Dict[str, Dict[str, Any]] = {tool.name: {} for tool in tools}
         extras: Dict[str, Any] = {"procs": {}, "packing": None, "waiting": None, "admin": {}, "run_calls": None,
-                                  "kernel": None, "skipped": {}}
+                                  "kernel": None, "hosts": None, "skipped": {}}
 
         def record(tool: Tool, data: Dict[str, List[float]]) -> None:
             for label, values in data.items():
@@ -1260,6 +1322,18 @@ def main() -> int:
                 print("skipping the kernel starts: %s" % why, file=sys.stderr)
             else:
                 data, extras["kernel"] = kernels(ours, args.kernel_reps, kpython)
+                record(ours, data)
+
+        if "hosts" in chosen:
+            sys.path.insert(0, os.path.join(REPO, "tests"))
+            import sshd_hosts
+
+            why = sshd_hosts.missing()
+            if why:
+                extras["skipped"]["hosts"] = why
+                print("skipping the hosts scenario: %s" % why, file=sys.stderr)
+            else:
+                data, extras["hosts"] = several_hosts(python, max(3, args.reps // 2), args.hosts_slow)
                 record(ours, data)
 
         summary = report(results, tools, python, env_counts, racer_counts, proc_counts, admin_counts, extras)
@@ -1502,6 +1576,27 @@ def report(results: Dict[str, Dict[str, Any]], tools: List[Tool], python: str, e
     if ours.get("kernel_net") is not None:
         target("a kernel's start with genv (--gpus 1) minus without, less its nvidia-smi calls, ms "
                "(target <= 100)", ours["kernel_net"], 100)
+    several = extras.get("hosts")
+    if several:
+        three, one = ours.get("hosts_3_slow"), ours.get("hosts_1_slow")
+        if three is not None and one is not None:
+            target("3 hosts that take %g s each, over 1.5 x one such host + 0.5 s (target <= 1)"
+                   % several["slow_seconds"], three / (1.5 * one + 500), 1)
+        target("3 fast hosts over one, fresh connections (target <= 2)",
+               ratio(ours.get("hosts_3_first"), ours.get("hosts_1_first")), 2)
+        target("3 fast hosts over one, reused connections (target <= 2)",
+               ratio(ours.get("hosts_3_reused"), ours.get("hosts_1_reused")), 2)
+        target("a listing repeated within the reuse window over the first, one host (target <= 0.5)",
+               ratio(ours.get("hosts_1_reused"), ours.get("hosts_1_first")), 0.5)
+        target("the same, three hosts (target <= 0.5)",
+               ratio(ours.get("hosts_3_reused"), ours.get("hosts_3_first")), 0.5)
+        print()
+        print("genv devices -H over ssh to sshd on 127.0.0.1 (medians, ms): one host %s first, %s reused; three "
+              "hosts %s first, %s reused; hosts that take %g s: one %s, three %s" % tuple(
+                  [_num(ours.get(key), "%.0f") for key in ("hosts_1_first", "hosts_1_reused", "hosts_3_first",
+                                                           "hosts_3_reused")]
+                  + [several["slow_seconds"]] + [_num(ours.get(key), "%.0f") for key in ("hosts_1_slow",
+                                                                                         "hosts_3_slow")]))
     print()
     for label, value, ok in targets:
         print("- %s: %s (%s)" % (label, _num(value, "%.2f"), "n/a" if ok is None else "met" if ok else "missed"))
@@ -1523,7 +1618,7 @@ def report(results: Dict[str, Dict[str, Any]], tools: List[Tool], python: str, e
             "nvidia_smi_calls": {n: facts["calls"] for n, facts in procs.items()},
             "shim_python_starts": {n: facts["python_starts"] for n, facts in procs.items()},
             "packing": pack, "waiting": wait, "admin": admin, "run_calls": run_calls, "kernel": kernel,
-            "skipped": skipped, "races_ok": races_ok, "checks_ok": checks_ok}
+            "hosts": extras.get("hosts"), "skipped": skipped, "races_ok": races_ok, "checks_ok": checks_ok}
 
 
 def _num(value: Optional[float], form: str) -> str:

@@ -157,6 +157,22 @@ def _place(board: Dict[int, _Gpu], request: Request, keep: Sequence[int], partia
     return chosen
 
 
+def place(gpus: Sequence[Tuple[int, Optional[int], Sequence[Optional[int]], bool]], request: Request) -> List[int]:
+    """Where ``request`` would go now on a machine known only from outside
+    (another host's ``genv devices``): each GPU as (index, total bytes or
+    None, the shares of its holders in bytes (None: held whole), whether a
+    process outside genv keeps it busy). The rules of ``allocate``, without
+    the line of waiters (which the listing does not show). An empty list:
+    it does not fit (or asks for no GPU)."""
+    board: Dict[int, _Gpu] = {}
+    for index, total, shares, busy in gpus:
+        gpu = _Gpu({"index": index, "total": total})
+        gpu.holders = [_Holder(-1, None, share) for share in shares]
+        gpu.busy = ["busy"] if busy else []
+        board[index] = gpu
+    return _place(board, request, [], partial=False)
+
+
 def _held_by(env: Env, board: Dict[int, _Gpu]) -> List[int]:
     return [index for index, gpu in board.items() if any(holder.env is env for holder in gpu.holders)]
 

@@ -4,7 +4,9 @@
 measured, about as much as a second interpreter start, paid by every command
 that asks nvidia-smi something (``ps``, ``devices``, ``attach``, the shim's
 filter). ``os.posix_spawn`` with two pipes and ``select.poll`` does the same
-job for the few calls genv makes.
+job for the few calls genv makes: nvidia-smi (``run``, ``run_all``: side by
+side, the first failure is the answer) and ssh to other hosts (``run_each``:
+side by side, each on its own; ``start`` for genv ssh).
 """
 
 from __future__ import annotations
@@ -13,18 +15,24 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+    from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 
 class Timeout(OSError):
     """The program did not finish in time (it was killed)."""
 
 
-def _spawn(argv: Sequence[str], stdout: int, stderr: int) -> int:
+class TooLong(OSError):
+    """The program wrote more than it was allowed to (it was killed)."""
+
+
+def _spawn(argv: Sequence[str], stdout: int, stderr: int, group: bool = False) -> int:
     actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                (os.POSIX_SPAWN_DUP2, stdout, 1)]
     if stderr >= 0:
         actions.append((os.POSIX_SPAWN_DUP2, stderr, 2))
+    if group:  # a process group of its own: the terminal's ^C does not reach it, a kill reaches its children
+        return os.posix_spawn(argv[0], list(argv), dict(os.environ), file_actions=actions, setpgroup=0)
     return os.posix_spawn(argv[0], list(argv), dict(os.environ), file_actions=actions)
 
 
@@ -166,6 +174,123 @@ def _kill(unreaped: Dict[int, int], pidfds: Dict[int, int]) -> None:
             pass
 
 
+def run_each(argvs: Sequence[Sequence[str]], timeout: float,
+             limit: int = 64 << 20) -> List[Union[Tuple[int, bytes, bytes], OSError]]:
+    """Several programs side by side, each on its own (``run_all`` stops the
+    others at the first failure; here one failure never touches the
+    others): for each, its return code, stdout and stderr, or the OSError
+    that ended it: it could not be started, it was still running after
+    ``timeout`` seconds (Timeout), or it wrote more than ``limit`` bytes
+    (TooLong). Each runs in a process group of its own, killed as a whole
+    when it runs too long (with what it started: an ssh's proxy command)."""
+    import select
+    import time
+
+    count = len(argvs)
+    results: List[Union[Tuple[int, bytes, bytes], OSError, None]] = [None] * count
+    pids: Dict[int, int] = {}  # position -> PID, while not reaped
+    pipes: Dict[int, Tuple[int, int]] = {}  # read end -> (position, 1 for stdout or 2 for stderr)
+    chunks: Dict[Tuple[int, int], List[bytes]] = {}
+    sizes = [0] * count
+    pidfds: Dict[int, int] = {}  # position -> pidfd, while not reaped
+    poller = select.poll()
+    deadline = time.monotonic() + timeout
+
+    def close_pipes(position: int) -> None:
+        for fd in [fd for fd, (owner, _) in pipes.items() if owner == position]:
+            poller.unregister(fd)
+            os.close(fd)
+            del pipes[fd]
+
+    def forget(position: int) -> None:
+        del pids[position]
+        pidfd = pidfds.pop(position, None)
+        if pidfd is not None:
+            poller.unregister(pidfd)
+            os.close(pidfd)
+
+    def finish(position: int, wait_status: int) -> None:
+        forget(position)
+        for fd in [fd for fd, (owner, _) in pipes.items() if owner == position]:
+            chunks[pipes[fd]] += _drain(fd)  # what it left in its pipes (a child may hold them open)
+        close_pipes(position)
+        results[position] = (status_of(wait_status), b"".join(chunks[(position, 1)]),
+                             b"".join(chunks[(position, 2)]))
+
+    def stop(position: int, error: OSError) -> None:
+        pid = pids[position]
+        try:
+            os.killpg(pid, 9)  # SIGKILL
+        except OSError:
+            try:
+                os.kill(pid, 9)  # not reaped yet, so still this program
+            except OSError:
+                pass
+        os.waitpid(pid, 0)
+        forget(position)
+        close_pipes(position)
+        results[position] = error
+
+    try:
+        for position, argv in enumerate(argvs):
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            try:
+                pids[position] = _spawn(argv, out_w, err_w, group=True)
+            except OSError as error:
+                os.close(out_r)
+                os.close(err_r)
+                results[position] = error
+                continue
+            finally:
+                os.close(out_w)
+                os.close(err_w)
+            for fd, stream in ((out_r, 1), (err_r, 2)):
+                pipes[fd] = (position, stream)
+                chunks[(position, stream)] = []
+                poller.register(fd, select.POLLIN | select.POLLHUP)
+            if hasattr(os, "pidfd_open"):  # Linux >= 5.3: its exit can be polled for
+                try:
+                    pidfd = os.pidfd_open(pids[position])
+                except OSError:
+                    pass
+                else:
+                    pidfds[position] = pidfd
+                    poller.register(pidfd, select.POLLIN)
+        while pids:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                for position in list(pids):
+                    stop(position, Timeout("timed out after %g s" % timeout))
+                break
+            # Without pidfds, exits are looked for every 20 ms.
+            wait_ms = int(left * 1000) + 1 if len(pidfds) == len(pids) else min(20, int(left * 1000) + 1)
+            for fd, _ in poller.poll(wait_ms):
+                if fd not in pipes:
+                    continue  # a pidfd (exits are collected below), or a pipe closed earlier in this round
+                position, stream = pipes[fd]
+                data = os.read(fd, 65536)
+                if not data:
+                    poller.unregister(fd)
+                    os.close(fd)
+                    del pipes[fd]
+                    continue
+                chunks[(position, stream)].append(data)
+                sizes[position] += len(data)
+                if sizes[position] > limit and position in pids:
+                    stop(position, TooLong("wrote more than %d bytes" % limit))
+            for position in list(pids):
+                done, wait_status = os.waitpid(pids[position], os.WNOHANG)
+                if done:
+                    finish(position, wait_status)
+        return [result if result is not None else Timeout("not run") for result in results]
+    finally:
+        for position in list(pids):  # left running by an error (or ^C)
+            stop(position, Timeout("stopped"))
+        for fd in list(pipes):
+            os.close(fd)
+
+
 def _drain(fd: int) -> List[bytes]:
     """What is left in a pipe whose writer exited, without blocking (a
     process it left behind may hold the pipe open)."""
@@ -180,6 +305,20 @@ def _drain(fd: int) -> List[bytes]:
             break
         found.append(data)
     return found
+
+
+def start(argv: Sequence[str], stdin: int = -1, stdout: int = -1, stderr: int = -1, group: bool = False,
+          default: Sequence[int] = ()) -> int:
+    """Start ``argv`` (a path) with these descriptors as its standard
+    streams (-1: this process's own); ``group``: in a process group of its
+    own; ``default``: signals it gets with their default action (those this
+    process ignores would stay ignored). Its PID: wait for it with ``wait``."""
+    actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate((stdin, stdout, stderr)) if fd >= 0]
+    extra: Dict[str, object] = {"setsigdef": tuple(default)} if default else {}
+    if group:
+        extra["setpgroup"] = 0
+    return os.posix_spawn(argv[0], list(argv), dict(os.environ), file_actions=actions,
+                          **extra)  # type: ignore[arg-type]
 
 
 def stream(argv: Sequence[str]) -> Tuple[int, int]:

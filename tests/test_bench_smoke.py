@@ -1,11 +1,13 @@
-"""The benchmark keeps working (issues 5, 9, 10, 11 and 12): a tiny run, no
-timing assertions.
+"""The benchmark keeps working (issues 5, 9, 10, 11, 12 and 18): a tiny run,
+no timing assertions.
 
 The kernel scenario starts kernels with the test runner's interpreter when it
 has ipykernel and jupyter_client (the test extra), instead of installing them
 into a venv; without them it is left out. The monitor's scrape needs
 prometheus-client installed into the bench's venv (pip): where that fails,
-the bench says why and the scrape is left out."""
+the bench says why and the scrape is left out. The hosts scenario needs
+OpenSSH's sshd (tests/sshd_hosts.py): without it, the bench says why and
+leaves it out."""
 
 import json
 import os
@@ -13,6 +15,7 @@ import subprocess
 import sys
 
 from conftest import REPO
+from sshd_hosts import missing as sshd_missing
 
 
 def has_jupyter(python):
@@ -26,7 +29,8 @@ def test_bench_smoke(tmp_path):
     kernel_options = ["--kernel-reps", "1", "--kernel-python", sys.executable] if kernel else ["--kernel-reps", "0"]
     done = subprocess.run(
         [os.path.join(REPO, "bench", "run"), "--reps", "2", "--envs", "1,3", "--racers", "6",
-         "--procs", "0,6", "--pack", "12", "--waiters", "2", "--idle", "1", "--admin", "4", *kernel_options,
+         "--procs", "0,6", "--pack", "12", "--waiters", "2", "--idle", "1", "--admin", "4", "--hosts-slow", "0.3",
+         *kernel_options,
          "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
@@ -114,6 +118,16 @@ def test_bench_smoke(tmp_path):
     else:
         assert summary["kernel"] is None and "kernel_plain" not in medians
     assert "enforce and kernel checks: passed" in done.stdout
+
+    # Issue 18: listings across hosts over ssh (sshd on loopback).
+    if sshd_missing():
+        assert summary["skipped"]["hosts"] == sshd_missing() and summary["hosts"] is None
+    else:
+        for scenario in ("hosts_1_first", "hosts_1_reused", "hosts_3_first", "hosts_3_reused", "hosts_1_slow",
+                         "hosts_3_slow"):
+            assert medians[scenario] is not None and medians[scenario] > 0, scenario
+        assert medians["hosts_1_slow"] >= 300 and summary["hosts"] == {"slow_seconds": 0.3}
+        assert "genv devices -H over ssh" in done.stdout
     assert summary["checks_ok"] and summary["races_ok"]
     assert all(isinstance(value, (int, float)) for value in summary["targets"].values())
     assert set(summary["targets_met"]) == set(summary["targets"])

@@ -26,8 +26,16 @@ def test_flags_fields_and_ids(genv):
     assert set(candidates(genv, "config")) >= {"gpus", "name", "gpu-memory", "--clear", "--save", "--load"}
     assert "gpus" not in candidates(genv, "config", "gpus")
     for listing in ("envs", "devices", "ps", "status"):
-        assert candidates(genv, listing) == ["--format", "--json"]
+        hosts = ["--host", "-H", "--all-hosts"] if listing != "status" else []  # status stays local
+        assert candidates(genv, listing) == ["--format", "--json"] + hosts
         assert candidates(genv, listing, "--format") == ["table", "csv", "json"]
+    # Hosts: those of the hosts file.
+    os.makedirs(os.path.join(genv.home, ".config", "genv"))
+    with open(os.path.join(genv.home, ".config", "genv", "hosts"), "w") as handle:
+        handle.write("gpu1\ngpu2 /opt/genv/bin/genv  # comment\n")
+    assert candidates(genv, "devices", "--host") == ["gpu1", "gpu2"]
+    assert candidates(genv, "ssh", "-H") == ["gpu1", "gpu2"]
+    assert set(candidates(genv, "ssh")) >= {"--gpus", "--gpu-memory", "--name", "--host", "--all-hosts"}
     assert set(candidates(genv, "attach")) == {"--count", "--index", "--over-subscribe", "-o", "--wait"}
     assert candidates(genv, "init") == ["-"]
     assert candidates(genv, "no-such-command") == []

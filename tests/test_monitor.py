@@ -1131,3 +1131,44 @@ def test_systemd_analyze_verifies_the_units(genv, tmp_path):
                               timeout=120)
         problems = [line for line in (done.stdout + done.stderr).splitlines() if name in line or "genv" in line]
         assert done.returncode == 0 and not problems, (name, done.stdout, done.stderr)
+
+
+def test_the_dashboard_keeps_machines_apart(tmp_path):
+    """Several machines (issue 18): a sum or a join over GPUs, environments
+    or processes keeps the machine (their ids are per machine), every
+    legend naming one of them names the machine too, and "Monitor up"
+    counts a machine whose monitor does not answer (checked by hand against
+    Prometheus 2.42 scraping three monitors and a dead target)."""
+    per_machine = {"env_id", "gpu", "pid"}
+    for panel in dashboard()["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for clause in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
+                labels = {label.strip() for label in clause.split(",")}
+                assert not labels & per_machine or "instance" in labels, (panel["title"], expr)
+            legend = target.get("legendFormat") or ""
+            named = set(re.findall(r"\{\{(\w+)\}\}", legend))
+            assert not named & per_machine or "instance" in named, (panel["title"], legend)
+    (up,) = [panel for panel in dashboard()["panels"] if panel["title"] == "Monitor up"]
+    assert 'or on(instance) up{job="genv",instance=~"$instance"}' in up["targets"][0]["expr"]
+
+
+def test_the_prometheus_configuration_for_many_machines(tmp_path):
+    folder = os.path.join(REPO, "contrib", "prometheus")
+    with open(os.path.join(folder, "prometheus.yml")) as handle:
+        config = handle.read()
+    with open(os.path.join(folder, "genv-targets.yml")) as handle:
+        targets = handle.read()
+    assert "job_name: genv" in config  # the dashboard's "Monitor up" reads up{job="genv"}
+    assert "file_sd_configs:" in config and "- /etc/prometheus/genv-targets.yml" in config
+    assert re.search(r"scrape_interval: (\d+)s", config).group(1) == "15"
+    assert re.findall(r"^\s+- [\w.-]+:(\d+)$", targets, flags=re.M) == [str(monitor_command.DEFAULT_PORT)] * 3
+    assert "contrib/prometheus/" in admin_doc()
+    promtool = shutil.which("promtool")
+    if promtool:  # where Prometheus' own checker is installed, it checks the files too
+        (tmp_path / "genv-targets.yml").write_text(targets)
+        (tmp_path / "prometheus.yml").write_text(config.replace("/etc/prometheus/genv-targets.yml",
+                                                                str(tmp_path / "genv-targets.yml")))
+        done = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0 and "SUCCESS" in done.stdout + done.stderr, done

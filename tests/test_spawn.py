@@ -149,3 +149,50 @@ def test_a_time_out_signals_no_program_already_reaped(tmp_path, monkeypatch):
         assert len(killed) == 2 and quick_pid in killed, killed
     with pytest.raises(ChildProcessError):  # the slow one was killed and reaped
         os.waitpid(-1, os.WNOHANG)
+
+
+def test_run_each_keeps_every_program_apart(tmp_path):
+    """Issue 18: one program failing, hanging or not starting changes
+    nothing for the others (run_all, by design, stops them)."""
+    import time
+
+    witness = tmp_path / "grandchild"
+    argvs = [
+        ["/bin/sh", "-c", "sleep 0.3; echo late; exit 0"],
+        ["/bin/sh", "-c", "echo fails >&2; exit 3"],
+        ["/bin/sh", "-c", "(sleep 30; touch %s) & sleep 30" % witness],  # hangs, with a child of its own
+        ["/no/such/program"],
+        ["/bin/sh", "-c", "head -c 5000 /dev/zero"],
+    ]
+    start = time.monotonic()
+    results = spawn.run_each(argvs, timeout=1.5, limit=4096)
+    took = time.monotonic() - start
+    assert results[0] == (0, b"late\n", b"")
+    assert results[1] == (3, b"", b"fails\n")
+    assert isinstance(results[2], spawn.Timeout)
+    assert isinstance(results[3], OSError) and not isinstance(results[3], spawn.Timeout)
+    assert isinstance(results[4], spawn.TooLong)
+    assert 1.4 < took < 5, took
+    # The hanging one's whole process group was killed: its child never wakes up.
+    out = os.popen("ps -eo args").read()
+    assert "touch %s" % witness not in out
+
+
+def test_run_each_reaps_every_program_once():
+    """Each program is waited for exactly once: none is left a zombie (in a
+    fresh interpreter, whose only children are run_each's)."""
+    import subprocess
+
+    code = """if True:
+        import os, sys
+        sys.path.insert(0, %r)
+        from genv import spawn
+        results = spawn.run_each([["/bin/true"]] * 20 + [["/bin/sleep", "5"]], timeout=0.5)
+        assert results[:20] == [(0, b"", b"")] * 20 and isinstance(results[20], spawn.Timeout), results
+        try:
+            os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            print("none left")
+    """ % os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "none left\n", done

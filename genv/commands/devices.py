@@ -17,7 +17,9 @@ OPTIONS = FORMAT_OPTIONS
 
 
 def complete(words: List[str]) -> List[str]:
-    return options.complete(words, OPTIONS, {"--format": lambda: ["table", "csv", "json"]})
+    from ._hosts import complete as complete_hosts
+
+    return complete_hosts(words, OPTIONS, {"--format": lambda: ["table", "csv", "json"]})
 
 
 def _share(mib: Optional[int]) -> str:
@@ -26,18 +28,20 @@ def _share(mib: Optional[int]) -> str:
     return "whole" if mib is None else format_size(mib << 20)
 
 
-def _table(docs: List[Dict[str, Any]], now: float) -> str:
+def _table(docs: List[Dict[str, Any]], now: float, hosts: Optional[List[str]] = None) -> str:
+    """The table; with ``hosts`` (one per doc), a HOST column first."""
     from ..sizes import format_size
 
     rows = []
-    for doc in docs:
+    for position, doc in enumerate(docs):
+        host = (hosts[position],) if hosts is not None else ()
         memory = "%s / %s" % (size(doc["memory_used"]), size(doc["memory_total"]))
         available = doc["memory_available"]
         free = "-" if available is None else format_size(available << 20) if available else "0"
         holders = doc["environments"] or [None]
         for number, holder in enumerate(holders):
             first = number == 0
-            rows.append((
+            rows.append(host + (
                 str(doc["index"]) if first else "",
                 holder["id"] if holder else "",
                 (holder["name"] or "") if holder else "",
@@ -47,22 +51,32 @@ def _table(docs: List[Dict[str, Any]], now: float) -> str:
                 (doc["name"] or "") if first else "",
                 memory if first else "",
             ))
-    return render(("ID", "ENV ID", "ENV NAME", "ATTACHED", "SHARE", "FREE", "GPU", "MEMORY"), rows)
+    return render(("HOST",) * (hosts is not None)
+                  + ("ID", "ENV ID", "ENV NAME", "ATTACHED", "SHARE", "FREE", "GPU", "MEMORY"), rows)
 
 
-def _csv(docs: List[Dict[str, Any]]) -> str:
+def _csv(docs: List[Dict[str, Any]], hosts: Optional[List[str]] = None) -> str:
+    """The CSV; with ``hosts`` (one per doc), a host field first."""
     rows = []
-    for doc in docs:
-        gpu = (doc["index"], doc["uuid"], doc["name"], doc["memory_total"], doc["memory_used"],
-               doc["memory_available"], len(doc["processes"]))
+    for position, doc in enumerate(docs):
+        gpu = ((hosts[position],) if hosts is not None else ()) + (
+            doc["index"], doc["uuid"], doc["name"], doc["memory_total"], doc["memory_used"], doc["memory_available"],
+            len(doc["processes"]))
         for holder in doc["environments"] or [None]:
             rows.append(gpu + ((holder["id"], holder["name"], holder["uid"], holder["user"], holder["memory"],
                                 holder["attached"]) if holder else (None,) * 6))
-    return csv(("index", "uuid", "name", "memory_total", "memory_used", "memory_available", "processes",
-                "env_id", "env_name", "env_uid", "env_user", "env_memory", "attached"), rows)
+    return csv(("host",) * (hosts is not None)
+               + ("index", "uuid", "name", "memory_total", "memory_used", "memory_available", "processes",
+                  "env_id", "env_name", "env_uid", "env_user", "env_memory", "attached"), rows)
 
 
 def main(argv: List[str]) -> int:
+    from ..remote import wants_hosts
+
+    if wants_hosts(argv):
+        from ._hosts import listing
+
+        return listing("devices", argv, OPTIONS, _table, _csv)
     opts, _ = options.parse(argv, OPTIONS, 0)
     form = output_format(opts)
     ctx = Context()

@@ -17,7 +17,9 @@ OPTIONS = FORMAT_OPTIONS
 
 
 def complete(words: List[str]) -> List[str]:
-    return options.complete(words, OPTIONS, {"--format": lambda: ["table", "csv", "json"]})
+    from ._hosts import complete as complete_hosts
+
+    return complete_hosts(words, OPTIONS, {"--format": lambda: ["table", "csv", "json"]})
 
 
 def _waiting(waiting: Optional[Dict[str, Any]], now: float) -> str:
@@ -32,7 +34,39 @@ def _waiting(waiting: Optional[Dict[str, Any]], now: float) -> str:
     return "for %s since %s" % (what, ago(now - waiting["since"]))
 
 
+def _csv(docs: List[Dict[str, Any]], hosts: Optional[List[str]] = None) -> str:
+    """The CSV; with ``hosts`` (one per doc), a host field first."""
+    lead = (lambda position: (hosts[position],)) if hosts is not None else (lambda position: ())
+    return csv(("host",) * (hosts is not None)
+               + ("id", "uid", "user", "name", "gpus", "gpu_memory", "created", "pids", "devices", "waiting_since",
+                  "waiting_for"),
+               [lead(position)
+                + (d["id"], d["uid"], d["user"], d["name"], d["gpus"], d["gpu_memory"], d["created"],
+                   " ".join(map(str, d["pids"])), " ".join(map(str, d["devices"])),
+                   d["waiting"]["since"] if d["waiting"] else None,
+                   d["waiting"]["count"] if d["waiting"] else None) for position, d in enumerate(docs)])
+
+
+def _table(docs: List[Dict[str, Any]], now: float, hosts: Optional[List[str]] = None) -> str:
+    """The table; with ``hosts`` (one per doc), a HOST column first."""
+    lead = (lambda position: (hosts[position],)) if hosts is not None else (lambda position: ())
+    waiting = any(d["waiting"] for d in docs)
+    header = ("HOST",) * (hosts is not None) + ("ID", "USER", "NAME", "CREATED", "PID(S)") + (
+        ("WAITING",) if waiting else ())
+    return render(header, [
+        lead(position)
+        + (d["id"], "%s(%d)" % (d["user"], d["uid"]), d["name"] or "", ago(now - d["created"]),
+           " ".join(map(str, d["pids"])))
+        + ((_waiting(d["waiting"], now),) if waiting else ()) for position, d in enumerate(docs)])
+
+
 def main(argv: List[str]) -> int:
+    from ..remote import wants_hosts
+
+    if wants_hosts(argv):
+        from ._hosts import listing
+
+        return listing("envs", argv, OPTIONS, _table, _csv)
     opts, _ = options.parse(argv, OPTIONS, 0)
     form = output_format(opts)
     ctx = Context()
@@ -41,17 +75,7 @@ def main(argv: List[str]) -> int:
     if form == "json":
         print_json(docs)
     elif form == "csv":
-        out(csv(("id", "uid", "user", "name", "gpus", "gpu_memory", "created", "pids", "devices", "waiting_since",
-                 "waiting_for"),
-                [(d["id"], d["uid"], d["user"], d["name"], d["gpus"], d["gpu_memory"], d["created"],
-                  " ".join(map(str, d["pids"])), " ".join(map(str, d["devices"])),
-                  d["waiting"]["since"] if d["waiting"] else None,
-                  d["waiting"]["count"] if d["waiting"] else None) for d in docs]))
+        out(_csv(docs))
     else:
-        waiting = any(d["waiting"] for d in docs)
-        header = ("ID", "USER", "NAME", "CREATED", "PID(S)") + (("WAITING",) if waiting else ())
-        out(render(header, [
-            (d["id"], "%s(%d)" % (d["user"], d["uid"]), d["name"] or "", ago(session.now - d["created"]),
-             " ".join(map(str, d["pids"])))
-            + ((_waiting(d["waiting"], session.now),) if waiting else ()) for d in docs]))
+        out(_table(docs, session.now))
     return 0

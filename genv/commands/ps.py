@@ -11,14 +11,16 @@ from ..table import csv, render, size
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Dict, List
+    from typing import Any, Dict, List, Optional
 
 OPTIONS = FORMAT_OPTIONS
 FIELDS = ("gpu", "pid", "uid", "user", "env_id", "env_name", "memory", "command", "managed", "misplaced")
 
 
 def complete(words: List[str]) -> List[str]:
-    return options.complete(words, OPTIONS, {"--format": lambda: ["table", "csv", "json"]})
+    from ._hosts import complete as complete_hosts
+
+    return complete_hosts(words, OPTIONS, {"--format": lambda: ["table", "csv", "json"]})
 
 
 def note(doc: Dict[str, Any]) -> str:
@@ -30,7 +32,32 @@ def note(doc: Dict[str, Any]) -> str:
     return "MISPLACED" if doc["misplaced"] else ""
 
 
+def _csv(docs: List[Dict[str, Any]], hosts: Optional[List[str]] = None) -> str:
+    """The CSV; with ``hosts`` (one per doc), a host field first."""
+    if hosts is None:
+        return csv(FIELDS, [[doc[field] for field in FIELDS] for doc in docs])
+    return csv(("host",) + FIELDS, [[host] + [doc[field] for field in FIELDS] for host, doc in zip(hosts, docs)])
+
+
+def _table(docs: List[Dict[str, Any]], now: float, hosts: Optional[List[str]] = None) -> str:
+    """The table; with ``hosts`` (one per doc), a HOST column first."""
+    if not docs:
+        return "No GPU processes found\n"
+    lead = (lambda position: (hosts[position],)) if hosts is not None else (lambda position: ())
+    return render(("HOST",) * (hosts is not None) + ("GPU", "PID", "USER", "ENV ID", "ENV NAME", "MEMORY", "NOTE",
+                                                      "COMMAND"), [
+        lead(position)
+        + ("-" if d["gpu"] is None else str(d["gpu"]), str(d["pid"]), d["user"] or "unknown", d["env_id"] or "-",
+           d["env_name"] or "", size(d["memory"]), note(d), d["command"] or "") for position, d in enumerate(docs)])
+
+
 def main(argv: List[str]) -> int:
+    from ..remote import wants_hosts
+
+    if wants_hosts(argv):
+        from ._hosts import listing
+
+        return listing("ps", argv, OPTIONS, _table, _csv)
     opts, _ = options.parse(argv, OPTIONS, 0)
     form = output_format(opts)
     ctx = Context()
@@ -39,11 +66,7 @@ def main(argv: List[str]) -> int:
     if form == "json":
         print_json(docs)
     elif form == "csv":
-        out(csv(FIELDS, [[doc[field] for field in FIELDS] for doc in docs]))
-    elif not docs:
-        out("No GPU processes found\n")
+        out(_csv(docs))
     else:
-        out(render(("GPU", "PID", "USER", "ENV ID", "ENV NAME", "MEMORY", "NOTE", "COMMAND"), [
-            ("-" if d["gpu"] is None else str(d["gpu"]), str(d["pid"]), d["user"] or "unknown", d["env_id"] or "-",
-             d["env_name"] or "", size(d["memory"]), note(d), d["command"] or "") for d in docs]))
+        out(_table(docs, session.now))
     return 0
