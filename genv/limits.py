@@ -22,8 +22,3 @@ MIN_SIZE = 1 << 20
 
 MAX_SECONDS = 1e9
 """A duration in seconds (31 years): ``--wait``, time-outs, intervals."""
-
-MAX_DIGITS = 30
-"""Digits read from a number (leading zeros aside): more is out of range
-for every bound above, and int() of thousands of digits is refused by
-Python (or slow)."""

@@ -11,12 +11,12 @@ A size is printed back in the largest unit that keeps it whole.
 from __future__ import annotations
 
 from .errors import GenvError
+from .limits import MAX_SECONDS, MAX_SIZE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Dict
 
-MAX_SIZE = 1 << 50  # 1 PiB
 MIB = 1 << 20
 
 _UNITS: Dict[str, int] = {"": 0, "b": 0}
@@ -81,7 +81,7 @@ def parse_seconds(text: str, what: str, least: float = 0.0, hint: str = "", erro
         value = float(text)
     except ValueError:
         value = -1.0
-    if not least <= value < 1e9:  # also false for nan
+    if not least <= value < MAX_SECONDS:  # also false for nan
         raise error("invalid %s %r: expected a number of seconds%s%s" % (
             what, text, " of at least %g" % least if least > 0 else "", " (%s)" % hint if hint else ""))
     return value
