@@ -329,29 +329,21 @@ class environment:
         return result
 
     def _undo_entering(self) -> None:
-        """Entering is undone (an interrupt came before the block started)."""
-        from . import signals
-        from .core import operations
-
-        guard = self._guard
-        if guard is not None:
-            guard.busy = True
-        mask = signals.pthread_sigmask(signals.SIG_BLOCK, operations.HELD)
-        try:
-            self._close()
-        finally:
-            signals.pthread_sigmask(signals.SIG_SETMASK, mask)
-            self._guard = None
-            if guard is not None:
-                guard.pending = False
-                guard.busy = False
-                guard.remove()
+        """Entering is undone (an interrupt came before the block started;
+        its handler delivers it)."""
+        self._leave(deliver=False)
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        self._leaving = True
+        self._leave(deliver=True)
+
+    def _leave(self, deliver: bool) -> None:
+        """Undo what entering did, the guard holding interrupts back
+        meanwhile; then the caller's SIGINT handler back and, with
+        ``deliver``, an interrupt held meanwhile delivered."""
         from . import signals
         from .core import operations
 
-        self._leaving = True
         guard = self._guard
         if guard is not None:
             guard.busy = True
@@ -359,10 +351,12 @@ class environment:
         try:
             self._close()
         finally:
-            signals.pthread_sigmask(signals.SIG_SETMASK, mask)
+            signals.pthread_sigmask(signals.SIG_SETMASK, mask)  # an interrupt held back by the mask comes here
             self._guard = None
             if guard is not None:
-                guard.release()  # the caller's handler back; a held interrupt delivered now
+                if not deliver:
+                    guard.pending = False
+                guard.release()
 
     def _close(self) -> None:
         """Undo what entering did, whatever part of it was done (the guard

@@ -275,32 +275,6 @@ def gpu_query(real: str, args: List[str], member: Membership, total: int, out: I
     return spawn.wait(pid)
 
 
-def rounds(fd: int) -> Iterator[Optional[bytes]]:
-    """The lines read from ``fd`` as they come, and None after the last
-    line of each burst: where everything written so far has been read and
-    the pipe is empty (nvidia-smi paused between two rounds of a loop)."""
-    import select
-
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    pending = b""
-    fresh = False  # lines given since the last None
-    while True:
-        if fresh and not pending and not poller.poll(0):
-            fresh = False
-            yield None
-        data = os.read(fd, 65536)
-        if not data:
-            break
-        pending += data
-        while b"\n" in pending:
-            line, _, pending = pending.partition(b"\n")
-            fresh = True
-            yield line + b"\n"
-    if pending:
-        yield pending
-
-
 def apps_args(args: List[str]) -> List[str]:
     """Put ``pid`` first in the user's ``--query-compute-apps`` fields."""
     result = []
@@ -360,7 +334,7 @@ def _main(mode: str, real: str, args: List[str], out: IO[bytes]) -> int:
         return 127
     try:
         if mode == "apps":
-            filter_apps(rounds(fd), out, member)
+            filter_apps(spawn.rounds(fd), out, member)
         else:
             filter_table(spawn.lines(fd), out, member, total)
     except BrokenPipeError:

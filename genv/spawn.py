@@ -343,14 +343,32 @@ def wait(pid: int) -> int:
 def lines(fd: int) -> Iterator[bytes]:
     """The lines read from ``fd``, as they come (the last one may lack its
     newline)."""
+    return (line for line in rounds(fd, marks=False) if line is not None)
+
+
+def rounds(fd: int, marks: bool = True) -> Iterator[Optional[bytes]]:
+    """``lines``, and (with ``marks``) None after the last line of each
+    burst: where everything written so far has been read and the pipe is
+    empty (nvidia-smi paused between two rounds of a loop)."""
+    poller = None
+    if marks:
+        import select
+
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
     pending = b""
+    fresh = False  # lines given since the last None
     while True:
+        if fresh and not pending and poller is not None and not poller.poll(0):
+            fresh = False
+            yield None
         data = os.read(fd, 65536)
         if not data:
             break
         pending += data
         while b"\n" in pending:
             line, _, pending = pending.partition(b"\n")
+            fresh = True
             yield line + b"\n"
     if pending:
         yield pending
