@@ -123,6 +123,18 @@ def gpu_list(env: Optional[Dict[str, Any]]) -> str:
     return ",".join(map(str, indices(env))) if env else ""
 
 
+def cuda_list(env: Optional[Dict[str, Any]]) -> str:
+    """What CUDA_VISIBLE_DEVICES holds: the environment's GPUs as nvidia-smi
+    indices (with CUDA_DEVICE_ORDER=PCI_BUS_ID); in a Slurm job, as UUIDs
+    (genv/slurm.py says why)."""
+    gpus = gpu_list(env)
+    if gpus and os.environ.get("SLURM_JOB_ID") and os.environ.get("GENV_SLURM") != "0":
+        from .slurm import cuda_visible, in_job
+
+        return cuda_visible(env, gpus) if in_job() else gpus
+    return gpus
+
+
 def fraction(env: Optional[Dict[str, Any]]) -> Optional[str]:
     """The share of GPU memory as a fraction of the GPUs' total, rounded down
     to two decimals (of the largest attached GPU, so that no GPU gets more
@@ -178,7 +190,7 @@ def hints(script: Script, env: Optional[Dict[str, Any]]) -> None:
 def sync(script: Script, env: Optional[Dict[str, Any]]) -> None:
     """Point this shell at the environment's current GPUs, share and name."""
     gpus = gpu_list(env)
-    script.export("CUDA_VISIBLE_DEVICES", gpus)
+    script.export("CUDA_VISIBLE_DEVICES", cuda_list(env))
     script.export("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     script.export("GENV_ATTACHED_GPUS", gpus)
     memory = next((d["memory"] for d in env["devices"] if d.get("memory") is not None), None) if env else None

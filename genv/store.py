@@ -62,8 +62,12 @@ def warn(message: str) -> None:
 def state_dir() -> str:
     """``GENV_TMPDIR`` (or the default), normalised: absolute, no ``..``,
     no trailing slash, so that checks apply to what the path names."""
-    raw = os.environ.get("GENV_TMPDIR") or DEFAULT_DIR
-    return normalise_dir(raw, "GENV_TMPDIR")
+    raw = os.environ.get("GENV_TMPDIR")
+    if not raw and os.environ.get("SLURM_JOB_ID") and os.environ.get("GENV_SLURM") != "0":
+        from .slurm import job_state_dir  # Slurm: a job's environments live in a folder of the job's own
+
+        raw = job_state_dir()
+    return normalise_dir(raw or DEFAULT_DIR, "GENV_TMPDIR")
 
 
 def normalise_dir(raw: str, what: str) -> str:

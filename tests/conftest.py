@@ -34,7 +34,7 @@ UID = os.geteuid()
 # that CI cannot pass by skipping.
 
 TOOLS = ("bash", "zsh", "shellcheck")
-REQUIREMENTS = TOOLS + ("root",)
+REQUIREMENTS = TOOLS + ("root", "slurm")
 
 
 def required() -> List[str]:
@@ -47,13 +47,17 @@ def missing(what: str) -> Optional[str]:
         return None if shutil.which(what) else "not installed"
     if what == "root":
         return None if UID == 0 else "running as uid %d, not root" % UID
+    if what == "slurm":  # a real cluster the tests start: tests/slurm_cluster.py
+        from slurm_cluster import missing as slurm_missing
+
+        return slurm_missing()
     raise ValueError("unknown requirement %r (known: %s)" % (what, ", ".join(REQUIREMENTS)))
 
 
 def need(*whats: str) -> None:
     """Skip the calling test (or fail it, see GENV_TEST_REQUIRE) unless every
-    requirement is met: a tool on PATH (``bash``, ``zsh``, ``shellcheck``) or
-    ``root``."""
+    requirement is met: a tool on PATH (``bash``, ``zsh``, ``shellcheck``),
+    ``root``, or ``slurm`` (root and Slurm's daemons and clients)."""
     for what in whats:
         why = missing(what)
         if why is None:

@@ -16,7 +16,7 @@ import os
 
 from .. import environments
 from ..errors import GenvError
-from ..shell import gpu_list, hint_changes
+from ..shell import cuda_list, gpu_list, hint_changes
 from ._session import Session, request_of, shims
 
 TYPE_CHECKING = False
@@ -152,7 +152,7 @@ def variables(ctx: Context, env: Dict[str, Any], base: Mapping[str, str]) -> Dic
     nvidia-smi shim first on PATH (where genv's shims are)."""
     gpus = gpu_list(env)
     changes: Dict[str, Optional[str]] = {
-        "CUDA_VISIBLE_DEVICES": gpus,
+        "CUDA_VISIBLE_DEVICES": cuda_list(env),
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         "GENV_ENVIRONMENT_ID": env["id"],
         "GENV_ATTACHED_GPUS": gpus,
