@@ -662,18 +662,13 @@ def look(machine: Sequence[Dict[str, Any]], apps: Sequence[App], facts: Any,
     jid = job_id()
     started = time.time()
     if jid is not None:
+        # Other jobs' folders are left to commands beside jobs: only Slurm's
+        # full answer says a job ended (a job between steps has no cgroup).
         _in_job(view, jid, say)
-        alive_cgroups = cgroup_jobs()
-        if alive_cgroups is not None:
-            alive_cgroups.add(jid)
-            sweep(lambda other: other in alive_cgroups, started)
         return view
     _beside_jobs(view, apps, facts, say)
-    if view.answered:
-        sweep(lambda other: other in view.jobs and view.jobs[other].here
-              and not view.jobs[other].states <= {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL",
-                                                   "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY"},
-              started)
+    if view.answered:  # the state folders of jobs that ended on this node go
+        sweep(lambda other: other in view.jobs and view.jobs[other].here and view.jobs[other].holding, started)
     return view
 
 
@@ -795,9 +790,6 @@ def _beside_jobs(view: View, apps: Sequence[App], facts: Any, say: Callable[[str
     for pid in undecided:
         if pid in pids:
             view.by_pid[pid] = pids[pid]
-    if os.geteuid() != 0:
-        # scontrol listpids shows only the caller's own jobs' processes.
-        view.unsure = {pid for pid in undecided if pid not in pids and facts.uid(pid) != os.geteuid()}
 
 
 def cuda_visible(env: Optional[Env], fallback: str) -> str:

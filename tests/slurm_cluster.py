@@ -304,8 +304,13 @@ class Cluster:
         return result
 
     def stop(self) -> None:
-        """Stop every daemon this cluster started (their whole process
-        groups: slurmstepd and job processes too), remove the device files."""
+        """Stop everything this cluster started: every user's jobs (while the
+        controller still answers), the daemons (their whole process groups),
+        then any job process or slurmstepd left (slurmstepd leaves slurmd's
+        group): those whose cgroup is one of this cluster's, whose
+        environment names this cluster's configuration, or (slurmstepd,
+        which clears its environment) that write to this cluster's log.
+        Then the device files and the empty cgroup folders go."""
         if not self.started:
             return
         self.started = False
@@ -314,8 +319,8 @@ class Cluster:
         except Exception:
             pass
         if self.procs.get("slurmctld") is not None and self.procs["slurmctld"].poll() is None:
-            try:  # end running jobs first, so that slurmd's steps go too
-                self.client(["scancel", "--state=RUNNING", "--full", "-u", "root"], check=False, timeout=10)
+            try:
+                self._cancel_all()
             except Exception:
                 pass
         for name in ("slurmd", "slurmctld", "munged"):
@@ -336,9 +341,80 @@ class Cluster:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
-        self._kill_steps()
+        for _ in range(3):
+            if not self._kill_leftovers():
+                break
+            time.sleep(0.2)
         self.remove_devices()
         self._remove_cgroups()
+
+    def _cancel_all(self, timeout: float = 15) -> None:
+        """Cancel every job of every user and wait until none is left."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            listed = self.client(["squeue", "-h", "-o", "%i %T"], check=False, timeout=10)
+            jobs = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+            if listed.returncode != 0 or not jobs:
+                return
+            self.client(["scancel"] + jobs, check=False, timeout=10)
+            time.sleep(0.2)
+
+    def _ours(self, pid: str, tops: List[str]) -> bool:
+        """Whether a process is this cluster's: in a cgroup folder that this
+        cluster's slurmd made (``tops``: their names), started with its
+        configuration, or a slurmstepd writing to its files."""
+        try:
+            with open("/proc/%s/cgroup" % pid) as handle:
+                for line in handle.read().splitlines():
+                    parts = line.split(":", 2)[-1].split("/")
+                    if len(parts) > 1 and parts[1] in tops:
+                        return True
+        except OSError:
+            return False
+        try:
+            with open("/proc/%s/environ" % pid, "rb") as handle:
+                if ("SLURM_CONF=%s" % self.conf).encode() in handle.read().split(b"\0"):
+                    return True
+        except OSError:
+            pass
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                if not handle.read().startswith(b"slurmstepd"):
+                    return False
+            for fd in os.listdir("/proc/%s/fd" % pid):
+                if os.readlink("/proc/%s/fd/%s" % (pid, fd)).startswith(self.base + "/"):
+                    return True
+        except OSError:
+            pass
+        return False
+
+    def _kill_leftovers(self) -> bool:
+        """SIGKILL this cluster's job processes and slurmstepds still
+        running; whether there were any."""
+        found = False
+        me = str(os.getpid())
+        tops = [os.path.basename(top) for top in slurm_cgroup_dirs() if top not in self.cgroup_dirs_before]
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or entry == me:
+                continue
+            if self._ours(entry, tops):
+                found = True
+                try:
+                    os.kill(int(entry), signal.SIGKILL)
+                except OSError:
+                    pass
+        return found
+
+    def _remove_cgroups(self) -> None:
+        """Remove the (empty) cgroup folders slurmd made, deepest first."""
+        for top in slurm_cgroup_dirs():
+            if top in self.cgroup_dirs_before:
+                continue
+            for folder, _, _ in sorted(os.walk(top), key=lambda entry: -entry[0].count("/")):
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    pass
 
     def _remove_cgroups(self) -> None:
         """Remove the (empty) cgroup folders slurmd made, deepest first."""

@@ -670,3 +670,60 @@ def test_off_slurm_nothing_is_asked(genv):
         assert result.rc == 0 and result.err == "", result
         shell.close()
     assert not os.path.exists(log)
+
+
+# --- the README's examples (item 7) --------------------------------------------------------
+
+
+def readme_sessions():
+    import re
+
+    import test_readme
+
+    text = open(test_readme.README, encoding="utf-8").read()
+    blocks = re.findall(r"^```console-slurm\n(.*?)^```$", text, flags=re.S | re.M)
+    return [test_readme.session(block) for block in blocks]
+
+
+def test_the_readme_has_slurm_examples():
+    assert len(readme_sessions()) == 2
+
+
+def run_session(site: Site, shell: Shell, steps, replace) -> None:
+    import test_readme
+
+    shell.ok("PS1='$ '")
+    for prefix, command, expected in steps:
+        prompt = shell.ok('printf %s "${PS1@P}"')
+        assert prompt == prefix + "$ ", (command, prompt)
+        result = shell.run(command)
+        shown = replace(result.out + result.err)
+        assert test_readme.normalise(shown) == test_readme.normalise("\n".join(expected)), (command, result)
+
+
+def test_readme_in_a_job(plain):
+    (first, rest) = readme_sessions()[0][0], readme_sessions()[0][1:]
+    assert first[1] == "srun --gres=gpu:2 --pty bash" and not first[2]
+    # The job srun makes, with a shell in it (a pipe instead of a pty).
+    shell = JobShell(["srun", "--gres=gpu:2", "bash", "--norc", "--noprofile"], plain.job_env(), plain.shared)
+    plain.shells.append(shell)
+    plain.submitted.append(shell.var("SLURM_JOB_ID"))
+    run_session(plain, shell, rest, lambda text: text)
+
+
+def test_readme_beside_a_job(plain, other_user):
+    steps = readme_sessions()[1]
+    (submit, expected) = steps[0][1], steps[0][2]
+    assert submit.startswith("sbatch ")
+    import shlex
+
+    result = plain._run(shlex.split(submit), user=other_user)
+    assert result.returncode == 0, result
+    jid = result.stdout.split()[-1]
+    plain.submitted.append(jid)
+    assert expected == ["Submitted batch job 41"] and result.stdout.strip() == "Submitted batch job " + jid
+    plain.wait_state(jid, ("RUNNING",))
+    shell = plain.genv.shell()
+    run_session(plain, shell, steps[1:],
+                lambda text: text.replace("slurm:%s " % jid, "slurm:41 ").replace("job %s " % jid, "job 41 ")
+                .replace(other_user.pw_name, "alice"))
