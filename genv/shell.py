@@ -126,10 +126,11 @@ def gpu_list(env: Optional[Dict[str, Any]]) -> str:
 def cuda_list(env: Optional[Dict[str, Any]]) -> str:
     """What CUDA_VISIBLE_DEVICES holds: the environment's GPUs as nvidia-smi
     indices (with CUDA_DEVICE_ORDER=PCI_BUS_ID); in a Slurm job, as UUIDs
-    (genv/slurm.py says why)."""
+    (genv/slurm/facts.py says why)."""
     gpus = gpu_list(env)
     if gpus and os.environ.get("SLURM_JOB_ID") and os.environ.get("GENV_SLURM") != "0":
-        from .slurm import cuda_visible, in_job
+        from .slurm import in_job
+        from .slurm.facts import cuda_visible
 
         return cuda_visible(env, gpus) if in_job() else gpus
     return gpus

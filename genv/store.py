@@ -64,7 +64,7 @@ def state_dir() -> str:
     no trailing slash, so that checks apply to what the path names."""
     raw = os.environ.get("GENV_TMPDIR")
     if not raw and os.environ.get("SLURM_JOB_ID") and os.environ.get("GENV_SLURM") != "0":
-        from .slurm import job_state_dir  # Slurm: a job's environments live in a folder of the job's own
+        from .slurm.facts import job_state_dir  # Slurm: a job's environments live in a folder of its own
 
         raw = job_state_dir()
     return normalise_dir(raw or DEFAULT_DIR, "GENV_TMPDIR")

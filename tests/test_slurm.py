@@ -261,6 +261,7 @@ out=%(shared)s/batch
   echo "JOB_GPUS=${SLURM_JOB_GPUS-}"
   echo "CUDA_BEFORE=${CUDA_VISIBLE_DEVICES-}"
   echo "DEVICES=$(genv devices --format json | tr -d '\n')"
+  echo "RUN=$(genv run --gpus 1 -- printenv CUDA_VISIBLE_DEVICES)"
   genv activate --gpus 2 || echo "ACTIVATE=failed"
   echo "CUDA_AFTER=${CUDA_VISIBLE_DEVICES-}"
   echo "SMI=$(nvidia-smi --query-gpu=index,uuid --format=csv,noheader | tr '\n' ';')"
@@ -296,6 +297,7 @@ def test_batch_job_sees_exactly_its_gpus_and_exports_what_cuda_finds(slurm, genv
         else:
             assert [doc["index"] for doc in listed] == [1, 2]
         # CUDA is told the job's GPUs by UUID: right with and without device cgroups.
+        assert values["RUN"] == UUIDS[1], errors
         assert values["CUDA_AFTER"] == "%s,%s" % (UUIDS[1], UUIDS[2]), errors
         # The shim narrows nvidia-smi to the same GPUs.
         assert values["SMI"] == "".join("%d, %s;" % (doc["index"], doc["uuid"]) for doc in listed)
@@ -305,6 +307,9 @@ def test_batch_job_sees_exactly_its_gpus_and_exports_what_cuda_finds(slurm, genv
             # Exactly the GPUs named are those the job may open.
             shell = site.step(jid)
             assert [opens(index, shell) for index in range(4)] == ["denied", "allowed", "allowed", "denied"]
+            # A step given one of the job's GPUs: CUDA counts it as 0, Slurm by its index.
+            one = site.step(jid, gres="gpu:1")
+            assert one.var("CUDA_VISIBLE_DEVICES") == "0" and one.var("SLURM_STEP_GPUS") in ("1", "2")
     finally:
         site.close()
 
@@ -406,6 +411,16 @@ def test_two_jobs_of_two_users_are_private_and_end_cleanly(plain, other_user):
     docs = devices_json(outside)
     assert [len(doc["environments"]) for doc in docs] == [1, 1, 0, 0]
     assert sorted(os.listdir(plain.jobs_dir)) == ["job-" + mine]
+
+
+def test_two_jobs_of_one_user_do_not_share(plain):
+    first, second = plain.salloc("gpu:1"), plain.salloc("gpu:1")
+    a, b = plain.step(first), plain.step(second)
+    a.ok("genv activate --gpus 1 --name first")
+    b.ok("genv activate --gpus 1 --name second")
+    assert [e["name"] for e in json.loads(a.ok("genv envs --format json"))] == ["first"]
+    assert [e["name"] for e in json.loads(b.ok("genv envs --format json"))] == ["second"]
+    assert (a.var("CUDA_VISIBLE_DEVICES"), b.var("CUDA_VISIBLE_DEVICES")) == (UUIDS[0], UUIDS[1])
 
 
 def test_genv_tmpdir_still_wins_and_genv_slurm_0_turns_it_off(plain):
@@ -584,15 +599,16 @@ def test_beside_jobs_without_slurms_answer_genv_falls_back_on_the_node(plain):
     pid = int(plain.wait_file("pid", jid=jid))
     apps = apps_file(plain, ["%d 1 0 python" % pid])  # a job's process, holding no memory yet
     plain.genv.extra["FAKE_NVIDIA_SMI_APPS"] = apps
-    wrong = os.path.join(plain.genv.base, "wrong.conf")  # a controller that is not there
+    # A configuration scontrol cannot read fails at once (a controller that is
+    # down fails too, after about 9 s of retries: too slow for the tests).
+    wrong = os.path.join(plain.genv.base, "wrong.conf")
     with open(plain.cluster.conf) as handle:
         text = handle.read()
     with open(wrong, "w") as handle:
-        handle.write(text.replace("SlurmctldPort=%d" % plain.cluster.ctld_port,
-                                  "SlurmctldPort=%d" % slurm_cluster.free_port()))
+        handle.write(text + "NodeName=extra CPUs=1 Bogus\n")
     cases = {
         "missing": ({"PATH": no_scontrol(plain)}, "scontrol is not on PATH"),
-        "failing": ({"SLURM_CONF": wrong, "GENV_SLURM_TIMEOUT": "30"}, "failed with exit status 1"),
+        "failing": ({"SLURM_CONF": wrong}, "failed with exit status 1: scontrol: error: Parse error in file"),
         "hanging": ({"PATH": broken_scontrol(plain, "sleep 30\n", "hanging"), "GENV_SLURM_TIMEOUT": "0.5"},
                     "scontrol did not answer within 0.5 s"),
         "garbage": ({"PATH": broken_scontrol(plain, "echo '<html>Service Unavailable</html>'\n", "garbage")},

@@ -1,4 +1,4 @@
-"""genv/slurm.py's pure parts, on Slurm's own output (recorded from the
+"""genv/slurm/'s pure parts, on Slurm's own output (recorded from the
 single-node cluster of tests/slurm_cluster.py, Slurm 22.05) and on what a
 user can make it print. No daemons: these run everywhere."""
 

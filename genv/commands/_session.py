@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Any, Dict, List, Optional, Tuple
 
     from ..allocate import Request
-    from ..slurm import View
+    from ..slurm.facts import View
 
 
 class Session:
@@ -39,7 +39,7 @@ class Session:
         self.record: Optional[Dict[str, Any]] = None
         self.snapshot: Optional[gpus.Snapshot] = None
         self._attributed: Optional[List[attribution.Process]] = None
-        self.slurm: Optional[View] = None  # Slurm (genv/slurm.py): None off Slurm
+        self.slurm: Optional[View] = None  # Slurm (genv/slurm/): None off Slurm
         self._policy: Optional[Any] = None
         self.final = False  # the last refusal of attach() can never change: do not wait
         self._store_record = False
@@ -62,7 +62,7 @@ class Session:
         self._look_at_slurm(cached)
 
     def _look_at_slurm(self, cached: Optional[Dict[str, Any]]) -> None:
-        """Slurm (genv/slurm.py), asked before the lock: in a job, the job's
+        """Slurm (genv/slurm/), asked before the lock: in a job, the job's
         GPUs are the machine; beside jobs, the GPUs jobs hold are busy."""
         from .. import slurm
 

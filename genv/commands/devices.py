@@ -25,7 +25,7 @@ def _share(mib: Optional[int]) -> str:
 
 
 def _holder_name(holder: Dict[str, Any]) -> str:
-    """An environment's name; for a Slurm job (genv/slurm.py), whose job it is."""
+    """An environment's name; for a Slurm job (genv/slurm/), whose job it is."""
     if holder["id"].startswith("slurm:"):
         return "Slurm job of %s" % holder["user"]
     return holder["name"] or ""

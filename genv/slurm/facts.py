@@ -1,45 +1,22 @@
-"""Slurm facts: the one module that knows about Slurm (docs/slurm.md).
-
-- **A Slurm node** is a machine with a Slurm configuration: ``SLURM_CONF``
-  naming a file, ``/etc/slurm/slurm.conf``, or the copy a configless slurmd
-  keeps in ``/run/slurm/conf``. Elsewhere genv asks Slurm nothing (an
-  installed but unconfigured ``scontrol`` falls back to DNS look-ups).
-  ``GENV_SLURM=0`` turns everything here off.
-- **In a job** (``SLURM_JOB_ID`` on a Slurm node) the GPUs genv manages are
-  the job's GPUs on this node, its state lives in a folder of the job's own
-  (``job_state_dir``), and CUDA is told the GPUs by UUID (``cuda_visible``).
-- **Beside jobs** every GPU that Slurm allocated to a job running on this
-  node is held by that job (``slurm:<jobid>``), and a GPU process whose
-  cgroup (a fact the kernel keeps) names a job is that job's.
-
-Slurm is asked at most once per command: ``scontrol -d -o show job [ID]``,
-through ``spawn`` with a time-out (``GENV_SLURM_TIMEOUT``, default 10 s), and
-``scontrol listpids`` only where cgroups cannot say whose a GPU process is.
-When Slurm cannot answer, ``look`` says so in one line and falls back on what
-the node shows (processes in a job's cgroup, busy GPUs).
-
-The parsing functions are pure. scontrol's text holds what users typed (a job
-name, a comment), which may look like fields or even like records: the
-parser takes the union of every reading, so a job can only ever look as if it
-held *more* GPUs, never fewer.
-"""
+"""Slurm facts and what they mean for one command: see genv/slurm/__init__.py
+and docs/slurm.md. Imported only on a Slurm node (or in a job)."""
 
 from __future__ import annotations
 
 import os
 
-from .errors import GenvError
+from ..errors import GenvError
+from . import configuration, enabled, job_id
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-    from .gpus import App
+    from ..gpus import App
 
     Env = Dict[str, Any]
     Users = Dict[int, Dict[str, Any]]
 
-CONFIGS = ("/etc/slurm/slurm.conf", "/run/slurm/conf/slurm.conf")
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_JOBS_DIR = "/var/tmp/genv-slurm"
 JOB_FOLDER = "job-"
@@ -58,30 +35,12 @@ class SlurmError(GenvError):
 # --- where we are ---------------------------------------------------------------
 
 
-def enabled() -> bool:
-    return os.environ.get("GENV_SLURM") != "0"
 
 
-def configuration() -> Optional[str]:
-    """The Slurm configuration that makes this machine a Slurm node, or None."""
-    conf = os.environ.get("SLURM_CONF")
-    if conf:
-        return conf if os.path.isfile(conf) else None
-    for path in CONFIGS:
-        if os.path.isfile(path):
-            return path
-    return None
 
 
-def job_id() -> Optional[str]:
-    """The job this process runs in (``SLURM_JOB_ID``), or None."""
-    text = os.environ.get("SLURM_JOB_ID", "")
-    return text if text.isascii() and text.isdigit() and 0 < len(text) < 20 else None
 
 
-def in_job() -> bool:
-    """In a Slurm job on a Slurm node, with genv's Slurm support on."""
-    return enabled() and job_id() is not None and configuration() is not None
 
 
 def node_names(in_a_job: bool) -> Set[str]:
@@ -96,7 +55,7 @@ def node_names(in_a_job: bool) -> Set[str]:
 
 
 def _timeout() -> float:
-    from .sizes import parse_seconds
+    from ..sizes import parse_seconds
 
     text = os.environ.get("GENV_SLURM_TIMEOUT")
     return parse_seconds(text, "GENV_SLURM_TIMEOUT", 0.01) if text else DEFAULT_TIMEOUT
@@ -112,7 +71,7 @@ def find(program: str) -> Optional[str]:
 
 def ask(args: Sequence[str]) -> str:
     """Run ``scontrol ARGS``; its output, or SlurmError saying why not."""
-    from . import spawn
+    from .. import spawn
 
     path = find("scontrol")
     if path is None:
@@ -151,7 +110,7 @@ def split_top(text: str, sep: str = ",") -> List[str]:
 
 def indices(text: str) -> Set[int]:
     """Slurm's index list: ``0-1,3`` (ValueError if it is not one)."""
-    from .limits import MAX_GPUS
+    from ..limits import MAX_GPUS
 
     found: Set[int] = set()
     for part in text.split(","):
@@ -396,7 +355,7 @@ def cgroup_jobs(root: str = "/sys/fs/cgroup") -> Optional[Set[str]]:
 
 
 def jobs_dir() -> str:
-    from .store import normalise_dir
+    from ..store import normalise_dir
 
     return normalise_dir(os.environ.get("GENV_SLURM_TMPDIR") or DEFAULT_JOBS_DIR, "GENV_SLURM_TMPDIR")
 
@@ -411,7 +370,7 @@ def job_state_dir() -> Optional[str]:
     jid = job_id()
     if jid is None or not enabled() or configuration() is None:
         return None
-    from .store import StateDir
+    from ..store import StateDir
 
     base = StateDir(jobs_dir())
     base.ensure()  # sticky and writable by all, like the state folder
@@ -636,7 +595,7 @@ class View:
     def conflicts(self, users: Users) -> List[Tuple[int, Env, str]]:
         """Environments outside jobs that hold a GPU Slurm gave a job since
         (Slurm is the authority): each with what to tell it."""
-        from .environments import holdings
+        from ..environments import holdings
 
         found = []
         for index, holders in holdings(users, self.full).items():
@@ -647,15 +606,11 @@ class View:
         return found
 
 
-def look(machine: Sequence[Dict[str, Any]], apps: Sequence[App], facts: Any,
+
+
+def look_here(machine: Sequence[Dict[str, Any]], apps: Sequence[App], facts: Any,
          say: Callable[[str], None]) -> Optional[View]:
-    """What Slurm means for this command (None off Slurm: nothing asked).
-    Runs scontrol: call it before taking the state lock. ``say`` gets the
-    one line that tells why Slurm's answer is not used, if so."""
-    if not enabled():
-        return None
-    if configuration() is None:
-        return None
+    """``look`` on a Slurm node (genv.slurm checked that it is one)."""
     import time
 
     view = View(machine)

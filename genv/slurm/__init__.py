@@ -1,0 +1,91 @@
+"""Slurm facts: the one module that knows about Slurm (docs/slurm.md).
+
+- **A Slurm node** is a machine with a Slurm configuration: ``SLURM_CONF``
+  naming a file, ``/etc/slurm/slurm.conf``, or the copy a configless slurmd
+  keeps in ``/run/slurm/conf``. Elsewhere genv asks Slurm nothing (an
+  installed but unconfigured ``scontrol`` falls back to DNS look-ups).
+  ``GENV_SLURM=0`` turns everything here off.
+- **In a job** (``SLURM_JOB_ID`` on a Slurm node) the GPUs genv manages are
+  the job's GPUs on this node, its state lives in a folder of the job's own
+  (``job_state_dir``), and CUDA is told the GPUs by UUID (``cuda_visible``).
+- **Beside jobs** every GPU that Slurm allocated to a job running on this
+  node is held by that job (``slurm:<jobid>``), and a GPU process whose
+  cgroup (a fact the kernel keeps) names a job is that job's.
+
+Slurm is asked at most once per command: ``scontrol -d -o show job [ID]``,
+through ``spawn`` with a time-out (``GENV_SLURM_TIMEOUT``, default 10 s), and
+``scontrol listpids`` only where cgroups cannot say whose a GPU process is.
+When Slurm cannot answer, ``look`` says so in one line and falls back on what
+the node shows (processes in a job's cgroup, busy GPUs).
+
+The parsing functions are pure. scontrol's text holds what users typed (a job
+name, a comment), which may look like fields or even like records: the
+parser takes the union of every reading, so a job can only ever look as if it
+held *more* GPUs, never fewer.
+"""
+
+from __future__ import annotations
+
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
+    from typing import Any, Callable, Dict, Optional, Sequence
+
+    from ..gpus import App
+    from .facts import View
+
+CONFIGS = ("/etc/slurm/slurm.conf", "/run/slurm/conf/slurm.conf")
+
+# Only what every command needs (is this a Slurm node, a job?) is here: off
+# Slurm nothing more is imported. The rest is in genv/slurm/facts.py, and
+# reachable as genv.slurm.<name> too.
+
+
+def enabled() -> bool:
+    return os.environ.get("GENV_SLURM") != "0"
+
+
+def configuration() -> Optional[str]:
+    """The Slurm configuration that makes this machine a Slurm node, or None."""
+    conf = os.environ.get("SLURM_CONF")
+    if conf:
+        return conf if os.path.isfile(conf) else None
+    for path in CONFIGS:
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def job_id() -> Optional[str]:
+    """The job this process runs in (``SLURM_JOB_ID``), or None."""
+    text = os.environ.get("SLURM_JOB_ID", "")
+    return text if text.isascii() and text.isdigit() and 0 < len(text) < 20 else None
+
+
+def in_job() -> bool:
+    """In a Slurm job on a Slurm node, with genv's Slurm support on."""
+    return enabled() and job_id() is not None and configuration() is not None
+
+
+def look(machine: Sequence[Dict[str, Any]], apps: Sequence[App], facts: Any,
+         say: Callable[[str], None]) -> Optional[View]:
+    """What Slurm means for this command (None off Slurm: nothing asked,
+    nothing more imported). Runs scontrol: call it before taking the state
+    lock. ``say`` gets the one line that tells why Slurm's answer is not
+    used, if so."""
+    if not enabled() or configuration() is None:
+        return None
+    from .facts import look_here
+
+    return look_here(machine, apps, facts, say)
+
+
+def __getattr__(name: str) -> Any:
+    """genv.slurm.<name> for the names of genv.slurm.facts (imported then)."""
+    if name != "facts" and not name.startswith("__"):
+        from . import facts
+
+        if hasattr(facts, name):
+            return getattr(facts, name)
+    raise AttributeError("module 'genv.slurm' has no attribute %r" % name)
