@@ -217,7 +217,6 @@ class ProcFS:
             return None
         return " ".join(part.decode("utf-8", "surrogateescape") for part in data.rstrip(b"\0").split(b"\0"))
 
-
     def cgroup(self, pid: int) -> Optional[str]:
         """The control groups the process is in (``/proc/<pid>/cgroup``,
         readable for every process: a kernel fact that Slurm's jobs show

@@ -60,8 +60,9 @@ def warn(message: str) -> None:
 
 
 def state_dir() -> str:
-    """``GENV_TMPDIR`` (or the default), normalised: absolute, no ``..``,
-    no trailing slash, so that checks apply to what the path names."""
+    """``GENV_TMPDIR`` (or, in a Slurm job, the job's own folder; or the
+    default), normalised: absolute, no ``..``, no trailing slash, so that
+    checks apply to what the path names."""
     raw = os.environ.get("GENV_TMPDIR")
     if not raw and os.environ.get("SLURM_JOB_ID") and os.environ.get("GENV_SLURM") != "0":
         from .slurm.facts import job_state_dir  # Slurm: a job's environments live in a folder of its own

@@ -415,33 +415,3 @@ class Cluster:
                     os.rmdir(folder)
                 except OSError:
                     pass
-
-    def _remove_cgroups(self) -> None:
-        """Remove the (empty) cgroup folders slurmd made, deepest first."""
-        for top in slurm_cgroup_dirs():
-            if top in self.cgroup_dirs_before:
-                continue
-            for folder, _, _ in sorted(os.walk(top), key=lambda entry: -entry[0].count("/")):
-                try:
-                    os.rmdir(folder)
-                except OSError:
-                    pass
-
-    def _kill_steps(self) -> None:
-        """slurmstepd processes leave slurmd's process group (they call
-        setsid): end those that run this cluster's configuration."""
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open("/proc/%s/cmdline" % entry, "rb") as handle:
-                    argv = handle.read().split(b"\0")
-                with open("/proc/%s/environ" % entry, "rb") as handle:
-                    environ = handle.read().split(b"\0")
-            except OSError:
-                continue
-            if argv and argv[0].endswith(b"slurmstepd") and ("SLURM_CONF=%s" % self.conf).encode() in environ:
-                try:
-                    os.kill(int(entry), signal.SIGKILL)
-                except OSError:
-                    pass

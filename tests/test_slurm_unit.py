@@ -206,7 +206,7 @@ def test_view_beside_jobs():
     jobs = slurm.parse_jobs(record(12, user="alice(1001)", gres="gpu:2(IDX:1-2)"), {"vm"})
     view = beside({1: ["12"], 2: ["12"]}, jobs, {40: "12"})
     mine, theirs, stray = Process(30, 0), Process(40, 1, 1001), Process(40, 3, 1001)
-    view.attribute([mine, theirs, stray], None)
+    view.attribute([mine, theirs, stray])
     assert mine.env is None
     assert theirs.env["id"] == "slurm:12" and theirs.owner == 1001 and not theirs.misplaced
     assert stray.env is theirs.env or stray.env["id"] == "slurm:12"

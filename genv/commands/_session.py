@@ -81,7 +81,7 @@ class Session:
                 self._attributed = attribution.attribute(self.snapshot.apps, self.machine, self.tx.users,
                                                          self.processes, self.snapshot.mark)
                 if self.slurm is not None:  # Slurm: a job's processes are the job's
-                    self.slurm.attribute(self._attributed, self.processes)
+                    self.slurm.attribute(self._attributed)
         return self._attributed
 
     @property

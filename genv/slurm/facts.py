@@ -4,13 +4,14 @@ and docs/slurm.md. Imported only on a Slurm node (or in a job)."""
 from __future__ import annotations
 
 import os
+import time
 
 from ..errors import GenvError
 from . import configuration, enabled, job_id
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
     from ..gpus import App
 
@@ -211,8 +212,6 @@ def _user(value: str) -> Optional[Tuple[str, int]]:
 
 def _time(value: str) -> Optional[float]:
     """``2026-12-07T19:12:04`` (local time) as Unix time; None otherwise."""
-    import time
-
     date, sep, clock = value.partition("T")
     parts = date.split("-") + clock.split(":")
     if not sep or len(parts) != 6 or not all(p.isascii() and p.isdigit() for p in parts):
@@ -443,10 +442,6 @@ def sweep(alive: Callable[[str], bool], since: float) -> None:
 # --- what Slurm means for one command ----------------------------------------------
 
 
-def _cuda_order(machine: Sequence[Dict[str, Any]]) -> List[int]:
-    return sorted(device["index"] for device in machine)
-
-
 def map_job_gpus(slurm: Set[int], machine: Sequence[Dict[str, Any]]) -> Optional[List[int]]:
     """The machine indices (as nvidia-smi numbers the GPUs here) of the GPUs
     Slurm numbers ``slurm`` on this node; None if they cannot be matched.
@@ -456,7 +451,7 @@ def map_job_gpus(slurm: Set[int], machine: Sequence[Dict[str, Any]]) -> Optional
     either every GPU of the node (then Slurm's index is nvidia-smi's) or,
     under a device cgroup, only the GPUs the process may open (then, if it
     lists as many as or fewer than the job has, they are the job's)."""
-    indices_here = _cuda_order(machine)
+    indices_here = sorted(device["index"] for device in machine)
     if not slurm:
         return []
     if len(indices_here) <= len(slurm):
@@ -479,11 +474,7 @@ class View:
         self.by_pid: Dict[int, str] = {}  # GPU process -> its job
         self.unsure: Set[int] = set()  # GPU processes that may be a job's (Slurm did not say)
         self.answered = False  # Slurm answered
-        self.notes: List[str] = []
-        self.asked = 0  # scontrol calls made
         self._machine: Optional[List[Dict[str, Any]]] = None
-        import time
-
         self.now = time.time()
 
     # -- in a job --
@@ -528,7 +519,7 @@ class View:
                "slurm": jid}
         return uid, env
 
-    def attribute(self, processes: Sequence[Any], facts: Any) -> None:
+    def attribute(self, processes: Sequence[Any]) -> None:
         """Beside jobs, a GPU process that is not in an environment and that
         its cgroup (or Slurm) places in a job is that job's: its environment
         is ``slurm:<jobid>``, misplaced if it is on a GPU the job does not
@@ -606,13 +597,9 @@ class View:
         return found
 
 
-
-
 def look_here(machine: Sequence[Dict[str, Any]], apps: Sequence[App], facts: Any,
-         say: Callable[[str], None]) -> Optional[View]:
+              say: Callable[[str], None]) -> View:
     """``look`` on a Slurm node (genv.slurm checked that it is one)."""
-    import time
-
     view = View(machine)
     jid = job_id()
     started = time.time()
@@ -647,7 +634,6 @@ def _in_job(view: View, jid: str, say: Callable[[str], None]) -> None:
     gpus: Optional[Set[int]] = None
     why = ""
     try:
-        view.asked += 1
         jobs = parse_jobs(ask(["-d", "-o", "show", "job", jid]), names)
         job = jobs.get(jid)
         if job is None:
@@ -690,7 +676,6 @@ def _beside_jobs(view: View, apps: Sequence[App], facts: Any, say: Callable[[str
         else:
             undecided.append(app.pid)
     try:
-        view.asked += 1
         view.jobs = parse_jobs(ask(["-d", "-o", "show", "job"]), names)
         view.answered = True
     except SlurmError as error:
@@ -735,7 +720,6 @@ def _beside_jobs(view: View, apps: Sequence[App], facts: Any, say: Callable[[str
     if tracked is not None and all(jid in tracked for jid in running_here):
         return
     try:
-        view.asked += 1
         pids = parse_listpids(ask(["listpids"]))
     except SlurmError as error:
         say("cannot ask Slurm whose processes run here (%s); processes that may be a job's are never stopped"
