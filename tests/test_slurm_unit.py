@@ -292,6 +292,13 @@ def test_the_jobs_state_folder(monkeypatch, tmp_path):
     os.chmod(path, 0o777)
     with pytest.raises(slurm.GenvError, match="others may write to it"):
         slurm.job_state_dir()
+    os.chmod(path, 0o700)
+    if os.geteuid() == 0:  # a folder someone else made for the job: not used, even by root
+        os.chown(path, 54321, -1)
+        with pytest.raises(slurm.GenvError, match="belongs to uid 54321, not to the job's user"):
+            slurm.job_state_dir()
+        monkeypatch.setenv("SLURM_JOB_UID", "54321")  # the job's user's own: root may use it
+        assert slurm.job_state_dir() == path
     os.rmdir(path)
     os.symlink(str(tmp_path), path)
     with pytest.raises(slurm.GenvError, match="not a folder"):

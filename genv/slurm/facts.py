@@ -375,9 +375,9 @@ def job_state_dir() -> Optional[str]:
     base.ensure()  # sticky and writable by all, like the state folder
     path = os.path.join(base.path, JOB_FOLDER + jid)
     euid = os.geteuid()
+    owner = os.environ.get("SLURM_JOB_UID", "")
     try:
         os.mkdir(path, 0o700)
-        owner = os.environ.get("SLURM_JOB_UID", "")
         if euid == 0 and owner.isascii() and owner.isdigit() and int(owner) != 0:
             os.chown(path, int(owner), -1, follow_symlinks=False)  # root came first into a user's job
     except FileExistsError:
@@ -392,9 +392,11 @@ def job_state_dir() -> Optional[str]:
             from None
     if not stat.S_ISDIR(info.st_mode):
         raise GenvError("refusing to use the state folder of Slurm job %s, %s: it is not a folder" % (jid, path))
-    if euid != 0 and info.st_uid != euid:
-        raise GenvError("refusing to use the state folder of Slurm job %s, %s: it belongs to uid %d, not to you "
-                        "(ask an administrator to remove it)" % (jid, path, info.st_uid))
+    allowed = {euid} if euid != 0 else {0} | ({int(owner)} if owner.isascii() and owner.isdigit() else set())
+    if info.st_uid not in allowed:
+        raise GenvError("refusing to use the state folder of Slurm job %s, %s: it belongs to uid %d, not to %s "
+                        "(ask an administrator to remove it)" % (jid, path, info.st_uid,
+                                                                 "you" if euid != 0 else "the job's user"))
     if info.st_mode & 0o022:
         raise GenvError("refusing to use the state folder of Slurm job %s, %s: others may write to it" % (jid, path))
     return path
