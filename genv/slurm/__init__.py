@@ -1,4 +1,5 @@
-"""Slurm facts: the one module that knows about Slurm (docs/slurm.md).
+"""Slurm facts: the one place that knows about Slurm (this package; see
+docs/slurm.md).
 
 - **A Slurm node** is a machine with a Slurm configuration: ``SLURM_CONF``
   naming a file, ``/etc/slurm/slurm.conf``, or the copy a configless slurmd
@@ -12,9 +13,10 @@
   node is held by that job (``slurm:<jobid>``), and a GPU process whose
   cgroup (a fact the kernel keeps) names a job is that job's.
 
-Slurm is asked at most once per command: ``scontrol -d -o show job [ID]``,
-through ``spawn`` with a time-out (``GENV_SLURM_TIMEOUT``, default 10 s), and
-``scontrol listpids`` only where cgroups cannot say whose a GPU process is.
+Which GPUs jobs hold is asked at most once per command, ``scontrol -d -o show
+job [ID]``, through ``spawn`` with a time-out (``GENV_SLURM_TIMEOUT``, default
+10 s); ``scontrol listpids`` once more only where cgroups cannot say whose a
+GPU process is.
 When Slurm cannot answer, ``look`` says so in one line and falls back on what
 the node shows (processes in a job's cgroup, busy GPUs).
 
