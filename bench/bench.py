@@ -46,6 +46,14 @@ Scenarios (--only/--skip take these names):
           (tests/sshd_hosts.py): one and three hosts, with fresh and with
           reused connections, and three hosts whose genv takes --hosts-slow
           seconds beside one (skipped, with the reason, without sshd)
+  slurm   (issue 17) genv off Slurm (no Slurm configuration) beside the same
+          commands with GENV_SLURM=0, and on a Slurm node (SLURM_CONF set),
+          beside and in a job: devices, ps, attach and status, and the calls
+          each makes to scontrol (a logging scontrol first on PATH: off Slurm
+          it must never run); the import of genv.slurm. Slurm's answer is
+          replayed from a recorded one, or, with --slurm-real (root, Slurm's
+          packages), comes from a real single-node cluster started for the run
+          (tests/slurm_cluster.py)
   kernel  (issue 12) a Jupyter kernel's start (start_kernel() to
           wait_for_ready()), a plain ipykernel kernelspec against one made by
           'genv kernel install --gpus 1', in turn (--kernel-reps); in an
@@ -84,7 +92,7 @@ class Tool:
         self.tmpdir = os.path.join(base, "state")
         self.env = dict(os.environ)
         for key in list(self.env):
-            if key.startswith(("GENV_", "CUDA_", "FAKE_NVIDIA")):
+            if key.startswith(("GENV_", "CUDA_", "FAKE_NVIDIA", "SLURM_")):
                 del self.env[key]
         self.env.update(env)
         self.env.update({
@@ -1014,6 +1022,135 @@ done
     return timings(tool.bash(body))
 
 
+# A recorded answer of `scontrol -d -o show job` (Slurm 22.05), trimmed, with
+# this machine's host name as the node: job 41 holds GPUs 0 and 1.
+SLURM_ANSWER = ("JobId=41 JobName=train UserId=%(user)s(%(uid)d) GroupId=%(user)s(%(uid)d) MCS_label=N/A "
+                "Priority=4294901758 Nice=0 Account=(null) QOS=(null) JobState=RUNNING Reason=None "
+                "Dependency=(null) Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:0 RunTime=00:00:04 "
+                "TimeLimit=UNLIMITED StartTime=2026-12-07T19:12:04 EndTime=Unknown Partition=debug "
+                "NodeList=%(node)s BatchHost=%(node)s NumNodes=1 NumCPUs=1 NumTasks=1 CPUs/Task=1 "
+                "TRES=cpu=1,node=1,billing=1 JOB_GRES=gpu:2   Nodes=%(node)s CPU_IDs=0 Mem=0 GRES=gpu:2(IDX:0-1) "
+                "MinCPUsNode=1 Features=(null) Command=/home/%(user)s/train.sh WorkDir=/home/%(user)s "
+                "StdOut=/home/%(user)s/slurm-41.out Power= TresPerNode=gres:gpu:2 \n")
+
+
+SLURM_COMMANDS = ("devices", "ps", "attach")
+
+
+def slurm_costs(tool: Tool, reps: int, python: str, real: bool) -> Tuple[Dict[str, List[float]], Dict[str, Any]]:
+    """genv off Slurm, with GENV_SLURM=0, on a Slurm node and in a job: the
+    same commands in one loop, and the scontrol calls of each (counted by a
+    logging scontrol first on PATH)."""
+    import pwd
+
+    tool.reset()
+    folder = os.path.join(tool.base, "slurm")
+    os.makedirs(folder, exist_ok=True)
+    log = os.path.join(folder, "scontrol.log")
+    cluster = None
+    facts: Dict[str, Any] = {"source": "replayed"}
+    try:
+        if real:
+            sys.path.insert(0, os.path.join(REPO, "tests"))
+            import slurm_cluster
+
+            why = slurm_cluster.missing()
+            if why is not None:
+                raise RuntimeError("--slurm-real: %s" % why)
+            cluster = slurm_cluster.Cluster(os.path.join(folder, "cluster"))
+            cluster.start()
+            job = cluster.client(["sbatch", "--parsable", "--gres=gpu:2", "-o", "/dev/null", "--wrap",
+                                  "sleep 3600"]).stdout.strip()
+            deadline = time.monotonic() + 60
+            while "JobState=RUNNING" not in cluster.client(["scontrol", "-o", "show", "job", job]).stdout:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the job did not start")
+                time.sleep(0.1)
+            conf, real_scontrol = cluster.conf, slurm_cluster.which("scontrol")
+            facts["source"] = "a real single-node cluster, %s" % cluster.client(["scontrol", "-V"]).stdout.strip()
+        else:
+            job = "41"
+            conf = os.path.join(folder, "slurm.conf")
+            with open(conf, "w") as handle:
+                handle.write("# genv's bench: a Slurm configuration that scontrol is not asked to read\n")
+            answer = os.path.join(folder, "answer")
+            me = pwd.getpwuid(os.getuid())
+            with open(answer, "w") as handle:
+                handle.write(SLURM_ANSWER % {"user": me.pw_name, "uid": me.pw_uid,
+                                             "node": os.uname().nodename.split(".")[0]})
+            real_scontrol = os.path.join(folder, "replay")
+            with open(real_scontrol, "w") as handle:
+                handle.write("#!/bin/bash\ncase \"$*\" in\n'-d -o show job'*) cat %s ;;\n"
+                             "listpids) echo 'PID      JOBID    STEPID   LOCALID GLOBALID' ;;\n*) exit 1 ;;\nesac\n"
+                             % shlex.quote(answer))
+            os.chmod(real_scontrol, 0o755)
+        logging = os.path.join(folder, "bin")
+        os.makedirs(logging, exist_ok=True)
+        with open(os.path.join(logging, "scontrol"), "w") as handle:
+            handle.write("#!/bin/bash\necho \"$*\" >>%s\nexec %s \"$@\"\n" % (shlex.quote(log),
+                                                                         shlex.quote(real_scontrol)))
+        os.chmod(os.path.join(logging, "scontrol"), 0o755)
+        path = logging + ":" + tool.env["PATH"]
+        # Timed: scontrol itself (the replay where there is no real one), not the logging one.
+        replay_bin = os.path.join(folder, "replay-bin")
+        os.makedirs(replay_bin, exist_ok=True)
+        os.symlink(real_scontrol, os.path.join(replay_bin, "scontrol"))
+        timed_path = replay_bin + ":" + tool.env["PATH"]
+        modes = {"off": "", "disabled": "GENV_SLURM=0", "node": "SLURM_CONF=%s" % shlex.quote(conf),
+                 "job": "SLURM_CONF=%s SLURM_JOB_ID=%s GENV_SLURM_TMPDIR=%s" % (
+                     shlex.quote(conf), job, shlex.quote(os.path.join(folder, "jobs")))}
+        probe = 'eval "$(genv init -)"\n'
+        for mode, assignments in modes.items():
+            probe += """: > %(log)s
+%(set)s genv devices >/dev/null || exit 1
+echo "== $(wc -l < %(log)s) %(mode)s devices"; : > %(log)s
+%(set)s genv ps >/dev/null || exit 1
+echo "== $(wc -l < %(log)s) %(mode)s ps"; : > %(log)s
+%(set)s genv activate || exit 1
+%(set)s genv attach --count 1 || exit 1
+echo "== $(wc -l < %(log)s) %(mode)s attach"; : > %(log)s
+%(set)s genv status >/dev/null || exit 1
+echo "== $(wc -l < %(log)s) %(mode)s status"; : > %(log)s
+%(set)s genv deactivate || exit 1
+echo "== $(wc -l < %(log)s) %(mode)s deactivate"
+""" % {"log": shlex.quote(log), "set": assignments, "mode": mode}
+        calls: Dict[str, Dict[str, int]] = {}
+        for line in tool.script(probe, extra={"PATH": path}).splitlines():
+            if line.startswith("== "):
+                number, mode, command = line[3:].split()
+                calls.setdefault(mode, {})[command] = int(number)
+        facts["calls"] = calls
+        # The import, timed inside the interpreter (a second interpreter's
+        # start varies more than the import takes), after what a command has
+        # imported already.
+        code = ("import os, sys, time, __future__; sys.path.insert(0, %r); import genv.errors; "
+                "s = time.perf_counter(); import genv.slurm; e = time.perf_counter(); "
+                "print('slurm_import %%.9f %%.9f' %% (s, e))" % REPO)
+        # One function per mode and command: a variable assigned before a
+        # function call holds for the call (and what it runs), and no extra
+        # process is started.
+        body = 'eval "$(genv init -)"\n'
+        for mode, assignments in modes.items():
+            for command, args in (("devices", "devices"), ("ps", "ps"), ("attach", "attach --count 1"),
+                                  ("activate", "activate"), ("deactivate", "deactivate")):
+                body += "%s_%s() { %s genv %s >/dev/null; }\n" % (command, mode, assignments, args)
+        body += "for i in $(seq %d); do\n" % reps
+        for mode in modes:
+            body += """  T slurm_%(mode)s_devices devices_%(mode)s
+  T slurm_%(mode)s_ps ps_%(mode)s
+  activate_%(mode)s
+  T slurm_%(mode)s_attach attach_%(mode)s
+  deactivate_%(mode)s
+""" % {"mode": mode}
+        body += """  %(python)s -I -S -c %(code)s
+done
+""" % {"python": shlex.quote(python), "code": shlex.quote(code)}
+        return timings(tool.bash(body, extra={"PATH": timed_path})), facts
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
 KERNEL_HELPER = r'''
 """Runs in an interpreter with jupyter_client: starts kernels, as Jupyter
 does, and times each from start_kernel() to wait_for_ready()."""
@@ -1203,7 +1340,7 @@ def median(values: List[float]) -> Optional[float]:
 
 
 SCENARIOS = ("cycle", "shim", "envs", "race", "procs", "share", "pack", "wait", "admin", "run", "sdk", "kernel",
-             "hosts")
+             "hosts", "slurm")
 
 
 def counts(text: str) -> List[int]:
@@ -1233,6 +1370,9 @@ def main() -> int:
                              "made for them with pip)")
     parser.add_argument("--hosts-slow", type=float, default=1.5,
                         help="seconds the slow hosts of the hosts scenario take to answer (default 1.5)")
+    parser.add_argument("--slurm-real", action="store_true",
+                        help="the slurm scenario asks a real single-node cluster started for the run (root, Slurm's "
+                             "packages) instead of replaying a recorded answer")
     parser.add_argument("--only", default="", help="run only these scenarios (comma list of %s)" % ",".join(SCENARIOS))
     parser.add_argument("--skip", default="", help="skip these scenarios (same names)")
     parser.add_argument("--compare-upstream", action="store_true", help="also measure %s" % UPSTREAM)
@@ -1263,7 +1403,7 @@ def main() -> int:
 
         results: Dict[str, Dict[str, Any]] = {tool.name: {} for tool in tools}
         extras: Dict[str, Any] = {"procs": {}, "packing": None, "waiting": None, "admin": {}, "run_calls": None,
-                                  "kernel": None, "hosts": None, "skipped": {}}
+                                  "kernel": None, "hosts": None, "slurm": None, "skipped": {}}
 
         def record(tool: Tool, data: Dict[str, List[float]]) -> None:
             for label, values in data.items():
@@ -1315,6 +1455,9 @@ def main() -> int:
             record(ours, data)
         if "sdk" in chosen:
             record(ours, sdk_import(ours, args.reps, python))
+        if "slurm" in chosen:
+            data, extras["slurm"] = slurm_costs(ours, args.reps, python, args.slurm_real)
+            record(ours, data)
         if "kernel" in chosen and args.kernel_reps > 0:
             kpython, why = kernel_python(args.kernel_python, work)
             if kpython is None:
@@ -1389,6 +1532,11 @@ def report(results: Dict[str, Dict[str, Any]], tools: List[Tool], python: str, e
     ours["kernel_diff"] = net(raw, "kernel_genv", "kernel_plain")
     if ours["kernel_diff"] is not None and ours.get("kernel_smi") is not None:
         ours["kernel_net"] = ours["kernel_diff"] - ours["kernel_smi"]  # type: ignore[operator]
+    for command in SLURM_COMMANDS:
+        ours["slurm_off_over_disabled_%s" % command] = paired(raw, "slurm_off_%s" % command,
+                                                              "slurm_disabled_%s" % command)
+        ours["slurm_node_over_off_%s" % command] = paired(raw, "slurm_node_%s" % command, "slurm_off_%s" % command)
+        ours["slurm_job_over_off_%s" % command] = paired(raw, "slurm_job_%s" % command, "slurm_off_%s" % command)
     rows = ["init", "activate", "config", "attach", "detach", "deactivate", "cycle"]
     rows += ["envs_%d" % n for n in env_counts] + ["devices_%d" % n for n in env_counts]
     rows += ["shim_overhead", "direct", "floor_bash", "floor_python", "floor_python_subprocess", "attach_nosmi"]
@@ -1406,6 +1554,11 @@ def report(results: Dict[str, Dict[str, Any]], tools: List[Tool], python: str, e
     rows += ["run_direct", "run_plain", "run_plain_smi", "run_plain_over", "run_plain_net", "run_gpu", "run_gpu_smi",
              "run_gpu_over", "run_gpu_net", "floor_run", "sdk_import", "sdk_floor", "sdk_net", "kernel_plain",
              "kernel_genv", "kernel_diff", "kernel_smi", "kernel_net"]
+    for command in SLURM_COMMANDS:
+        rows += [key % command for key in ("slurm_off_%s", "slurm_disabled_%s", "slurm_off_over_disabled_%s",
+                                           "slurm_node_%s", "slurm_node_over_off_%s", "slurm_job_%s",
+                                           "slurm_job_over_off_%s")]
+    rows += ["slurm_import"]
     names = [tool.name for tool in tools]
     print("genv benchmark: %s, %s cores, %s, Python %s (%s), %s" % (
         platform.node(), os.cpu_count(), platform.platform(), platform.python_version(), python,
@@ -1471,6 +1624,7 @@ def report(results: Dict[str, Dict[str, Any]], tools: List[Tool], python: str, e
     admin = extras.get("admin") or {}
     run_calls = extras.get("run_calls")
     kernel = extras.get("kernel")
+    slurm = extras.get("slurm")
     skipped = extras.get("skipped") or {}
 
     def kinds(calls: Optional[Dict[str, int]]) -> str:
@@ -1496,6 +1650,12 @@ def report(results: Dict[str, Dict[str, Any]], tools: List[Tool], python: str, e
             kinds(kernel["calls"]), kernel["environments_left"]))
     for what, why in skipped.items():
         print("- skipped %s: %s" % (what, why))
+    if slurm:
+        print()
+        print("scontrol calls per command (Slurm's answer: %s):" % slurm["source"])
+        for mode, label in (("off", "off Slurm"), ("disabled", "GENV_SLURM=0"), ("node", "on a Slurm node"),
+                            ("job", "in a job")):
+            print("- %s: %s" % (label, ", ".join("%s %d" % item for item in slurm["calls"][mode].items())))
 
     floor = ours.get("floor_python")
     targets: List[Tuple[str, Optional[float], Optional[bool]]] = []
@@ -1597,6 +1757,19 @@ def report(results: Dict[str, Dict[str, Any]], tools: List[Tool], python: str, e
                                                            "hosts_3_reused")]
                   + [several["slow_seconds"]] + [_num(ours.get(key), "%.0f") for key in ("hosts_1_slow",
                                                                                          "hosts_3_slow")]))
+    if slurm:
+        calls = slurm["calls"]
+        target("off Slurm and with GENV_SLURM=0: scontrol calls in all (target 0)",
+               sum(calls["off"].values()) + sum(calls["disabled"].values()), 0)
+        target("on a Slurm node and in a job: scontrol calls per command, most (target <= 1)",
+               max(list(calls["node"].values()) + list(calls["job"].values())), 1)
+        worst = [ours.get("slurm_off_over_disabled_%s" % command) for command in SLURM_COMMANDS]
+        if all(value is not None for value in worst):
+            target("off Slurm over GENV_SLURM=0, ms, worst of devices, ps, attach (target <= 1)",
+                   max(worst), 1)  # type: ignore[type-var]
+        if ours.get("slurm_import") is not None:
+            target("import genv.slurm, ms (paid off Slurm too, by commands that look at GPUs; target <= 0.2)",
+                   ours["slurm_import"], 0.2)
     print()
     for label, value, ok in targets:
         print("- %s: %s (%s)" % (label, _num(value, "%.2f"), "n/a" if ok is None else "met" if ok else "missed"))
@@ -1618,7 +1791,7 @@ def report(results: Dict[str, Dict[str, Any]], tools: List[Tool], python: str, e
             "nvidia_smi_calls": {n: facts["calls"] for n, facts in procs.items()},
             "shim_python_starts": {n: facts["python_starts"] for n, facts in procs.items()},
             "packing": pack, "waiting": wait, "admin": admin, "run_calls": run_calls, "kernel": kernel,
-            "hosts": extras.get("hosts"), "skipped": skipped, "races_ok": races_ok, "checks_ok": checks_ok}
+            "hosts": extras.get("hosts"), "slurm": slurm, "skipped": skipped, "races_ok": races_ok, "checks_ok": checks_ok}
 
 
 def _num(value: Optional[float], form: str) -> str:

@@ -14,7 +14,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import List, Optional
 
-NAMES = ("envs", "devices", "ps", "status", "home", "lock", "run", "enforce", "monitor", "kernel")
+NAMES = ("envs", "devices", "ps", "status", "home", "lock", "run", "enforce", "monitor", "kernel", "ssh")
 
 
 def libexec() -> str:

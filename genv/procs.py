@@ -217,6 +217,18 @@ class ProcFS:
             return None
         return " ".join(part.decode("utf-8", "surrogateescape") for part in data.rstrip(b"\0").split(b"\0"))
 
+    def cgroup(self, pid: int) -> Optional[str]:
+        """The control groups the process is in (``/proc/<pid>/cgroup``,
+        readable for every process: a kernel fact that Slurm's jobs show
+        in); None if unreadable."""
+        if pid <= 0:
+            return None
+        if self._proc_fd >= 0:
+            data = _read("%d/cgroup" % pid, 16384, self._proc_fd)
+        else:
+            data = _read("/proc/%d/cgroup" % pid, 16384)
+        return data.decode("utf-8", "replace") if data else None
+
 
 def _find_var(data: bytes, name: str) -> Optional[str]:
     key = name.encode("ascii") + b"="

@@ -432,7 +432,7 @@ def devices() -> List[Dict[str, Any]]:
     ctx = _context()
     with _quiet(), Session(ctx, holders_only=True, listing=True, observe=True, usage=True, details=True) as session:
         assert session.snapshot is not None
-        return devices_docs(session.users, session.machine, session.snapshot.used, session.attributed(), ctx.user)
+        return devices_docs(session.holders, session.machine, session.snapshot.used, session.attributed(), ctx.user)
 
 
 def ps() -> List[Dict[str, Any]]:

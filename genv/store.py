@@ -51,21 +51,21 @@ def _signed(raw: bytes) -> bool:
 
 
 def state_dir() -> str:
-    """``GENV_TMPDIR`` (or the default), normalised: absolute, no ``..``,
-    no trailing slash, so that checks apply to what the path names."""
-    raw = os.environ.get("GENV_TMPDIR") or DEFAULT_DIR
-    return normalise_dir(raw, "GENV_TMPDIR")
+    """``GENV_TMPDIR`` (or, in a Slurm job, the job's own folder; or the
+    default), normalised: absolute, no ``..``, no trailing slash, so that
+    checks apply to what the path names."""
+    raw = os.environ.get("GENV_TMPDIR")
+    if not raw and os.environ.get("SLURM_JOB_ID") and os.environ.get("GENV_SLURM") != "0":
+        from .slurm.facts import job_state_dir  # Slurm: a job's environments live in a folder of its own
+
+        raw = job_state_dir()
+    return normalise_dir(raw or DEFAULT_DIR, "GENV_TMPDIR")
 
 
 def normalise_dir(raw: str, what: str) -> str:
-    if not raw.startswith("/"):
-        raise GenvError("invalid %s %r: it must be an absolute path" % (what, raw))
-    parts = [part for part in raw.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise GenvError("invalid %s %r: it must not contain '..'" % (what, raw))
-    if not parts:
-        raise GenvError("invalid %s %r: not the root folder" % (what, raw))
-    return "/" + "/".join(parts)
+    from .folders import normalise
+
+    return normalise(raw, what)
 
 
 # --- reading one file -------------------------------------------------------------
@@ -145,30 +145,9 @@ class StateDir:
     # The folder is created sticky and world-writable, like /tmp: every user
     # can create their own file, nobody can replace or remove anybody else's.
     def ensure(self) -> None:
-        try:
-            info = os.lstat(self.path)
-        except FileNotFoundError:
-            parent = os.path.dirname(self.path)
-            try:
-                os.makedirs(parent, exist_ok=True)
-                os.mkdir(self.path, 0o700)
-                os.chmod(self.path, 0o1777, follow_symlinks=False)
-            except FileExistsError:
-                pass
-            except OSError as error:
-                raise GenvError("cannot create the state folder %s: %s" % (self.path, error.strerror)) from None
-            info = os.lstat(self.path)
-        except OSError as error:
-            raise GenvError("cannot use the state folder %s: %s" % (self.path, error.strerror)) from None
-        if stat.S_ISLNK(info.st_mode):
-            raise GenvError("refusing to use the state folder %s: it is a symbolic link" % self.path)
-        if not stat.S_ISDIR(info.st_mode):
-            raise GenvError("the state folder %s is not a folder" % self.path)
-        if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
-            raise GenvError(
-                "refusing to use the state folder %s: it is writable by everyone without the sticky bit "
-                "(fix: chmod 1777 %s)" % (self.path, self.path)
-            )
+        from .folders import ensure_shared
+
+        ensure_shared(self.path)
 
     def open_dir(self) -> int:
         try:

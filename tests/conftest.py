@@ -34,7 +34,7 @@ UID = os.geteuid()
 # that CI cannot pass by skipping.
 
 TOOLS = ("bash", "zsh", "shellcheck")
-REQUIREMENTS = TOOLS + ("root", "sshd")
+REQUIREMENTS = TOOLS + ("root", "sshd", "slurm")
 
 
 def required() -> List[str]:
@@ -51,13 +51,18 @@ def missing(what: str) -> Optional[str]:
         from sshd_hosts import missing as sshd_missing
 
         return sshd_missing()
+    if what == "slurm":  # a real cluster the tests start: tests/slurm_cluster.py
+        from slurm_cluster import missing as slurm_missing
+
+        return slurm_missing()
     raise ValueError("unknown requirement %r (known: %s)" % (what, ", ".join(REQUIREMENTS)))
 
 
 def need(*whats: str) -> None:
     """Skip the calling test (or fail it, see GENV_TEST_REQUIRE) unless every
     requirement is met: a tool on PATH (``bash``, ``zsh``, ``shellcheck``),
-    ``root``, or ``sshd`` (OpenSSH's server and client)."""
+    ``root``, ``sshd`` (OpenSSH's server and client) or ``slurm`` (root and
+    Slurm's daemons and clients)."""
     for what in whats:
         why = missing(what)
         if why is None:

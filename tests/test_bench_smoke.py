@@ -1,4 +1,4 @@
-"""The benchmark keeps working (issues 5, 9, 10, 11, 12 and 18): a tiny run,
+"""The benchmark keeps working (issues 5, 9, 10, 11, 12, 17 and 18): a tiny run,
 no timing assertions.
 
 The kernel scenario starts kernels with the test runner's interpreter when it
@@ -128,6 +128,16 @@ def test_bench_smoke(tmp_path):
             assert medians[scenario] is not None and medians[scenario] > 0, scenario
         assert medians["hosts_1_slow"] >= 300 and summary["hosts"] == {"slow_seconds": 0.3}
         assert "genv devices -H over ssh" in done.stdout
+    # Issue 17: off Slurm nothing asked; on a Slurm node (a replayed answer), one scontrol per command.
+    slurm = summary["slurm"]
+    assert slurm["source"] == "replayed"
+    assert set(slurm["calls"]["off"].values()) == {0} and set(slurm["calls"]["disabled"].values()) == {0}
+    for mode in ("node", "job"):
+        assert slurm["calls"][mode] == {"devices": 1, "ps": 1, "attach": 1, "status": 1, "deactivate": 0}, mode
+    for mode in ("off", "disabled", "node", "job"):
+        for command in ("devices", "ps", "attach"):
+            assert medians["slurm_%s_%s" % (mode, command)] > 0
+    assert 0 < medians["slurm_import"] < 50
     assert summary["checks_ok"] and summary["races_ok"]
     assert all(isinstance(value, (int, float)) for value in summary["targets"].values())
     assert set(summary["targets_met"]) == set(summary["targets"])

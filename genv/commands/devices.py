@@ -28,6 +28,13 @@ def _share(mib: Optional[int]) -> str:
     return "whole" if mib is None else format_size(mib << 20)
 
 
+def _holder_name(holder: Dict[str, Any]) -> str:
+    """An environment's name; for a Slurm job (genv/slurm/), whose job it is."""
+    if holder["id"].startswith("slurm:"):
+        return "Slurm job of %s" % holder["user"]
+    return holder["name"] or ""
+
+
 def _table(docs: List[Dict[str, Any]], now: float, hosts: Optional[List[str]] = None) -> str:
     """The table; with ``hosts`` (one per doc), a HOST column first."""
     from ..sizes import format_size
@@ -44,7 +51,7 @@ def _table(docs: List[Dict[str, Any]], now: float, hosts: Optional[List[str]] = 
             rows.append(host + (
                 str(doc["index"]) if first else "",
                 holder["id"] if holder else "",
-                (holder["name"] or "") if holder else "",
+                _holder_name(holder) if holder else "",
                 ago(now - holder["attached"]) if holder else "",
                 _share(holder["memory"]) if holder else "",
                 free if first else "",
@@ -84,7 +91,7 @@ def main(argv: List[str]) -> int:
     # of every other one would make the listing grow with their number.
     with Session(ctx, holders_only=True, listing=True, observe=True, usage=True, details=True) as session:
         assert session.snapshot is not None
-        docs = devices_docs(session.users, session.machine, session.snapshot.used, session.attributed(), ctx.user)
+        docs = devices_docs(session.holders, session.machine, session.snapshot.used, session.attributed(), ctx.user)
     if form == "json":
         print_json(docs)
     elif form == "csv":

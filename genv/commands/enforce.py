@@ -37,7 +37,7 @@ def _seconds(text: str, option: str, least: float) -> float:
 class Action:
     """One violation and what became of it."""
 
-    def __init__(self, violation: enforce.Violation, user: str, euid: int) -> None:
+    def __init__(self, violation: enforce.Violation, user: str, euid: int, spared: Optional[str] = None) -> None:
         self.violation = violation
         self.user = user
         process = violation.process
@@ -45,6 +45,10 @@ class Action:
             self.permitted = False
             self.outcome = "no process to stop"
             self.failed = True  # the rule stays broken whatever --kill does
+        elif spared is not None:  # Slurm: a job's process (or maybe one) is Slurm's to stop
+            self.permitted = False
+            self.outcome = spared
+            self.failed = True
         else:
             self.permitted = euid == 0 or process.uid == euid
             self.outcome = "would stop" if self.permitted else "not permitted"
@@ -63,7 +67,9 @@ def find(ctx: Context) -> List[Action]:
     """The violations now (one look at the GPUs, one at the state)."""
     with Session(ctx, listing=True, observe=True, details=True) as session:
         found = enforce.decide(session.attributed(), session.users, session.machine, session.policy(), ctx.user)
-    return [Action(v, ctx.user(v.uid) if v.uid is not None else "?", ctx.euid) for v in found]
+        view = session.slurm
+    return [Action(v, ctx.user(v.uid) if v.uid is not None else "?", ctx.euid,
+                   view.spare(v.process) if view is not None and v.process is not None else None) for v in found]
 
 
 def stop(actions: List[Action], grace: float) -> None:

@@ -114,7 +114,7 @@ def read_documents() -> Tuple[List[Doc], List[Doc], List[Doc]]:
             assert snapshot is not None
             processes = session.attributed()
             envs = envs_docs(session.users, ctx.user)
-            devices = devices_docs(session.users, session.machine, snapshot.used, processes, ctx.user)
+            devices = devices_docs(session.holders, session.machine, snapshot.used, processes, ctx.user)
             procs = ps_docs(processes, ctx.user)
     finally:
         _release(session.processes)

@@ -84,6 +84,21 @@ def gpu_list(env: Optional[Dict[str, Any]]) -> str:
     return ",".join(map(str, indices(env))) if env else ""
 
 
+def cuda_list(env: Optional[Dict[str, Any]], base: Mapping[str, str]) -> str:
+    """What CUDA_VISIBLE_DEVICES holds: the environment's GPUs as nvidia-smi
+    indices (with CUDA_DEVICE_ORDER=PCI_BUS_ID); in a Slurm job, as UUIDs
+    (docs/slurm.md says why)."""
+    gpus = gpu_list(env)
+    if gpus and base.get("SLURM_JOB_ID") and base.get("GENV_SLURM") != "0":
+        from .. import slurm
+
+        if slurm.in_job():
+            from ..slurm.facts import cuda_visible
+
+            return cuda_visible(env, gpus)
+    return gpus
+
+
 def fraction(env: Optional[Dict[str, Any]]) -> Optional[str]:
     """The share of GPU memory as a fraction of the GPUs' total, rounded down
     to two decimals (of the largest attached GPU, so that no GPU gets more
@@ -131,12 +146,11 @@ def hint_changes(env: Optional[Dict[str, Any]], base: Mapping[str, str]) -> Dict
 
 def sync_into(plan: Plan, env: Optional[Dict[str, Any]], base: Mapping[str, str]) -> Plan:
     """Point a terminal at the environment's current GPUs, share and name:
-    CUDA's GPUs (nvidia-smi's indices, in its order), the shim's list and
-    share, the framework hints (values the user set win)."""
-    gpus = gpu_list(env)
-    plan.set("CUDA_VISIBLE_DEVICES", gpus)
+    CUDA's GPUs (``cuda_list``), the shim's list and share, the framework
+    hints (values the user set win)."""
+    plan.set("CUDA_VISIBLE_DEVICES", cuda_list(env, base))
     plan.set("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-    plan.set("GENV_ATTACHED_GPUS", gpus)
+    plan.set("GENV_ATTACHED_GPUS", gpu_list(env))  # nvidia-smi's indices, for the shim
     memory = next((d["memory"] for d in env["devices"] if d.get("memory") is not None), None) if env else None
     plan.set("GENV_GPU_MEMORY", str(memory) if memory is not None else None)  # for the nvidia-smi shim
     for name, value in hint_changes(env, base).items():

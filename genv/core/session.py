@@ -13,6 +13,7 @@ import time
 from .. import attribution, environments, gpus
 from ..errors import GenvError
 from ..procs import processes
+from ..report import warn
 from ..store import StateDir, Transaction
 
 TYPE_CHECKING = False
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
 
     from ..allocate import Request
     from .context import Context
+    from ..slurm.facts import View
 
 
 class Session:
@@ -48,6 +50,7 @@ class Session:
         self.snapshot: Optional[gpus.Snapshot] = None
         self.messages: List[str] = []
         self._attributed: Optional[List[attribution.Process]] = None
+        self.slurm: Optional[View] = None  # Slurm (genv/slurm/): None off Slurm
         self._policy: Optional[Any] = None
         self.final = False  # the last refusal of attach() can never change: do not wait
         self._store_record = False
@@ -67,6 +70,18 @@ class Session:
         cached = (self.folder.peek(self.ctx.euid) or {}).get("devices")
         self.snapshot, self._store_record = gpus.observe(cached, self.processes.clock, usage, self.now)
         self.record = self.snapshot.record
+        self._look_at_slurm(cached)
+
+    def _look_at_slurm(self, cached: Optional[Dict[str, Any]]) -> None:
+        """Slurm (genv/slurm/), asked before the lock: in a job, the job's
+        GPUs are the machine; beside jobs, the GPUs jobs hold are busy."""
+        from .. import slurm
+
+        assert self.record is not None and self.snapshot is not None
+        self.slurm = slurm.look(self.record["list"], self.snapshot.apps, self.processes, warn)
+        if self.slurm is not None:
+            self.snapshot.apps = self.slurm.visible_apps(self.snapshot.apps)
+            self._store_record = self._store_record and self.slurm.may_store(cached, self.record)
 
     def attributed(self) -> List[attribution.Process]:
         """The GPU processes, attributed against the state under the lock."""
@@ -76,13 +91,23 @@ class Session:
             else:
                 self._attributed = attribution.attribute(self.snapshot.apps, self.machine, self.tx.users,
                                                          self.processes, self.snapshot.mark, self.details)
+                if self.slurm is not None:  # Slurm: a job's processes are the job's
+                    self.slurm.attribute(self._attributed)
         return self._attributed
 
     @property
     def machine(self) -> List[Dict[str, Any]]:
         if self.record is None:
             raise GenvError("internal: devices were not discovered")
+        if self.slurm is not None:  # Slurm: in a job, the job's GPUs only
+            return self.slurm.machine()
         return self.record["list"]  # type: ignore[no-any-return]
+
+    @property
+    def holders(self) -> Dict[int, Dict[str, Any]]:
+        """The users, and (Slurm) each job holding GPUs as an environment
+        ``slurm:<jobid>`` of its owner: what listings of GPUs show."""
+        return self.slurm.holders(self.users) if self.slurm is not None else self.users
 
     def terminal(self) -> Tuple[int, str]:
         """The calling shell's PID and identity token."""
@@ -103,6 +128,11 @@ class Session:
             if self._store_record and self.record is not None:
                 environments.reconcile(self.tx.user(euid), self.record)
                 self.tx.changed(euid)
+            if self.slurm is not None:  # Slurm gave a job a GPU an environment holds: tell it
+                for owner, env, warning in self.slurm.conflicts(self.tx.users):
+                    if warning not in env["warnings"] and euid in (0, owner):
+                        env["warnings"].append(warning)
+                        self.tx.changed(owner)
         except BaseException as error:
             self.tx.__exit__(type(error), error, None)
             raise
@@ -141,8 +171,13 @@ class Session:
         return self._policy
 
     def busy(self) -> Dict[int, List[str]]:
-        """GPUs that processes outside every environment keep busy."""
-        return attribution.busy(self.attributed(), self.ctx.user)
+        """GPUs that processes outside every environment keep busy (and, on
+        Slurm, those jobs hold, or in a job those not the job's)."""
+        found = attribution.busy(self.attributed(), self.ctx.user)
+        if self.slurm is not None:
+            for index, who in self.slurm.busy(self.attributed(), self.ctx.user).items():
+                found[index] = found.get(index, []) + who
+        return found
 
     def attach(self, owner: int, env: Dict[str, Any], request: Request, detach: bool = True) -> Optional[str]:
         """Give ``env`` the GPUs ``allocate`` chooses, behind the requests
