@@ -360,10 +360,51 @@ class Shell:
                 stream.close()
 
 
+GENV_PARTS = ("bin", "libexec", "shims", "genv", "pyproject.toml", "tests/fake")
+"""What a test's copy of genv holds (the ``genv`` fixture)."""
+
+
+def make_template(folder: str) -> str:
+    """A copy of genv's files (GENV_PARTS) in ``folder``, its modules byte-
+    compiled for the interpreter the tests give genv: each test's copy is
+    made of hard links to it (``link_tree``), so that neither the copy nor
+    genv's first command in it (which would compile every module it
+    imports) costs a test much. Returns the copy's root."""
+    root = os.path.join(folder, "genv")
+    for part in GENV_PARTS:
+        source = os.path.join(REPO, part)
+        target = os.path.join(root, part)
+        if os.path.isdir(source):
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copy2(source, target)
+    # (A failure here only costs time: genv compiles what it imports.)
+    subprocess.run([system_python(), "-I", "-m", "compileall", "-q", os.path.join(root, "genv")],
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    return root
+
+
+def link_tree(source: str, target: str) -> None:
+    """``target``: the folders of ``source`` (mode 755), each file a hard
+    link to its file there (a copy where a link cannot be made). A file
+    genv or a test writes is replaced, never written in place, so the
+    template stays as it was."""
+    for folder, _, files in os.walk(source):
+        made = os.path.normpath(os.path.join(target, os.path.relpath(folder, source)))
+        os.makedirs(made, exist_ok=True)
+        os.chmod(made, 0o755)
+        for name in files:
+            try:
+                os.link(os.path.join(folder, name), os.path.join(made, name))
+            except OSError:
+                shutil.copy2(os.path.join(folder, name), os.path.join(made, name))
+
+
 class Genv:
     """An installed genv, its state folder, and the terminals opened on it."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, template: str) -> None:
         self.base = base
         self.root = os.path.join(base, "genv")
         # Like /var/tmp: sticky and writable by all, so any user may create
@@ -377,16 +418,7 @@ class Genv:
         for folder in (self.home, self.work):
             os.makedirs(folder)
             os.chmod(folder, 0o777)
-        for part in ("bin", "libexec", "shims", "genv", "pyproject.toml", "tests/fake"):
-            source = os.path.join(REPO, part)
-            target = os.path.join(self.root, part)
-            if os.path.isdir(source):
-                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                shutil.copy2(source, target)
-        for folder, dirs, files in os.walk(self.root):
-            os.chmod(folder, 0o755)
+        link_tree(template, self.root)
         self.shells: List[Shell] = []
         self.extra: Dict[str, str] = {}
 
@@ -439,11 +471,22 @@ class Genv:
             shell.close()
 
 
+@pytest.fixture(scope="session")
+def genv_template():
+    """genv's files, byte-compiled, once per test process (``make_template``)."""
+    folder = tempfile.mkdtemp(prefix="genv-template-", dir="/tmp")
+    os.chmod(folder, 0o755)
+    try:
+        yield make_template(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture
-def genv():
+def genv(genv_template):
     base = tempfile.mkdtemp(prefix="genv-test-", dir="/tmp")
     os.chmod(base, 0o755)
-    installed = Genv(base)
+    installed = Genv(base, genv_template)
     try:
         yield installed
     finally:
