@@ -9,7 +9,7 @@ to a marker, so several terminals can be open at once.
 Conventions for every test file (new ones included)
 ---------------------------------------------------
 - **Parallel.** The suite runs in several worker processes at once
-  (pytest-xdist: ``-n auto --dist loadgroup`` in pyproject.toml's addopts;
+  (pytest-xdist: ``-n auto`` in pyproject.toml's addopts;
   ``pytest_xdist_auto_num_workers`` below says how many). Tests share
   nothing through the ``genv`` fixture (own copy, state folder, HOME), so
   they need not know of each other. ``-n 0`` runs in one process (for
@@ -19,8 +19,9 @@ Conventions for every test file (new ones included)
   one may run per machine (sshd, Slurm), changes something machine-wide
   (an account, a file under /etc), or needs the machine quiet. While it
   runs, no other test of the run does (``Turns`` below); the serial tests
-  run one after another in one worker. A whole file opts in with
-  ``pytestmark = pytest.mark.serial``.
+  are handed out last, and run one after another. A whole file opts in
+  with ``pytestmark = pytest.mark.serial``. (Not xdist's ``--dist
+  loadgroup``: pytest 9 ignores the node ids it rewrites.)
 - **``@pytest.mark.timing``: asserts a wall-clock bound** (a waiter takes a
   GPU within a second, a scrape within 50 ms): implies ``serial``, so that
   the other tests' load does not break it. Targets that are performance
@@ -166,13 +167,11 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> Optional[int]:
     return max(2, min(8, 2 * cpus))
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
-    # The serial tests go to one worker (--dist loadgroup), which then keeps
-    # the machine while they follow one another (Turns).
-    for item in items:
-        if runs_alone(item):
-            item.add_marker(pytest.mark.xdist_group("serial"))
+    # The serial tests last (the order is otherwise kept): xdist hands out
+    # tests in this order, so they run at the end, one at a time, when the
+    # other workers have little or nothing left to do (Turns).
+    items.sort(key=runs_alone)
 
 
 class Turns:

@@ -45,8 +45,9 @@ def test_bench_smoke_commands(tmp_path):
     assert "| cycle |" in stdout
     medians = summary["medians"]["genv"]
     for scenario in ("init", "activate", "config", "attach", "detach", "deactivate", "cycle", "envs_1", "envs_3",
-                     "devices_3", "shim_overhead", "floor_bash", "floor_python"):
-        assert medians[scenario] is not None and medians[scenario] >= 0
+                     "devices_3", "floor_bash", "floor_python"):
+        assert medians[scenario] is not None and medians[scenario] >= 0, scenario
+    assert isinstance(medians["shim_overhead"], float)  # a difference: may be negative on a busy machine
     race = summary["races"]["genv"]["race_6"]
     assert race["winners"] == 4 and race["double_bookings"] == 0
     assert set(summary["seconds"]) >= {"cycle", "shim", "envs", "race"}
