@@ -1845,6 +1845,8 @@ def test_racing_shares_never_exceed_a_gpu(genv, sleepers, racers):
                         assert free < parse_size(size), ("refused though it fitted", size, index, held)
         for pid in pids:
             kill_quietly(pid)
+        for pid in pids:  # SIGKILL takes effect when the process next runs
+            gone(pid)
         assert genv.cli("envs", "--json").stdout == b"[]\n"
 
 
