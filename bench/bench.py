@@ -1391,6 +1391,15 @@ def main() -> int:
     admin_counts = [n for n in counts(args.admin) if n > 0] if "admin" in chosen else []
 
     work = tempfile.mkdtemp(prefix="genv-bench-")
+    laps: Dict[str, float] = {}  # scenario -> its wall time, seconds
+    last = [time.monotonic()]
+
+    def lap(name: str) -> None:
+        """The wall time since the previous lap goes to ``name``."""
+        now = time.monotonic()
+        laps[name] = laps.get(name, 0.0) + now - last[0]
+        last[0] = now
+
     try:
         python = make_venv(os.path.join(work, "venv"), [])
         ours = Tool("genv", os.path.join(work, "ours"), os.path.join(REPO, "bin"), "genv init -",
@@ -1400,6 +1409,7 @@ def main() -> int:
             upstream_python = make_venv(os.path.join(work, "upstream-venv"), [UPSTREAM])
             tools.append(Tool("genv 1.4.3", os.path.join(work, "upstream"), os.path.dirname(upstream_python),
                               "genv shell --init", {}))
+        lap("venvs")
 
         results: Dict[str, Dict[str, Any]] = {tool.name: {} for tool in tools}
         extras: Dict[str, Any] = {"procs": {}, "packing": None, "waiting": None, "admin": {}, "run_calls": None,
@@ -1410,21 +1420,26 @@ def main() -> int:
                 results[tool.name].setdefault(label, []).extend(values)
 
         record(ours, floors(ours, python, args.reps))
+        lap("floors")
         # Interleaved: each scenario runs on every tool before the next one.
         if "cycle" in chosen:
             for tool in tools:
                 record(tool, cycle(tool, args.reps))
+            lap("cycle")
         if "shim" in chosen:
             for tool in tools:
                 record(tool, shim(tool, args.reps))
+            lap("shim")
         for count in env_counts:
             for tool in tools:
                 if tool is not ours and count > args.upstream_max_envs:
                     continue
                 record(tool, with_live_envs(tool, count, max(3, args.reps // 2)))
+            lap("envs")
         for racers in racer_counts:
             for tool in tools:
                 results[tool.name]["race_%d" % racers] = race(tool, racers)
+            lap("race")
         # The scenarios of issues 9 and 10: genv only (1.4.3 has no ps, no
         # shares, no waiting line).
         if proc_counts:
@@ -1433,16 +1448,21 @@ def main() -> int:
             data, facts = with_processes(ours, count, args.reps, python)
             record(ours, data)
             extras["procs"][str(count)] = facts
+            lap("procs")
         if "share" in chosen:
             record(ours, share_cycle(ours, args.reps))
+            lap("share")
         if "pack" in chosen and args.pack > 0:
             extras["packing"] = packing(ours, args.pack)
+            lap("pack")
         if "wait" in chosen and args.waiters > 0:
             extras["waiting"] = waiting(ours, args.waiters, args.idle)
+            lap("wait")
         # Issues 11 and 12: genv only (1.4.3 has none of these commands).
         if admin_counts:
             # The monitor needs prometheus-client in genv's interpreter.
             unavailable = pip_install(python, ["prometheus-client"])
+            lap("admin: pip install")
             if unavailable:
                 extras["skipped"]["scrape"] = unavailable
                 print("skipping the monitor's scrape: %s" % unavailable, file=sys.stderr)
@@ -1450,14 +1470,18 @@ def main() -> int:
                 data, facts = administration(ours, count, args.reps, python, unavailable)
                 record(ours, data)
                 extras["admin"][str(count)] = facts
+                lap("admin")
         if "run" in chosen:
             data, extras["run_calls"] = run_overhead(ours, args.reps, python)
             record(ours, data)
+            lap("run")
         if "sdk" in chosen:
             record(ours, sdk_import(ours, args.reps, python))
+            lap("sdk")
         if "slurm" in chosen:
             data, extras["slurm"] = slurm_costs(ours, args.reps, python, args.slurm_real)
             record(ours, data)
+            lap("slurm")
         if "kernel" in chosen and args.kernel_reps > 0:
             kpython, why = kernel_python(args.kernel_python, work)
             if kpython is None:
@@ -1466,6 +1490,7 @@ def main() -> int:
             else:
                 data, extras["kernel"] = kernels(ours, args.kernel_reps, kpython)
                 record(ours, data)
+            lap("kernel")
 
         if "hosts" in chosen:
             sys.path.insert(0, os.path.join(REPO, "tests"))
@@ -1478,8 +1503,11 @@ def main() -> int:
             else:
                 data, extras["hosts"] = several_hosts(python, max(3, args.reps // 2), args.hosts_slow)
                 record(ours, data)
+            lap("hosts")
 
         summary = report(results, tools, python, env_counts, racer_counts, proc_counts, admin_counts, extras)
+        summary["seconds"] = {name: round(value, 2) for name, value in laps.items()}
+        print("\nbench: wall time per scenario (s): %s" % ", ".join("%s %.1f" % item for item in laps.items()))
         if args.json:
             with open(args.json, "w") as handle:
                 json.dump(summary, handle, indent=2)

@@ -38,17 +38,11 @@ import uuid
 
 import pytest
 
-from conftest import REPO, UID, as_user, kill_quietly, need
-
-sys.path.insert(0, REPO)
-from genv import enforce, policy, procs  # noqa: E402
-from genv.attribution import Process  # noqa: E402
+from conftest import GIB, ME, MIB, PLAIN_PATH, UID, alive, as_user, gone, kill_quietly, need, until
+from genv import enforce, policy, procs
+from genv.attribution import Process
 
 ROOT = UID == 0
-ME = pwd.getpwuid(UID).pw_name
-PLAIN_PATH = "/usr/local/bin:/usr/bin:/bin"
-GIB = 1 << 30
-MIB = 1 << 20
 GPU_MIB = 40960  # the fake's A100-SXM4-40GB
 DOC_FIELDS = {"rule", "detail", "gpu", "pid", "uid", "user", "env_id", "memory", "command", "outcome"}
 TITLES = ["RULE", "GPU", "PID", "USER", "ENV ID", "MEMORY", "COMMAND", "OUTCOME"]
@@ -56,26 +50,6 @@ DEAF = ["bash", "-c", 'trap "" TERM; exec sleep 613']  # ignores SIGTERM (SIG_IG
 
 
 # --- helpers: processes on the fake GPUs -----------------------------------------
-
-
-def running(pid):
-    """Whether ``pid`` is a live process (a zombie is not)."""
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            data = handle.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return data[data.rfind(")") + 2] not in "ZX"
-
-
-def until(condition, what, timeout=10.0):
-    """Wait for a condition the test cannot be told about (a process
-    finishing its exec, dying after SIGKILL); fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("timed out waiting for %s" % what)
-        time.sleep(0.01)
 
 
 def ignored_signals(pid):
@@ -169,13 +143,6 @@ def world(genv):
         yield made
     finally:
         made.close()
-
-
-def gone(pid):
-    """Wait until ``pid`` is no longer a live process (SIGKILL is delivered
-    asynchronously); True then."""
-    until(lambda: not running(pid), "pid %d to die" % pid)
-    return True
 
 
 # --- helpers: policy files -------------------------------------------------------
@@ -773,7 +740,7 @@ def test_dry_run_reports_every_rule_and_touches_nothing(genv, sh, world):
                        "MEMORY": "300MiB", "COMMAND": "sleep 613", "OUTCOME": "would stop"}
     assert rows[1]["ENV ID"] == bid and rows[2]["ENV ID"] == aid
     for pid in (fine, fits, misplaced, stranger, greedy):
-        assert running(pid), pid
+        assert alive(pid), pid
 
 
 def test_hostile_command_lines_and_unknown_sizes(genv, world):
@@ -847,8 +814,8 @@ def test_kill_stops_what_breaks_the_rules_and_nothing_else(genv, sh, world):
         greedy: ("over-share", "terminated (SIGTERM)"),
     }
     for pid in (greedy, misplaced, stranger):
-        assert not running(pid), pid
-    assert running(fine) and running(alpha.pid)
+        assert not alive(pid), pid
+    assert alive(fine) and alive(alpha.pid)
     assert run_enforce(genv) == (0, "No process breaks the rules\n", "")
 
 
@@ -858,7 +825,7 @@ def test_kill_table_reports_each_outcome(genv, world):
     assert (rc, err) == (0, "")
     [row] = columns(out)
     assert (row["RULE"], row["PID"], row["OUTCOME"]) == ("unmanaged", str(stranger), "terminated (SIGTERM)")
-    assert not running(stranger)
+    assert not alive(stranger)
 
 
 def test_a_process_that_ignores_sigterm_is_killed_after_the_grace(genv, world):
@@ -870,7 +837,7 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace(genv, world):
     assert (rc, err) == (0, "")
     assert docs[deaf]["outcome"] == "killed (SIGKILL after 1s)", docs[deaf]
     assert docs[polite]["outcome"] == "terminated (SIGTERM)", docs[polite]
-    assert gone(deaf) and not running(polite)
+    assert gone(deaf) and not alive(polite)
     assert took >= 1.0, "SIGKILL came before the grace ended"
 
 
@@ -929,7 +896,7 @@ def test_root_stops_a_second_users_processes(genv, sh, world, other_user):
     }
     assert docs[deaf]["outcome"] == "killed (SIGKILL after 1s)"
     assert gone(misplaced) and gone(stranger) and gone(deaf)
-    assert running(own)
+    assert alive(own)
 
 
 def test_a_user_stops_only_their_own(genv, world, other_user):
@@ -951,7 +918,7 @@ def test_a_user_stops_only_their_own(genv, world, other_user):
     assert docs[roots_misplaced]["outcome"] == docs[roots_stranger]["outcome"] == "not permitted"
     assert docs[theirs]["outcome"] == "terminated (SIGTERM)"
     assert docs[theirs_deaf]["outcome"] == "killed (SIGKILL after 1s)"
-    assert running(roots_misplaced) and running(roots_stranger) and running(root.pid)
+    assert alive(roots_misplaced) and alive(roots_stranger) and alive(root.pid)
     assert gone(theirs) and gone(theirs_deaf)
 
     rc, out, err = run_enforce(genv, "--kill", "--grace", "1", user=other_user)
@@ -978,7 +945,7 @@ def test_exempt_users_and_process_names_are_never_touched(genv, world, other_use
     assert rc == 1 and err == "" and sorted(docs) == sorted([faked, stranger]), docs
     rc, docs, err = enforce_json(genv, "--kill", "--grace", "1")
     assert rc == 0 and sorted(docs) == sorted([faked, stranger])
-    assert running(theirs) and running(mps) and not running(faked) and not running(stranger)
+    assert alive(theirs) and alive(mps) and not alive(faked) and not alive(stranger)
     assert run_enforce(genv) == (0, "No process breaks the rules\n", "")
 
 
@@ -1018,7 +985,7 @@ def test_over_cap_after_the_policy_changed_stops_the_newest_environment(genv, wo
 
     rc, docs, err = enforce_json(genv, "--kill", "--grace", "1")
     assert rc == 0 and docs[new_pid]["outcome"] == "terminated (SIGTERM)", docs
-    assert not running(new_pid) and running(old_pid)
+    assert not alive(new_pid) and alive(old_pid)
     assert path
 
 
@@ -1157,7 +1124,7 @@ def test_signal_with_a_wrong_token_leaves_a_sleep_running():
         assert enforce.signal(child.pid, "linux:00000000:1", signal.SIGKILL, procs.processes) == "gone"
         assert enforce.signal(child.pid, token + "0", signal.SIGKILL, procs.processes) == "gone"
         assert enforce.alive(child.pid, token, procs.processes)
-        assert child.poll() is None and running(child.pid)
+        assert child.poll() is None and alive(child.pid)
         assert enforce.signal(child.pid, token, signal.SIGKILL, procs.processes) == "sent"
         assert child.wait(timeout=10) == -signal.SIGKILL
         # Exited and reaped: gone, for any token.
@@ -1172,7 +1139,7 @@ def test_signal_does_not_touch_a_zombie():
     child = subprocess.Popen(["sleep", "613"])
     token = procs.processes().token(child.pid)
     os.kill(child.pid, signal.SIGKILL)
-    until(lambda: not running(child.pid), "the zombie")
+    until(lambda: not alive(child.pid), "the zombie")
     try:
         assert enforce.signal(child.pid, token, signal.SIGTERM, procs.processes) == "gone"
     finally:
@@ -1284,7 +1251,7 @@ def test_interval_dry_run_logs_each_finding_once(genv, world):
         second = world.outside(gpu=3)
         found = fields(service.line())  # the next line is the new finding, not the first again
         assert int(found["pid"]) == second, found
-        assert running(first) and running(second)
+        assert alive(first) and alive(second)
     finally:
         err = service.stop()
     assert "Traceback" not in err, err
@@ -1333,7 +1300,7 @@ def test_bad_options_are_one_line(genv, world, args):
     out, err = text(result)
     assert result.returncode == 1 and out == "", result
     assert len(err.splitlines()) == 1 and err.startswith("genv: ") and "Traceback" not in err, err
-    assert running(stranger)
+    assert alive(stranger)
 
 
 def test_interval_message_names_the_real_limit(genv):

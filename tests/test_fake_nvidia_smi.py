@@ -5,15 +5,12 @@ import subprocess
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, uuid
+
 FAKE = os.path.join(REPO, "tests", "fake", "nvidia-smi")
 SPELLINGS = ["-i {}", "-i{}", "-i={}", "--id {}", "--id={}"]
 INVALID = "Invalid combination of input arguments. Please run 'nvidia-smi -h' for help.\n\n"
 NONE = "No devices were found\n"
-
-
-def uuid(index: int) -> str:
-    return "GPU-%08x-5ee0-4c1a-9a3e-%012x" % (0x3f1e2d00 + index, 0xa100 + index)
 
 
 def fake(*args: str, **env: str) -> subprocess.CompletedProcess:

@@ -5,16 +5,11 @@ import json
 import os
 import stat
 import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, need
-
-sys.path.insert(0, REPO)
-from genv.text import printable  # noqa: E402
-
-UID = os.geteuid()
+from conftest import UID, need
+from genv.text import printable
 
 
 def shared_folder(genv, name="shared"):
@@ -111,6 +106,7 @@ def test_a_fifo_or_huge_config_does_not_hang_or_load(genv, sh):
 # --- A2: names reach terminals escaped everywhere -------------------------------
 
 
+@pytest.mark.both_shells
 def test_names_are_escaped_everywhere(genv, sh):
     name = "a\x1b]0;owned\x07b\x1b[31mc\rd"
     shown = printable(name)
@@ -336,6 +332,7 @@ def test_a_waiting_command_goes_on_when_the_lock_is_released(genv, other_user):
     "genv deactivate | cat", "(genv deactivate)", "x=$(genv deactivate)", "(genv attach)", "genv detach | cat",
     "genv config gpus 2 | cat", "(genv config name other)", "genv attach & wait",
 ])
+@pytest.mark.both_shells
 def test_shell_changing_commands_refuse_where_they_cannot_change_the_shell(genv, sh, command):
     shell = genv.shell(sh)
     shell.ok("genv activate --gpus 1 --name mine")
@@ -350,6 +347,7 @@ def test_shell_changing_commands_refuse_where_they_cannot_change_the_shell(genv,
     assert shell.ok("genv config name | cat") == "mine\n"
 
 
+@pytest.mark.both_shells
 def test_activate_in_a_command_substitution_changes_nothing(genv, sh):
     shell = genv.shell(sh)
     result = shell.run('x=$(genv activate --gpus 1); echo "rc=$?"')

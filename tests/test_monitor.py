@@ -27,7 +27,6 @@ The sections:
 import functools
 import json
 import os
-import pwd
 import re
 import selectors
 import shutil
@@ -41,16 +40,11 @@ import warnings
 
 import pytest
 
-from conftest import REPO, UID, kill_quietly, required, system_python
-from test_processes import Gpus, uuid, wrapper
+from conftest import ME, MIB, REPO, UID, kill_quietly, one_line, required, system_python, until, uuid, wrapper
+from genv import gpus as gpus_module
+from genv import metrics
+from genv.commands import monitor as monitor_command
 
-sys.path.insert(0, REPO)
-from genv import gpus as gpus_module  # noqa: E402
-from genv import metrics  # noqa: E402
-from genv.commands import monitor as monitor_command  # noqa: E402
-
-ME = pwd.getpwuid(UID).pw_name
-MIB = 1 << 20
 PROBE = "import site; site.main(); import prometheus_client"
 
 
@@ -204,29 +198,10 @@ def monitors():
             made.stop()
 
 
-@pytest.fixture
-def gpus(genv):
-    world = Gpus(genv)
-    try:
-        yield world
-    finally:
-        world.close()
-
-
 def cli_json(genv, *args):
     result = genv.cli(*args, "--json")
     assert result.returncode == 0, result
     return json.loads(result.stdout)
-
-
-def until(check, timeout=20.0, step=0.1):
-    """Call ``check`` until it returns something true; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(step)
 
 
 def exported_names():
@@ -274,7 +249,7 @@ def test_metrics_match_real_terminals_environments_and_processes(genv, gpus, mon
             found = mon.scrape()
             return found if found.value("genv_waiters") == 1 else None
 
-        scrape = until(in_line)
+        scrape = until(in_line, "the waiter in line", 20, step=0.1)
         assert scrape, "the waiter never showed up in line"
         waiting_pid = [env for env in genv.state()["envs"] if env["id"] == wid][0]["waiting"]["pid"]
 
@@ -346,7 +321,7 @@ def test_metrics_match_real_terminals_environments_and_processes(genv, gpus, mon
         assert later.by("genv_environment_terminals", "env_id") == {tid: 1, iid: 1, wid: 1}
         # The line: the waiter gives up (Ctrl-C), and leaves it.
         os.kill(waiting_pid, signal.SIGINT)
-        gone = until(lambda: mon.scrape().value("genv_waiters") == 0)
+        gone = until(lambda: mon.scrape().value("genv_waiters") == 0, "the waiter to leave the line", 20, step=0.1)
         assert gone
         assert "genv_environment_waiting_gpus" not in mon.scrape().samples
     finally:
@@ -504,13 +479,6 @@ def test_interval_reuses_the_last_reading(genv, monitors):
 # === 3. options, --address, the missing library, failures, SIGTERM =======================
 
 
-def one_line_error(result, status=1):
-    err = result.stderr.decode("utf-8", "replace")
-    assert result.returncode == status and result.stdout == b"", result
-    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("genv: "), err
-    return err
-
-
 @pytest.mark.parametrize("args, message", [
     (["--port", "65536"], "invalid --port '65536'"),
     (["--port", "-1"], "invalid --port '-1'"),
@@ -530,13 +498,13 @@ def one_line_error(result, status=1):
 ])
 def test_bad_options_are_one_line(genv, args, message):
     result = genv.cli("monitor", *args, GENV_PYTHON=client_python())
-    assert message in one_line_error(result)
+    assert message in one_line(result)
 
 
 def test_a_port_in_use_is_one_line(genv, monitors):
     mon = monitors(genv, "--address", "127.0.0.1")
     result = genv.cli("monitor", "--address", "127.0.0.1", "--port", str(mon.port), GENV_PYTHON=client_python())
-    err = one_line_error(result)
+    err = one_line(result)
     assert "cannot listen on 127.0.0.1 port %d" % mon.port in err, err
 
 
@@ -625,12 +593,12 @@ def python_without_client(genv):
 def test_without_prometheus_client_a_clear_message(genv):
     python = python_without_client(genv)
     result = genv.cli("monitor", "--port", "0", GENV_PYTHON=python)
-    err = one_line_error(result)
+    err = one_line(result)
     assert err.startswith("genv: genv monitor needs the Python package prometheus-client, which %s does not have"
                           % python), err
     assert "-m pip install" in err and "genv-shell[monitor]" in err and "GENV_PYTHON" in err, err
     # Bad options are still reported as such, and --help needs no library.
-    assert "invalid --port" in one_line_error(genv.cli("monitor", "--port", "x", GENV_PYTHON=python))
+    assert "invalid --port" in one_line(genv.cli("monitor", "--port", "x", GENV_PYTHON=python))
     helped = genv.cli("monitor", "--help", GENV_PYTHON=python)
     assert helped.returncode == 0 and b"Usage: genv monitor" in helped.stdout, helped
 
@@ -843,6 +811,7 @@ def buffered_nvidia_smi(genv):
     return wrapper(genv, "*", 'out=$("$real" "$@"); rc=$?; printf "%s\\n" "$out"; exit $rc', name="buffered")
 
 
+@pytest.mark.timing
 def test_a_scrape_of_100_environments_and_100_processes_takes_under_50_ms_besides_nvidia_smi(genv, monitors):
     from genv.procs import processes
 

@@ -26,20 +26,13 @@ import csv
 import io
 import json
 import os
-import pwd
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, as_user, kill_quietly, system_python
-
-sys.path.insert(0, REPO)
-from genv.text import printable  # noqa: E402
-
-UID = os.geteuid()
-ME = pwd.getpwuid(UID).pw_name
-PLAIN_PATH = "/usr/local/bin:/usr/bin:/bin"
+from conftest import ME, PLAIN_PATH, UID, as_user, kill_quietly, one_line, system_python, uuid, wrapper
+from genv.text import printable
 
 PS_FIELDS = ["gpu", "pid", "uid", "user", "env_id", "env_name", "memory", "command", "managed", "misplaced"]
 DEVICES_CSV = ["index", "uuid", "name", "memory_total", "memory_used", "memory_available", "processes",
@@ -53,125 +46,7 @@ DEVICES_TITLES = ["ID", "ENV ID", "ENV NAME", "ATTACHED", "SHARE", "FREE", "GPU"
 NO_PROCESSES = "  No running processes found"
 
 
-def uuid(index):
-    """The fake's UUID of GPU ``index``."""
-    return "GPU-%08x-5ee0-4c1a-9a3e-%012x" % (0x3f1e2d00 + index, 0xa100 + index)
-
-
 # --- helpers: real processes on fake GPUs -----------------------------------------
-
-
-class Gpus:
-    """The fake's process list (FAKE_NVIDIA_SMI_APPS) and the processes a
-    test starts; every one of them is killed when the test ends."""
-
-    def __init__(self, genv):
-        self.genv = genv
-        self.path = os.path.join(genv.base, "apps")
-        open(self.path, "w").close()
-        os.chmod(self.path, 0o644)
-        genv.extra["FAKE_NVIDIA_SMI_APPS"] = self.path
-        self.children = {}  # pid -> Popen
-        self.pids = []  # started by shells
-        self.fifos = 0
-
-    def put(self, pid, gpu, mib=100, name="python"):
-        """List ``pid`` as a compute process on ``gpu`` (index or UUID)."""
-        with open(self.path, "a") as handle:
-            handle.write("%d %s %s %s\n" % (pid, gpu, mib, name))
-        return pid
-
-    def outside(self, gpu=None, mib=100, name="python", user=None, env_id=None, argv=None):
-        """A process started outside every terminal (by the test), with
-        GENV_ENVIRONMENT_ID=env_id in its environment when given."""
-        env = {"PATH": PLAIN_PATH, "LANG": "C.UTF-8"}
-        if env_id is not None:
-            env["GENV_ENVIRONMENT_ID"] = env_id
-        child = subprocess.Popen(argv or ["sleep", "600"], env=env, cwd="/", stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                                 **(as_user(user) if user is not None else {}))
-        self.children[child.pid] = child
-        if gpu is not None:
-            self.put(child.pid, gpu, mib, name)
-        return child.pid
-
-    def in_shell(self, shell, gpu=None, mib=100, name="python", command="sleep 600"):
-        """A process started by a terminal (its child)."""
-        pid = int(shell.ok("%s </dev/null >/dev/null 2>&1 & echo $!" % command).strip())
-        self.pids.append(pid)
-        if gpu is not None:
-            self.put(pid, gpu, mib, name)
-        return pid
-
-    def orphan(self, shell, gpu=None, mib=100, name="python"):
-        """A process a terminal started in a subshell that exited at once: its
-        parent is no longer the terminal (only its environment tells)."""
-        pid = int(shell.ok("(sleep 600 </dev/null >/dev/null 2>&1 & echo $!)").strip())
-        self.pids.append(pid)
-        if gpu is not None:
-            self.put(pid, gpu, mib, name)
-        return pid
-
-    def grandchild(self, shell, gpu=None, mib=100, name="python"):
-        """A grandchild of a terminal, without GENV_ENVIRONMENT_ID in its
-        environment: only its ancestry puts it in the environment."""
-        self.fifos += 1
-        fifo = os.path.join(self.genv.base, "fifo-%d" % self.fifos)
-        os.mkfifo(fifo)
-        os.chmod(fifo, 0o666)
-        out = shell.ok(
-            "bash -c 'env -u GENV_ENVIRONMENT_ID sleep 600 </dev/null >/dev/null 2>&1 & echo $! >%s; wait' "
-            "</dev/null >/dev/null 2>&1 & read -r p <%s; echo \"$p $!\"" % (fifo, fifo))
-        pid, parent = map(int, out.split())
-        self.pids += [pid, parent]
-        if gpu is not None:
-            self.put(pid, gpu, mib, name)
-        return pid
-
-    def outside_grandchild(self, gpu=None, mib=100, name="python"):
-        """A child of a process started outside every terminal: (parent, child)."""
-        self.fifos += 1
-        fifo = os.path.join(self.genv.base, "fifo-%d" % self.fifos)
-        os.mkfifo(fifo)
-        parent = self.outside(argv=["bash", "-c", "sleep 600 </dev/null >/dev/null 2>&1 & echo $! >%s; wait" % fifo])
-        with open(fifo) as handle:
-            child = int(handle.read())
-        self.pids.append(child)
-        if gpu is not None:
-            self.put(child, gpu, mib, name)
-        return parent, child
-
-    def drop(self, pid):
-        """Take ``pid`` off the fake's list (as if it freed the GPU)."""
-        with open(self.path) as handle:
-            lines = [line for line in handle if line.split()[0] != str(pid)]
-        with open(self.path, "w") as handle:
-            handle.writelines(lines)
-
-    def stop(self, pid):
-        """Kill a process now (and reap it, if it is the test's child)."""
-        kill_quietly(pid)
-        if pid in self.children:
-            self.children.pop(pid).wait()
-
-    def close(self):
-        for pid in self.pids:
-            kill_quietly(pid)
-        for pid in list(self.children):
-            self.stop(pid)
-        extra = os.path.join(self.genv.base, "spawned")
-        if os.path.exists(extra):
-            for line in open(extra).read().split():
-                kill_quietly(int(line))
-
-
-@pytest.fixture
-def gpus(genv):
-    world = Gpus(genv)
-    try:
-        yield world
-    finally:
-        world.close()
 
 
 def dead_pid():
@@ -183,22 +58,6 @@ def dead_pid():
 
 
 # --- helpers: nvidia-smi wrappers -------------------------------------------------
-
-
-def wrapper(genv, when, body, name="wrap"):
-    """An nvidia-smi before the fake on PATH: for a call whose arguments
-    match the bash pattern ``when`` it runs ``body`` (bash), for any other it
-    runs the fake. Returns the PATH to use."""
-    folder = os.path.join(genv.base, name)
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "nvidia-smi")
-    real = os.path.join(genv.root, "tests", "fake", "nvidia-smi")
-    with open(path, "w") as handle:
-        handle.write("#!/usr/bin/env bash\nreal=%s\ncase \" $* \" in\n%s)\n%s\n;;\nesac\nexec \"$real\" \"$@\"\n"
-                     % (real, when, body))
-    os.chmod(path, 0o755)
-    os.chmod(folder, 0o755)
-    return "%s:%s" % (folder, genv.environ()["PATH"])
 
 
 def answering(genv, output, status=0, when="*\" --query-compute-apps=\"*", stderr=b""):
@@ -275,15 +134,6 @@ def csv_text(value):
 def has_fields(doc, fields):
     """The documented fields are there (more may be added, docs/formats.md)."""
     return set(fields) <= set(doc)
-
-
-def one_error_line(result):
-    """A failed command: exit 1, nothing on stdout, one ``genv:`` line."""
-    err = result.stderr.decode("utf-8", "replace")
-    assert result.returncode == 1 and result.stdout == b"", result
-    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("genv: "), err
-    assert "\x1b" not in err and err.endswith("\n"), err
-    return err
 
 
 def gpu_of(shell):
@@ -765,19 +615,19 @@ def test_a_bad_process_query_is_one_clear_line(genv, gpus, case):
                      status, stderr=stderr)
     for command in ("ps", "devices"):
         for form in ("table", "csv", "json"):
-            err = one_error_line(genv.cli(command, "--format", form, PATH=path))
+            err = one_line(genv.cli(command, "--format", form, PATH=path))
             assert "nvidia-smi" in err, err
             assert len(err) < 400, err
 
 
 def test_nvidia_smi_killed_or_missing(genv, gpus):
     path = wrapper(genv, "*\" --query-compute-apps=\"*", "kill -9 $$")
-    assert "nvidia-smi" in one_error_line(genv.cli("ps", PATH=path))
-    err = one_error_line(genv.cli("ps", PATH=PLAIN_PATH + ":%s/bin" % genv.root))
+    assert "nvidia-smi" in one_line(genv.cli("ps", PATH=path))
+    err = one_line(genv.cli("ps", PATH=PLAIN_PATH + ":%s/bin" % genv.root))
     assert "nvidia-smi is not on PATH" in err
-    one_error_line(genv.cli("devices", PATH=PLAIN_PATH))
+    one_line(genv.cli("devices", PATH=PLAIN_PATH))
     for form in ("table", "json"):
-        one_error_line(genv.cli("ps", "--format", form, FAKE_NVIDIA_SMI_FAIL="nvml"))
+        one_line(genv.cli("ps", "--format", form, FAKE_NVIDIA_SMI_FAIL="nvml"))
 
 
 def test_unusual_rows_give_nulls(genv, gpus):
@@ -839,8 +689,8 @@ def test_odd_gpu_queries_in_devices(genv, case):
     path = answering(genv, output, status, when="*\" --query-gpu=\"*memory.used*")
     result = genv.cli("devices", "--json", PATH=path)
     if memory is None:
-        one_error_line(result)
-        one_error_line(genv.cli("devices", PATH=path))
+        one_line(result)
+        one_line(genv.cli("devices", PATH=path))
         return
     assert result.returncode == 0 and result.stderr == b"", result
     docs = json.loads(result.stdout)

@@ -29,9 +29,8 @@ import time
 
 import pytest
 
-from conftest import SHELLS, kill_quietly, need, system_python
-
-UID = os.geteuid()
+from conftest import (DUMP, SHELLS, UID, VARS, alive, assert_free, envs, holders, kill_quietly, one_line, script,
+                      spawn, system_python, until)
 
 # --- helpers ---------------------------------------------------------------------
 
@@ -53,85 +52,11 @@ write("bye")
 sys.exit(status)
 '''
 
-DUMP = r'''
-import json, os, sys
-names = sys.argv[2:]
-with open(sys.argv[1], "w") as handle:
-    json.dump({name: os.environ.get(name) for name in names}, handle)
-'''
-
-VARS = ["CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "GENV_ENVIRONMENT_ID", "GENV_ATTACHED_GPUS", "GENV_GPU_MEMORY",
-        "XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION", "TF_FORCE_GPU_ALLOW_GROWTH", "PATH"]
-
-
-def script(genv, name, text):
-    path = os.path.join(genv.base, name)
-    if not os.path.exists(path):
-        with open(path, "w") as handle:
-            handle.write(text)
-        os.chmod(path, 0o755)
-    return path
-
-
-def wait_for(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for %s" % what)
-        time.sleep(0.02)
-
-
-def alive(pid):
-    """A process that runs (a zombie does not)."""
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            data = handle.read()
-    except OSError:
-        return False
-    return data[data.rfind(")") + 2] not in "ZX"
-
 
 def parent(pid):
     with open("/proc/%d/stat" % pid) as handle:
         data = handle.read()
     return int(data[data.rfind(")") + 2:].split()[1])
-
-
-def envs(genv):
-    result = genv.cli("envs", "--format", "json")
-    assert result.returncode == 0, result
-    return json.loads(result.stdout)
-
-
-def devices(genv):
-    result = genv.cli("devices", "--format", "json")
-    assert result.returncode == 0, result
-    return json.loads(result.stdout)
-
-
-def holders(genv):
-    """GPU index -> the ids of the environments holding it."""
-    return {d["index"]: [e["id"] for e in d["environments"]] for d in devices(genv)}
-
-
-def assert_free(genv):
-    """Nothing held: no environment, no GPU attached, nobody in line."""
-    assert envs(genv) == []
-    assert all(not ids for ids in holders(genv).values()), holders(genv)
-
-
-def one_line(result, status=None):
-    """A refusal: non-zero (or ``status``), nothing on stdout, one ``genv:`` line."""
-    err = result.stderr.decode("utf-8", "replace")
-    assert result.returncode != 0, result
-    if status is not None:
-        assert result.returncode == status, result
-    assert result.stdout == b"", result
-    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("genv: "), err
-    return err[len("genv: "):].rstrip("\n")
 
 
 class Job:
@@ -167,7 +92,7 @@ class Job:
             if self.proc.poll() is not None:
                 raise AssertionError("genv run ended early: %r %r" % (self.proc.returncode, self.output()))
             return next((line for line in self.lines() if line.startswith("ready ")), None)
-        line = wait_for(started, timeout, "the command to start")
+        line = until(started, "the command to start", timeout)
         _, pid, gpus = line.split(" ", 2)
         self.child = int(pid)
         return self.child, gpus
@@ -211,21 +136,6 @@ def jobs(genv):
     finally:
         for job in started:
             job.close()
-
-
-def spawn(genv, kind, init=True, **env):
-    """An interactive shell on a pseudo-terminal, prompt ``P> ``."""
-    import pexpect
-
-    need(kind)
-    argv = ["--norc", "--noprofile", "-i"] if kind == "bash" else ["-f", "-i"]
-    child = pexpect.spawn(kind, argv, env=genv.environ(**env), cwd=genv.work, encoding="utf-8", timeout=30,
-                          dimensions=(50, 400))
-    child.sendline("PS1='P> '" + ('; eval "$(genv init -)"' if init else ""))
-    child.sendline("echo SYNC1")
-    child.expect("SYNC1\r\n")
-    child.expect_exact("P> ")
-    return child
 
 
 # === 1. what the command sees, its status, from every kind of caller ====================
@@ -444,7 +354,7 @@ def test_signals_to_genv_run_reach_the_command_once_each(genv, jobs, order):
         number = getattr(signal, "SIG" + name)
         os.kill(job.pid, number)
         sent.append(number)
-        wait_for(lambda: len(job.got()) == len(sent), 10, "SIG%s to reach the command" % name)
+        until(lambda: len(job.got()) == len(sent), "SIG%s to reach the command" % name, 10)
         time.sleep(0.1)  # no second copy arrives
         assert job.got() == sent
     assert holders(genv)[0], "still held while the command runs"
@@ -466,13 +376,13 @@ def test_signals_from_a_shell_reach_the_command(genv, kind):
                                                                 log, stop))))
     runner.start()
     try:
-        line = wait_for(lambda: [x for x in open(log).read().splitlines() if x.startswith("ready")]
-                        if os.path.exists(log) else None, 30, "the command")[0]
+        line = until(lambda: [x for x in open(log).read().splitlines() if x.startswith("ready")]
+                        if os.path.exists(log) else None, "the command", 30)[0]
         child = int(line.split()[1])
         run_pid = parent(child)
         for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             os.kill(run_pid, number)
-            wait_for(lambda: "got %d" % number in open(log).read().splitlines(), 10, "the signal")
+            until(lambda: "got %d" % number in open(log).read().splitlines(), "the signal", 10)
         time.sleep(0.1)
         got = [x for x in open(log).read().splitlines() if x.startswith("got")]
         assert got == ["got 15", "got 1", "got 2"]
@@ -550,7 +460,7 @@ def test_a_signal_to_the_whole_process_group_reaches_the_command_once(genv):
                                  script(genv, "count.py", COUNT), "1"], env=genv.environ(), cwd=genv.work,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_for(lambda: "ready" in open(out.name).read(), 30, "the command")
+            until(lambda: "ready" in open(out.name).read(), "the command", 30)
             os.killpg(proc.pid, signal.SIGTERM)
             assert proc.wait(30) == 0
         finally:
@@ -587,9 +497,9 @@ def test_kill_9_of_genv_run_the_command_keeps_its_gpus_until_it_ends(genv, jobs)
     [still] = envs(genv)
     assert still["id"] == env["id"] and still["devices"] == [0, 1] and child in still["pids"]
     refused = genv.cli("run", "--index", "0", "--", "true")
-    assert "held by environment %s" % env["id"] in one_line(refused)
+    assert "held by environment %s" % env["id"] in one_line(refused, None)
     job.stop()
-    wait_for(lambda: not alive(child), 30, "the command to end")
+    until(lambda: not alive(child), "the command to end", 30)
     # Free for the very next genv command.
     assert genv.cli("run", "--gpus", "4", "--", "true").returncode == 0
     assert_free(genv)
@@ -610,7 +520,7 @@ def test_kill_9_of_both_frees_at_the_next_command(genv, jobs):
     os.kill(job.pid, signal.SIGKILL)
     os.kill(child, signal.SIGKILL)
     job.wait()
-    wait_for(lambda: not alive(child), 10, "the command to die")
+    until(lambda: not alive(child), "the command to die", 10)
     assert genv.cli("run", "--gpus", "4", "--", "true").returncode == 0
     assert_free(genv)
 
@@ -666,7 +576,7 @@ BAD = [
 @pytest.mark.parametrize("argv,message", BAD, ids=[" ".join(a)[:40] or "(none)" for a, _ in BAD])
 def test_bad_input_is_one_line_and_holds_nothing(genv, argv, message):
     done = genv.cli("run", *argv)
-    text = one_line(done)
+    text = one_line(done, None)
     if message:
         assert message in text
     assert "\\n" in text or "\n" not in text
@@ -677,7 +587,7 @@ def test_bad_input_is_one_line_and_holds_nothing(genv, argv, message):
 
 def test_a_command_that_does_not_exist_is_127_as_in_a_shell(genv):
     done = genv.cli("run", "--gpus", "1", "--", "no-such-command-genv", "x")
-    assert one_line(done, 127) == "cannot run no-such-command-genv: command not found"
+    assert one_line(done, 127) == "genv: cannot run no-such-command-genv: command not found"
     assert_free(genv)
 
 
@@ -689,7 +599,7 @@ def test_a_command_that_cannot_run_is_126_as_in_a_shell(genv, what):
     if what == "file":
         open(target, "w").close()
     done = genv.cli("run", "--gpus", "1", "--", target)
-    text = one_line(done)
+    text = one_line(done, None)
     assert done.returncode == 126, text
     assert "not found" not in text
     assert_free(genv)
@@ -712,29 +622,29 @@ def test_gpus_that_cannot_be_had_fail_before_the_command_with_attachs_message(ge
     shell.ok("genv activate --no-prompt")
     attach = shell.run("genv attach --count 2")
     assert attach.rc != 0
-    expected = attach.err.strip()[len("genv: "):].replace("; the environment is now detached", "")
+    expected = attach.err.strip().replace("; the environment is now detached", "")
     done = genv.cli("run", "--gpus", "2", "--", "touch", "MARK")
-    assert one_line(done) == expected
+    assert one_line(done, None) == expected
     assert not os.path.exists(os.path.join(genv.work, "MARK"))
     done = genv.cli("run", "--gpus", "5", "--", "touch", "MARK")
-    assert one_line(done) == "cannot attach 5 GPUs: this machine has 4"
+    assert one_line(done, None) == "genv: cannot attach 5 GPUs: this machine has 4"
     done = genv.cli("run", "--index", "1", "--", "touch", "MARK")
     me = "%s(%d)" % (pwd.getpwuid(os.getuid()).pw_name, os.getuid())
-    assert one_line(done) == "cannot attach GPU 1: it is held by environment %s of %s" % (held["id"], me)
+    assert one_line(done, None) == "genv: cannot attach GPU 1: it is held by environment %s of %s" % (held["id"], me)
     assert not os.path.exists(os.path.join(genv.work, "MARK"))
     assert [env["id"] for env in envs(genv) if env["id"] != shell.var("GENV_ENVIRONMENT_ID")] == [held["id"]]
 
 
 def test_count_and_index_that_disagree_are_refused_as_attach_does(genv):
     done = genv.cli("run", "--gpus", "2", "--index", "0", "--", "touch", "MARK")
-    assert "disagree" in one_line(done), "attach refuses --count 2 --index 0; run silently took 1 GPU"
+    assert "disagree" in one_line(done, None), "attach refuses --count 2 --index 0; run silently took 1 GPU"
     assert not os.path.exists(os.path.join(genv.work, "MARK"))
     assert_free(genv)
 
 
 def test_joining_an_environment_that_does_not_exist(genv):
     done = genv.cli("run", "--id", "99999", "--", "touch", "MARK")
-    text = one_line(done)
+    text = one_line(done, None)
     assert "99999" in text
     assert "shell" not in text and "deactivate" not in text, "a message for a terminal, not for genv run: " + text
     assert_free(genv)
@@ -758,7 +668,7 @@ def test_over_subscribe(genv, jobs):
     first = jobs("--index", "0", "--gpu-memory", "30g")
     first.ready()
     done = genv.cli("run", "--index", "0", "--gpu-memory", "30g", "--", "true")
-    assert "GPU 0" in one_line(done)
+    assert "GPU 0" in one_line(done, None)
     for flag in ("--over-subscribe", "-o"):
         done = genv.cli("run", "--index", "0", "--gpu-memory", "30g", flag, "--", "sh", "-c",
                         "echo $CUDA_VISIBLE_DEVICES")
@@ -770,7 +680,7 @@ def test_wait_gets_the_gpus_when_they_are_freed(genv, jobs):
     holder = jobs("--gpus", "1")
     holder.ready()
     waiter = jobs("--gpus", "1", "--wait", "30")
-    wait_for(lambda: "waiting for 1 GPU" in waiter.output(), 30, "the waiter to say it waits")
+    until(lambda: "waiting for 1 GPU" in waiter.output(), "the waiter to say it waits", 30)
     assert not waiter.lines(), "the command started before it had the GPU"
     assert len(envs(genv)) == 2
     holder.stop()
@@ -787,7 +697,7 @@ def test_a_waiter_killed_holds_nothing(genv, jobs, form):
     holder = jobs("--gpus", "1")
     holder.ready()
     waiter = jobs("--gpus", "1", *form)
-    wait_for(lambda: "waiting for 1 GPU" in waiter.output(), 30, "the waiter")
+    until(lambda: "waiting for 1 GPU" in waiter.output(), "the waiter", 30)
     os.kill(waiter.pid, signal.SIGTERM)
     waiter.wait()
     assert not waiter.lines()
@@ -881,7 +791,7 @@ def test_id_of_another_users_environment_is_refused(genv, other_user):
     eid = shell.var("GENV_ENVIRONMENT_ID")
     done = genv.cli("run", "--id", eid, "--", "touch", "/tmp/genv-should-not-exist", user=other_user,
                     HOME=genv.base)
-    assert eid in one_line(done)
+    assert eid in one_line(done, None)
     assert not os.path.exists("/tmp/genv-should-not-exist")
     [env] = envs(genv)
     assert env["pids"] == [shell.pid]
@@ -906,7 +816,7 @@ def test_genv_ps_attributes_the_commands_processes(genv, jobs):
     pidfile = os.path.join(genv.base, "deep.pid")
     job = jobs("--gpus", "2", "--name", "psjob", argv=[
         "bash", "-c", "env -u GENV_ENVIRONMENT_ID sleep 600 & echo $! >%s; wait" % pidfile])
-    deep = wait_for(lambda: os.path.exists(pidfile) and open(pidfile).read().strip(), 30, "the grandchild")
+    deep = until(lambda: os.path.exists(pidfile) and open(pidfile).read().strip(), "the grandchild", 30)
     deep = int(deep)
     middle = parent(deep)
     with open(apps, "w") as handle:

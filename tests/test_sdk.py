@@ -29,8 +29,7 @@ import time
 
 import pytest
 
-from conftest import REPO, system_python
-from test_run import VARS, assert_free, envs, holders, script, wait_for, DUMP
+from conftest import DUMP, REPO, VARS, assert_free, envs, holders, script, system_python, until
 
 PRELUDE = r'''
 import json, os, sys, time
@@ -139,7 +138,7 @@ def hold_gpus(genv, count=1, *options):
                              % stop], env=genv.environ(), cwd=genv.work, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     HOLDERS.append(proc)
-    wait_for(lambda: any(proc.pid in env["pids"] for env in envs(genv)), 30, "the holder")
+    until(lambda: any(proc.pid in env["pids"] for env in envs(genv)), "the holder", 30)
     return proc
 
 
@@ -177,7 +176,7 @@ after = dict(os.environ)
 report(inside=inside, info=info, same=after == before,
        changed={k: (before.get(k), after.get(k)) for k in set(before) | set(after) if before.get(k) != after.get(k)})
 ''')
-    wait_for(lambda: exists(genv, "in") or program.proc.poll() is not None, 30, "the block")
+    until(lambda: exists(genv, "in") or program.proc.poll() is not None, "the block", 30)
     [env] = envs(genv)
     assert env["name"] == "sdk" and env["pids"] == [program.pid] and env["devices"] == [0]
     assert env["gpu_memory"] == 8192
@@ -257,7 +256,7 @@ with genv.sdk.environment(gpus=4):
     touch("in")
     time.sleep(600)
 ''')
-    wait_for(lambda: exists(genv, "in"), 30, "the block")
+    until(lambda: exists(genv, "in"), "the block", 30)
     assert all(holders(genv).values())
     os.kill(program.pid, signal.SIGKILL)
     program.proc.wait()
@@ -482,8 +481,8 @@ def test_two_processes_race_for_one_gpu_exactly_one_wins(genv, programs, attempt
     genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "1"
     racers = [programs("r%d" % n, RACER % "None") for n in range(2)]
     touch(genv, "go")
-    wait_for(lambda: any(exists(genv, r.name + ".won") for r in racers) and any(r.reported() for r in racers),
-             30, "a winner and a loser")
+    until(lambda: any(exists(genv, r.name + ".won") for r in racers) and any(r.reported() for r in racers),
+          "a winner and a loser", 30)
     [winner] = [r for r in racers if exists(genv, r.name + ".won")]
     [loser] = [r for r in racers if r is not winner]
     result = loser.finish()
@@ -500,14 +499,14 @@ def test_with_wait_the_second_gets_the_gpu_when_the_first_leaves(genv, programs)
     genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "1"
     racers = [programs("w%d" % n, RACER % "30") for n in range(2)]
     touch(genv, "go")
-    first = wait_for(lambda: [r for r in racers if exists(genv, r.name + ".won")], 30, "a first")[0]
+    first = until(lambda: [r for r in racers if exists(genv, r.name + ".won")], "a first", 30)[0]
     [second] = [r for r in racers if r is not first]
-    wait_for(lambda: any(env["waiting"] for env in envs(genv)), 30, "the second to wait in line")
+    until(lambda: any(env["waiting"] for env in envs(genv)), "the second to wait in line", 30)
     time.sleep(0.5)
     assert not exists(genv, second.name + ".won")
     left = time.time()
     touch(genv, "leave-" + first.name)
-    wait_for(lambda: exists(genv, second.name + ".won"), 30, "the second to get the GPU")
+    until(lambda: exists(genv, second.name + ".won"), "the second to get the GPU", 30)
     touch(genv, "leave-" + second.name)
     assert first.finish()["won"] is True
     result = second.finish()
@@ -550,7 +549,7 @@ except KeyboardInterrupt:
     result = "interrupted"
 report(result=result, same=dict(os.environ) == before, envs=genv.sdk.envs())
 ''')
-    wait_for(lambda: any(env["waiting"] for env in envs(genv)), 30, "the program to wait in line")
+    until(lambda: any(env["waiting"] for env in envs(genv)), "the program to wait in line", 30)
     os.kill(program.pid, signal.SIGINT)
     seen = program.finish()
     assert seen["result"] == "interrupted" and seen["same"]
@@ -590,7 +589,7 @@ def test_lock_is_mutual_exclusion_between_processes(genv, programs):
     genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "1"
     a = programs("a", LOCKER)
     b = programs("b", LOCKER)
-    wait_for(lambda: exists(genv, "b.timedout") or b.proc.poll() is not None, 30, "b's first try")
+    until(lambda: exists(genv, "b.timedout") or b.proc.poll() is not None, "b's first try", 30)
     time.sleep(0.3)
     with open(os.path.join(genv.base, "shared.log")) as handle:
         assert handle.read().splitlines() == ["a in"]

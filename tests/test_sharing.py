@@ -1,8 +1,9 @@
 """Sharing GPUs by memory, choosing GPUs, waiting in a fair line, taking
 turns with a lock (issue 10), tested as a demanding and a hostile user would.
 
-Everything runs from real bash and zsh terminals (``Shell``), pseudo-
-terminals for Ctrl-C (pexpect), a second real account (root only), and
+Everything runs from real bash and zsh terminals (``Shell``; zsh too where
+the shell matters: see tests/conftest.py), pseudo-terminals for Ctrl-C
+(pexpect), a second real account (root only), and
 ``genv sh-*`` subprocesses where a test needs a waiter's PID or its exit
 status. A command that waits runs in the foreground of its own terminal
 (``Pending``): the test reads its stderr line by line to know where it is,
@@ -32,25 +33,12 @@ import selectors
 import signal
 import stat
 import subprocess
-import sys
 import time
 import uuid
 
 import pytest
 
-from conftest import REPO, UID, Result, kill_quietly, need
-
-sys.path.insert(0, REPO)
-
-GIB = 1 << 30
-MIB = 1 << 20
-
-
-def me():
-    import pwd
-
-    return pwd.getpwuid(UID).pw_name
-
+from conftest import GIB, ME, MIB, UID, Result, devices, gone, kill_quietly, need, one_line, until
 
 # --- helpers -------------------------------------------------------------------------
 
@@ -79,53 +67,21 @@ def eid(shell):
     return getattr(shell, "eid", None) or shell.var("GENV_ENVIRONMENT_ID")
 
 
-def envs(genv, **env):
+def envs_by_id(genv, **env):
+    """Environment id -> its document in ``genv envs --json``."""
     result = genv.cli("envs", "--json", **env)
     assert result.returncode == 0, result
     return {doc["id"]: doc for doc in json.loads(result.stdout)}
 
 
-def devices(genv, **env):
-    result = genv.cli("devices", "--json", **env)
-    assert result.returncode == 0, result
-    return json.loads(result.stdout)
-
-
-def holders(genv, **env):
+def held_shares(genv, **env):
     """GPU index -> [(env id, share in MiB or None)]."""
     return {doc["index"]: [(e["id"], e["memory"]) for e in doc["environments"]] for doc in devices(genv, **env)}
-
-
-def one_line(result):
-    """A refusal: exit 1, nothing for the shell to run, one ``genv:`` line."""
-    assert result.rc == 1 and result.out == "", result
-    lines = result.err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("genv: ") and "Traceback" not in result.err, result
-    return lines[0]
 
 
 def state_bytes(genv, uid=UID):
     with open(os.path.join(genv.tmpdir, "user-%d.json" % uid), "rb") as handle:
         return handle.read()
-
-
-def deadline_loop(seconds, what):
-    """Yield until the caller breaks; fail after ``seconds``."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        yield
-        time.sleep(0.02)
-    raise AssertionError("timed out after %g s: %s" % (seconds, what))
-
-
-def gone(pid, seconds=30):
-    for _ in deadline_loop(seconds, "pid %d still runs" % pid):
-        try:
-            with open("/proc/%d/stat" % pid) as handle:
-                if handle.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return
-        except FileNotFoundError:
-            return
 
 
 class Pending:
@@ -239,58 +195,6 @@ def read_line(stream, timeout=30):
     return stream.readline().decode()
 
 
-class Apps:
-    """The fake nvidia-smi's process list (FAKE_NVIDIA_SMI_APPS)."""
-
-    def __init__(self, genv):
-        self.path = os.path.join(genv.base, "apps")
-        open(self.path, "w").close()
-        os.chmod(self.path, 0o644)
-        genv.extra["FAKE_NVIDIA_SMI_APPS"] = self.path
-        self.pids = []
-        self.children = []
-
-    def put(self, pid, gpu, mib):
-        with open(self.path, "a") as handle:
-            handle.write("%d %s %d python\n" % (pid, gpu, mib))
-        return pid
-
-    def drop(self, pid):
-        """Take ``pid`` off the list (it left the GPU), atomically."""
-        with open(self.path) as handle:
-            lines = [line for line in handle if line.split()[0] != str(pid)]
-        with open(self.path + ".new", "w") as handle:
-            handle.writelines(lines)
-        os.chmod(self.path + ".new", 0o644)
-        os.rename(self.path + ".new", self.path)
-
-    def in_shell(self, shell, gpu, mib):
-        pid = int(shell.ok("sleep 600 </dev/null >/dev/null 2>&1 & echo $!").strip())
-        self.pids.append(pid)
-        return self.put(pid, gpu, mib)
-
-    def outside(self, gpu, mib):
-        child = subprocess.Popen(["sleep", "600"], start_new_session=True)
-        self.pids.append(child.pid)
-        self.children.append(child)
-        return self.put(child.pid, gpu, mib)
-
-    def close(self):
-        for pid in self.pids:
-            kill_quietly(pid)
-        for child in self.children:
-            child.wait()
-
-
-@pytest.fixture
-def apps(genv):
-    world = Apps(genv)
-    try:
-        yield world
-    finally:
-        world.close()
-
-
 def pty_shell(genv, kind, **env):
     pexpect = pytest.importorskip("pexpect")
     need(kind)
@@ -340,7 +244,7 @@ def test_valid_sizes_are_stored_in_bytes_and_shown_in_the_largest_whole_unit(gen
     assert shell.ok("genv config gpu-memory") == shown + "\n"
     assert "gpu-memory: %s\n" % shown in shell.ok("genv config")
     assert genv.state()["envs"][0]["config"]["gpu_memory"] == value
-    assert envs(genv)[eid(shell)]["gpu_memory"] == value >> 20
+    assert envs_by_id(genv)[eid(shell)]["gpu_memory"] == value >> 20
 
 
 def test_invalid_sizes_are_one_line_and_change_nothing(genv, sh):
@@ -376,7 +280,7 @@ def test_size_is_saved_and_loaded(genv, sh):
     second.ok("genv activate")
     assert second.ok("genv config gpu-memory") == "4608m\n"
     assert second.var("GENV_GPU_MEMORY") == str(4608 * MIB)
-    assert holders(genv)[0] == [(eid(second), 4608)]
+    assert held_shares(genv)[0] == [(eid(second), 4608)]
     # --load brings it back after a change.
     second.ok("genv config gpu-memory 1g")
     second.ok("genv config --load")
@@ -412,7 +316,7 @@ def test_a_hand_written_saved_size(genv):
     shell = genv.shell("zsh")
     shell.ok("genv activate")
     assert shell.var("CUDA_VISIBLE_DEVICES") == "0,1"
-    assert holders(genv) == {0: [(eid(shell), 3072)], 1: [(eid(shell), 3072)]}
+    assert held_shares(genv) == {0: [(eid(shell), 3072)], 1: [(eid(shell), 3072)]}
 
 
 def test_mock_gpu_sizes(genv):
@@ -435,11 +339,11 @@ def test_shares_pack_a_gpu_until_full_then_the_next(genv, sh):
     d = term(genv, sh, "d", 1, "4g", attach=True)  # fits GPU 0 exactly: best fit
     e = term(genv, sh, "e", 1, "3g", attach=True)
     assert [s.var("CUDA_VISIBLE_DEVICES") for s in (a, b, c, d, e)] == ["0", "0", "1", "0", "1"]
-    assert holders(genv) == {0: [(eid(a), 6144), (eid(b), 6144), (eid(d), 4096)],
+    assert held_shares(genv) == {0: [(eid(a), 6144), (eid(b), 6144), (eid(d), 4096)],
                              1: [(eid(c), 6144), (eid(e), 3072)]}
     docs = devices(genv)
     assert [(doc["memory_total"], doc["memory_available"]) for doc in docs] == [(16384, 0), (16384, 7168)]
-    assert all(env["user"] == me() and env["uid"] == UID for doc in docs for env in doc["environments"])
+    assert all(env["user"] == ME and env["uid"] == UID for doc in docs for env in doc["environments"])
     # A share that no longer fits anywhere, and a whole GPU, are refused.
     f = term(genv, sh, "f", 1, "8g")
     line = one_line(f.run("genv attach"))
@@ -493,26 +397,26 @@ def test_a_whole_gpu_is_never_shared_either_way(genv, sh):
     for command in ("genv attach --index 0", "genv attach -o --index 0", "genv attach --over-subscribe --index 0"):
         line = one_line(share.run(command))
         assert line == ("genv: cannot attach GPU 0: it is held by environment %s (whole) of %s(%d); "
-                        "the environment is now detached" % (eid(whole), me(), UID)), line
+                        "the environment is now detached" % (eid(whole), ME, UID)), line
     share.ok("genv attach -o")
     assert share.var("CUDA_VISIBLE_DEVICES") == "1"
     other = term(genv, sh, "other", 1)
     line = one_line(other.run("genv attach --index 1"))
     assert line == ("genv: cannot attach GPU 1 whole: it is shared by environment %s (share) of %s(%d); "
-                    "the environment is now detached" % (eid(share), me(), UID)), line
+                    "the environment is now detached" % (eid(share), ME, UID)), line
     one_line(other.run("genv attach"))
     # A whole environment that turns into a share keeps its GPU, shared from now on.
     whole.ok("genv config gpu-memory 8g && genv attach")
     assert whole.var("CUDA_VISIBLE_DEVICES") == "0"
-    assert holders(genv)[0] == [(eid(whole), 8192)]
+    assert held_shares(genv)[0] == [(eid(whole), 8192)]
     share.ok("genv attach --index 0")  # now it may share it
-    assert sorted(holders(genv)[0]) == sorted([(eid(whole), 8192), (eid(share), 1024)])
+    assert sorted(held_shares(genv)[0]) == sorted([(eid(whole), 8192), (eid(share), 1024)])
     # And a share that turns whole must find a GPU nobody else holds: it moves.
     whole.ok("genv config gpu-memory --clear && genv attach")
     assert whole.var("CUDA_VISIBLE_DEVICES") == "1"
-    assert holders(genv) == {0: [(eid(share), 1024)], 1: [(eid(whole), None)]}
+    assert held_shares(genv) == {0: [(eid(share), 1024)], 1: [(eid(whole), None)]}
     share.ok("genv config gpu-memory --clear && genv attach")  # alone on GPU 0: keeps it, whole
-    assert holders(genv) == {0: [(eid(share), None)], 1: [(eid(whole), None)]}
+    assert held_shares(genv) == {0: [(eid(share), None)], 1: [(eid(whole), None)]}
     line = one_line(other.run("genv attach"))
     assert "cannot attach 1 GPU: only 0 of this machine's 2 are free" in line, line
 
@@ -528,7 +432,7 @@ def test_over_subscribe(genv, sh):
                     "share it anyway); the environment is now detached"), line
     b.ok("genv attach -o")
     assert b.var("CUDA_VISIBLE_DEVICES") == "0"
-    assert holders(genv)[0] == [(eid(a), 12288), (eid(b), 8192)]
+    assert held_shares(genv)[0] == [(eid(a), 12288), (eid(b), 8192)]
     assert devices(genv)[0]["memory_available"] == 0
     # Once over, a share without -o does not fit, however small.
     c = term(genv, sh, "c", 1, "1m")
@@ -543,7 +447,7 @@ def test_over_subscribe(genv, sh):
         shell.ok("genv detach")
     w = term(genv, sh, "w", 1, attach=True)
     one_line(d.run("genv attach -o"))
-    assert holders(genv)[0] == [(eid(w), None)]
+    assert held_shares(genv)[0] == [(eid(w), None)]
     assert "-o" in genv.cli("completions", "attach").stdout.decode().split()
 
 
@@ -579,12 +483,12 @@ def test_index_attaches_exactly_those_gpus(genv, sh):
     # All or nothing: one taken GPU refuses the lot, naming its holder.
     line = one_line(b.run("genv attach --index 0,3,2"))
     assert line == ("genv: cannot attach GPU 2: it is held by environment %s (alpha) of %s(%d); "
-                    "the environment is now detached" % (eid(a), me(), UID)), line
-    assert b.var("CUDA_VISIBLE_DEVICES") == "" and holders(genv)[3] == [] and holders(genv)[0] == []
+                    "the environment is now detached" % (eid(a), ME, UID)), line
+    assert b.var("CUDA_VISIBLE_DEVICES") == "" and held_shares(genv)[3] == [] and held_shares(genv)[0] == []
     unnamed = term(genv, sh)
     unnamed.ok("genv attach --index 3")
     line = one_line(b.run("genv attach --index 3"))
-    assert "held by environment %s of %s(%d)" % (eid(unnamed), me(), UID) in line, line
+    assert "held by environment %s of %s(%d)" % (eid(unnamed), ME, UID) in line, line
     line = one_line(b.run("genv attach --index 4"))
     assert "cannot attach GPU 4: this machine has no such GPU (it has 4)" in line, line
     line = one_line(b.run("genv attach --index 0,99"))
@@ -607,15 +511,15 @@ def test_index_attaches_exactly_those_gpus(genv, sh):
     s1.ok("genv attach --index 0")
     s2 = term(genv, sh, "s2", memory="4g")
     s2.ok("genv attach --index 0")
-    assert sorted(holders(genv)[0]) == sorted([(eid(s1), 4096), (eid(s2), 4096)])
+    assert sorted(held_shares(genv)[0]) == sorted([(eid(s1), 4096), (eid(s2), 4096)])
     # The ids complete.
     assert genv.cli("completions", "attach", "--index").stdout.decode().split() == ["0", "1", "2", "3"]
     assert genv.cli("completions", "attach", "--count").stdout.decode().split() == ["1", "2", "3", "4"]
 
 
-def test_index_refuses_a_gpu_busy_outside_genv(genv, sh, apps):
+def test_index_refuses_a_gpu_busy_outside_genv(genv, sh, gpus):
     genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "2"
-    stranger = apps.outside(1, 500)
+    stranger = gpus.outside(1, 500)
     shell = term(genv, sh)
     line = one_line(shell.run("genv attach --index 1"))
     assert line.startswith("genv: cannot attach GPU 1: it is busy outside genv") and str(stranger) in line, line
@@ -646,7 +550,7 @@ def test_sizes_from_nvidia_smi(genv, sh):
     whole.ok("genv config gpu-memory 20g && genv attach")  # keeps its GPU, now shared
     assert whole.var("CUDA_VISIBLE_DEVICES") == "0"
     assert whole.var("XLA_PYTHON_CLIENT_MEM_FRACTION") == "0.83"  # 20/24 = 0.833
-    assert holders(genv)[0] == [(eid(whole), 20480)]
+    assert held_shares(genv)[0] == [(eid(whole), 20480)]
     assert [d["uuid"] for d in genv.state()["envs"][0]["devices"]] == ["GPU-bbbbbbbb-0000-0000-0000-000000000000"]
     line = one_line(term(genv, sh, "huge", 1, "81g").run("genv attach"))
     assert "the largest GPU here has 80g" in line, line
@@ -675,7 +579,7 @@ def test_first_come_first_served(genv, sh):
     assert re.search(r"for 2 GPUs since (just now|\d+ seconds? ago)$", rows[eid(first)]), table
     assert re.search(r"for 1 GPU since (just now|\d+ seconds? ago)$", rows[eid(second)]), table
     assert " for " not in rows[eid(h0)] and " since " not in rows[eid(h0)]
-    docs = envs(genv)
+    docs = envs_by_id(genv)
     assert docs[eid(first)]["waiting"]["count"] == 2 and docs[eid(second)]["waiting"]["count"] == 1
     assert docs[eid(first)]["waiting"]["since"] < docs[eid(second)]["waiting"]["since"]
     assert docs[eid(h0)]["waiting"] is None
@@ -688,7 +592,7 @@ def test_first_come_first_served(genv, sh):
     # Watch for a second (the waiters look four times a second): nobody takes it.
     watch_until = time.monotonic() + 1.0
     while time.monotonic() < watch_until:
-        assert holders(genv)[0] == [], "a later request took the GPU kept for the first"
+        assert held_shares(genv)[0] == [], "a later request took the GPU kept for the first"
         assert w2.running(), w2.result()
     # GPU 1 frees up: the first waiter takes both.
     h1.kill()
@@ -699,7 +603,7 @@ def test_first_come_first_served(genv, sh):
     first.ok("genv deactivate")
     result = w2.finish(30)
     assert result.rc == 0 and second.var("CUDA_VISIBLE_DEVICES") == "0", result
-    assert all(not doc["waiting"] for doc in envs(genv).values())
+    assert all(not doc["waiting"] for doc in envs_by_id(genv).values())
 
 
 def test_arrival_is_when_the_line_is_joined(genv, sh):
@@ -719,13 +623,11 @@ def test_arrival_is_when_the_line_is_joined(genv, sh):
     quick = term(genv, sh, "quick", 1)
     slow.ok("export SLOW_SMI=1")
     s = Pending(slow, "genv attach --wait 60")
-    for _ in deadline_loop(30, "the slow request's nvidia-smi"):
-        if os.path.exists(entered):
-            break
+    until(lambda: os.path.exists(entered), "the slow request's nvidia-smi")
     q = Pending(quick, "genv attach --wait 60")
     q.expect("waiting for 1 GPU: no request ahead in line")
     s.expect("waiting for 1 GPU: 1 request ahead in line", timeout=10)
-    docs = envs(genv)
+    docs = envs_by_id(genv)
     assert docs[eid(quick)]["waiting"]["since"] < docs[eid(slow)]["waiting"]["since"]
     holder.ok("genv deactivate")
     assert q.finish(30).rc == 0 and quick.var("CUDA_VISIBLE_DEVICES") == "0"
@@ -743,7 +645,7 @@ def test_progress_says_how_many_requests_are_ahead(genv, sh):
         waits.append(Pending(shell, "genv attach --wait 120"))
         ahead = ["no request", "1 request", "2 requests"][n]
         waits[-1].expect(r"^genv: waiting for 1 GPU: %s ahead in line\n" % ahead)
-    docs = envs(genv)
+    docs = envs_by_id(genv)
     assert [docs[eid(s)]["waiting"]["memory"] for s in shells] == [None, 2048, None]
     assert [docs[eid(s)]["waiting"]["indices"] for s in shells] == [None, None, None]
     assert docs[eid(shells[0])]["waiting"]["pid"] == waiter_pid(genv, eid(shells[0]))
@@ -760,7 +662,7 @@ def test_progress_says_how_many_requests_are_ahead(genv, sh):
     pin = Pending(pinned, "genv attach --index 0 --wait 120")
     pin.expect(r"^genv: waiting for 1 GPU: 2 requests ahead in line\n")
     assert "for GPU 0 since" in holder.ok("genv envs")
-    assert envs(genv)[eid(pinned)]["waiting"]["indices"] == [0]
+    assert envs_by_id(genv)[eid(pinned)]["waiting"]["indices"] == [0]
     holder.ok("genv deactivate")
     assert waits[1].finish(30).rc == 0 and shells[1].var("CUDA_VISIBLE_DEVICES") == "0"
     # w1 holds a share: the share waiter behind needs the GPU whole.
@@ -776,6 +678,7 @@ def test_progress_says_how_many_requests_are_ahead(genv, sh):
 
 @pytest.mark.parametrize("release", ["deactivate", "detach", "kill -9 of the holder's terminal",
                                      "config gpus 0 and attach"])
+@pytest.mark.timing
 def test_a_waiter_takes_the_gpu_within_a_second_of_its_release(genv, sh, release):
     machine(genv, 1, "16g")
     holder = term(genv, "bash", "holder", 1, "10g", attach=True)
@@ -796,8 +699,8 @@ def test_a_waiter_takes_the_gpu_within_a_second_of_its_release(genv, sh, release
     assert result.rc == 0 and result.out == "", result
     assert waiting.var("CUDA_VISIBLE_DEVICES") == "0" and waiting.var("GENV_GPU_MEMORY") == str(8 * GIB)
     assert took < 1.25, "took %.2f s" % took
-    assert holders(genv)[0] == [(eid(waiting), 8192)]
-    assert envs(genv)[eid(waiting)]["waiting"] is None
+    assert held_shares(genv)[0] == [(eid(waiting), 8192)]
+    assert envs_by_id(genv)[eid(waiting)]["waiting"] is None
 
 
 def test_a_share_waiter_does_not_need_the_whole_gpu(genv, sh):
@@ -809,9 +712,10 @@ def test_a_share_waiter_does_not_need_the_whole_gpu(genv, sh):
     pending.expect("waiting for 1 GPU")
     b.ok("genv config gpu-memory 2g && genv attach")  # shrinks: 6g left, enough for c
     assert pending.finish(30).rc == 0
-    assert sorted(holders(genv)[0]) == sorted([(eid(a), 8192), (eid(b), 2048), (eid(c), 4096)])
+    assert sorted(held_shares(genv)[0]) == sorted([(eid(a), 8192), (eid(b), 2048), (eid(c), 4096)])
 
 
+@pytest.mark.timing
 def test_timeout_fails_as_a_plain_attach_would(genv, sh):
     machine(genv, 2)
     holder = term(genv, sh, "holder", 1, attach=True)
@@ -821,7 +725,7 @@ def test_timeout_fails_as_a_plain_attach_would(genv, sh):
     pending = Pending(shell, "genv attach --count 2 --wait 2")
     pending.expect(r"^genv: waiting for 2 GPUs: no request ahead in line\n")
     # Meanwhile it keeps what it had.
-    assert holders(genv)[1] == [(eid(shell), None)]
+    assert held_shares(genv)[1] == [(eid(shell), None)]
     result = pending.finish(30)
     took = time.monotonic() - started
     assert 2 <= took < 5, took
@@ -830,8 +734,8 @@ def test_timeout_fails_as_a_plain_attach_would(genv, sh):
     assert lines[0] == "genv: waiting for 2 GPUs: no request ahead in line" and len(lines) == 2, lines
     # Detached, out of line, like a plain attach that fails.
     assert shell.var("CUDA_VISIBLE_DEVICES") == "" and shell.var("GENV_ATTACHED_GPUS") == ""
-    assert holders(genv) == {0: [(eid(holder), None)], 1: []}
-    assert envs(genv)[eid(shell)]["waiting"] is None
+    assert held_shares(genv) == {0: [(eid(holder), None)], 1: []}
+    assert envs_by_id(genv)[eid(shell)]["waiting"] is None
     shell.ok("genv attach --count 1")
     plain = shell.run("genv attach --count 2")
     assert plain.rc == 1 and plain.err.splitlines()[-1] == lines[1], (plain, lines)
@@ -841,6 +745,7 @@ def test_timeout_fails_as_a_plain_attach_would(genv, sh):
     assert result.rc == 1 and "waiting" not in result.err and time.monotonic() - started < 2, result
 
 
+@pytest.mark.both_shells
 def test_wait_spellings(genv, sh):
     machine(genv, 2)
     shell = term(genv, sh, "w", 1)
@@ -871,13 +776,14 @@ def test_a_request_that_can_never_be_met_does_not_wait(genv, sh):
         result = shell.run(command)
         assert result.rc == 1 and words in result.err, (command, result)
         assert time.monotonic() - started < 5, (command, "waited %.1f s" % (time.monotonic() - started))
-        assert envs(genv)[eid(shell)]["waiting"] is None
+        assert envs_by_id(genv)[eid(shell)]["waiting"] is None
         shell.ok("genv config gpu-memory --clear")
     other = term(genv, sh, "other", 1)
     other.ok("genv attach")
 
 
-def test_the_waiter_takes_a_gpu_when_a_process_outside_genv_leaves_it(genv, sh, apps):
+@pytest.mark.timing
+def test_the_waiter_takes_a_gpu_when_a_process_outside_genv_leaves_it(genv, sh, gpus):
     """A GPU busy outside genv is not taken; when the process leaves it, the
     waiter takes it (processes are looked at again every two seconds)."""
     genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "1"
@@ -891,16 +797,15 @@ def test_the_waiter_takes_a_gpu_when_a_process_outside_genv_leaves_it(genv, sh, 
                      'exit $rc\n' % (genv.root, log))
     os.chmod(os.path.join(folder, "nvidia-smi"), 0o755)
     genv.extra["PATH"] = "%s/bin:%s:/usr/local/bin:/usr/bin:/bin" % (genv.root, folder)
-    stranger = apps.outside(0, 1000)
+    stranger = gpus.outside(0, 1000)
     shell = term(genv, sh, "waiting", 1)
     pending = Pending(shell, "genv attach --wait 12")
     pending.expect("waiting for 1 GPU: no request ahead in line")
     # Once it has seen the process from the line (its second look at the
     # processes; the first was the plain attempt), the process leaves the GPU.
-    for _ in deadline_loop(30, "the waiter's look at the processes"):
-        if os.path.exists(log) and open(log).read().count("--query-compute-apps") >= 2:
-            break
-    apps.drop(stranger)
+    until(lambda: os.path.exists(log) and open(log).read().count("--query-compute-apps") >= 2,
+          "the waiter's look at the processes")
+    gpus.drop(stranger)
     left = time.monotonic()
     result = pending.finish(40)
     took = time.monotonic() - left
@@ -908,7 +813,7 @@ def test_the_waiter_takes_a_gpu_when_a_process_outside_genv_leaves_it(genv, sh, 
     assert took < 4, "took %.1f s after the process left" % took
 
 
-def test_waiting_costs_almost_nothing(genv, apps):
+def test_waiting_costs_almost_nothing(genv, gpus):
     """No tight polling: a waiter that waits 4 s uses little CPU and asks
     nvidia-smi only a few times."""
     genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "1"
@@ -931,6 +836,7 @@ def test_waiting_costs_almost_nothing(genv, apps):
     assert holder.var("CUDA_VISIBLE_DEVICES") == "0"
 
 
+@pytest.mark.both_shells
 def test_ctrl_c_leaves_the_line(genv, sh):
     machine(genv, 1)
     holder = term(genv, "bash", "holder", 1, attach=True)
@@ -943,7 +849,7 @@ def test_ctrl_c_leaves_the_line(genv, sh):
         environment = pty_value(child, "$GENV_ENVIRONMENT_ID")
         child.sendline("genv attach --wait")
         child.expect(r"genv: waiting for 1 GPU: no request ahead in line\r\n")
-        assert envs(genv)[environment]["waiting"] is not None
+        assert envs_by_id(genv)[environment]["waiting"] is not None
         pid = waiter_pid(genv, environment)
         child.sendintr()
         child.expect_exact("R> ")
@@ -957,7 +863,7 @@ def test_ctrl_c_leaves_the_line(genv, sh):
         mine = [env for env in state["envs"] if env["id"] == environment][0]
         assert mine.get("waiting") is None and mine["devices"] == []
         assert pty_value(child, "${CUDA_VISIBLE_DEVICES-unset}") == ""
-        assert holders(genv)[0] == [(eid(holder), None)]
+        assert held_shares(genv)[0] == [(eid(holder), None)]
         # The terminal works on, and can wait again.
         child.sendline("genv attach --wait 30; echo \"rc=$?\"")
         child.expect(r"genv: waiting for 1 GPU: no request ahead in line\r\n")
@@ -969,6 +875,7 @@ def test_ctrl_c_leaves_the_line(genv, sh):
         child.close(force=True)
 
 
+@pytest.mark.both_shells
 def test_ctrl_c_just_as_the_waiter_takes_the_gpu(genv, sh):
     """Ctrl-C while the waiter is taking the GPU (nvidia-smi is slow to
     answer its last look): whatever wins, the shell and the state agree,
@@ -994,14 +901,12 @@ def test_ctrl_c_just_as_the_waiter_takes_the_gpu(genv, sh):
         child.expect(r"genv: waiting for 1 GPU: no request ahead in line\r\n")
         open(flag, "w").close()
         holder.ok("genv deactivate")
-        for _ in deadline_loop(30, "the waiter's last look"):
-            if os.path.exists(entered):
-                break
+        until(lambda: os.path.exists(entered), "the waiter's last look")
         child.sendintr()
         child.expect_exact("R> ")
         os.unlink(flag)
         shown = pty_value(child, "${CUDA_VISIBLE_DEVICES-unset}")
-        doc = envs(genv)[environment]
+        doc = envs_by_id(genv)[environment]
         assert doc["waiting"] is None
         assert ",".join(map(str, doc["devices"])) == shown, (doc["devices"], shown)
     finally:
@@ -1019,7 +924,7 @@ def test_sigint_exits_130_holding_nothing_new(genv):
     child.send_signal(signal.SIGINT)
     out, err = child.communicate(timeout=30)
     assert child.returncode == 130 and out == b"" and err == b"", (out, err)
-    assert envs(genv)[eid(shell)]["waiting"] is None
+    assert envs_by_id(genv)[eid(shell)]["waiting"] is None
     assert [env.get("waiting") for env in genv.state()["envs"]] == [None, None, None]
 
 
@@ -1040,14 +945,14 @@ def test_a_waiter_killed_with_kill_9_drops_out_at_the_next_command(genv, sh):
     b.expect("no request ahead")
     # The file still says it waits, until the next genv command.
     assert waiter_pid(genv, eid(victim)) == pid
-    docs = envs(genv)
+    docs = envs_by_id(genv)
     assert docs[eid(victim)]["waiting"] is None and docs[eid(behind)]["waiting"] is not None
     assert waiter_pid(genv, eid(victim)) is None
     # The victim's terminal works on; the GPU goes to the one behind.
     assert victim.ok("genv config gpus") == "1\n"
     holder.ok("genv deactivate")
     assert b.finish(30).rc == 0 and behind.var("CUDA_VISIBLE_DEVICES") == "0"
-    assert holders(genv)[0] == [(eid(behind), None)]
+    assert held_shares(genv)[0] == [(eid(behind), None)]
 
 
 def test_a_waiter_whose_terminal_dies_takes_nothing(genv, sh):
@@ -1065,8 +970,8 @@ def test_a_waiter_whose_terminal_dies_takes_nothing(genv, sh):
     gone(pid)  # the waiter notices and leaves
     holder.ok("genv deactivate")
     assert b.finish(30).rc == 0
-    assert holders(genv)[0] == [(eid(behind), None)]
-    assert str(orphan.pid) not in envs(genv)
+    assert held_shares(genv)[0] == [(eid(behind), None)]
+    assert str(orphan.pid) not in envs_by_id(genv)
 
 
 def test_one_place_in_line_per_environment(genv, sh):
@@ -1100,7 +1005,7 @@ def test_a_holder_that_attaches_again_keeps_its_gpus_while_others_wait(genv, sh)
     second.ok("genv activate --id %s" % eid(holder))
     second.ok("genv attach")
     assert second.var("CUDA_VISIBLE_DEVICES") == "0,1"
-    assert holders(genv) == {0: [(eid(holder), None)], 1: [(eid(holder), None)]}
+    assert held_shares(genv) == {0: [(eid(holder), None)], 1: [(eid(holder), None)]}
     assert pending.running()
     # Giving one back: it keeps the other, the waiter gets the one freed.
     holder.ok("genv attach --count 1")
@@ -1165,7 +1070,7 @@ def test_another_users_dead_waiter_is_dropped(genv, other_user):
     m.expect("no request ahead")
     holder.ok("genv deactivate")
     assert m.finish(30).rc == 0 and mine.var("CUDA_VISIBLE_DEVICES") == "0"
-    assert envs(genv)[eid(theirs)]["waiting"] is None
+    assert envs_by_id(genv)[eid(theirs)]["waiting"] is None
     # The user's own next command writes their file without it.
     assert genv.cli("envs", user=other_user).returncode == 0
     assert genv.state(other_user.pw_uid)["envs"][0].get("waiting") is None
@@ -1228,7 +1133,7 @@ def test_a_place_in_line_held_by_someone_elses_process_counts_for_nothing(genv, 
     mine = term(genv, "bash", "mine", 1)
     mine.ok("genv attach")
     assert mine.var("CUDA_VISIBLE_DEVICES") == "0"
-    assert envs(genv)[eid(theirs)]["waiting"] is None
+    assert envs_by_id(genv)[eid(theirs)]["waiting"] is None
 
 
 def test_shares_across_users(genv, other_user):
@@ -1255,12 +1160,16 @@ def fifo(genv, name):
 
 
 def read_file_when_there(path, timeout=30):
-    for _ in deadline_loop(timeout, "waiting for %s" % path):
+    """The text of a file once it is there and ends with a line end."""
+    def written():
         if os.path.exists(path):
             with open(path) as handle:
                 text = handle.read()
             if text.endswith("\n"):
                 return text.strip()
+        return None
+
+    return until(written, path, timeout)
 
 
 def test_lock_takes_turns_between_environments_sharing_a_gpu(genv, sh):
@@ -1272,7 +1181,7 @@ def test_lock_takes_turns_between_environments_sharing_a_gpu(genv, sh):
     first = Pending(a, "genv lock -- sh -c 'echo $PPID > %s; read x < %s; echo a-done'" % (info, go))
     locker = int(read_file_when_there(info))  # genv lock's own PID holds the lock
     second = Pending(b, "genv lock -- sh -c 'echo b-ran'")
-    second.expect(r"^genv: waiting for the lock on GPU 0, held by pid %d \(%s\)\n" % (locker, me()))
+    second.expect(r"^genv: waiting for the lock on GPU 0, held by pid %d \(%s\)\n" % (locker, ME))
     assert second.running() and "b-ran" not in second.out.decode()
     with open(go, "w") as handle:
         handle.write("go\n")
@@ -1418,9 +1327,8 @@ def test_ctrl_c_while_waiting_for_the_lock(genv, kind):
         assert first.finish(30).rc == 137
         child.sendline("genv lock -- sleep 600")
         ino = os.stat(os.path.join(genv.tmpdir, "gpu-index-0.lock")).st_ino
-        for _ in deadline_loop(30, "the lock taken"):
-            if re.search(r"FLOCK +ADVISORY +WRITE +\d+ [0-9a-f]+:[0-9a-f]+:%d " % ino, open("/proc/locks").read()):
-                break
+        taken = re.compile(r"FLOCK +ADVISORY +WRITE +\d+ [0-9a-f]+:[0-9a-f]+:%d " % ino)
+        until(lambda: taken.search(open("/proc/locks").read()), "the lock taken")
         child.sendintr()
         child.expect_exact("R> ")
         if kind == "bash":
@@ -1458,9 +1366,7 @@ def test_lock_between_users(genv, other_user):
     theirs = term(genv, "zsh", "theirs", 1, "4g", user=other_user, attach=True)
     go = fifo(genv, "go")
     first = Pending(mine, "genv lock -- sh -c 'read x < %s'" % go)
-    for _ in deadline_loop(30, "the lock file"):
-        if os.path.exists(os.path.join(genv.tmpdir, "gpu-index-0.lock")):
-            break
+    until(lambda: os.path.exists(os.path.join(genv.tmpdir, "gpu-index-0.lock")), "the lock file")
     second = Pending(theirs, "genv lock -- echo theirs")
     second.expect(r"waiting for the lock on GPU 0, held by pid \d+ \(root\)")
     with open(go, "w") as handle:
@@ -1505,7 +1411,7 @@ def test_a_stranger_holding_a_gpu_lock_is_named(genv, other_user):
 
 
 @pytest.fixture
-def shared(genv, apps):
+def shared(genv, gpus):
     """GPU 0 (40960 MiB, the fake's) shared by a (10g) and b (3g), each with
     processes; c holds GPU 1 whole."""
     genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "2"
@@ -1513,9 +1419,9 @@ def shared(genv, apps):
     b = term(genv, "zsh", "b", 1, "3g", attach=True)
     c = term(genv, "bash", "c", 1, attach=True)
     assert [s.var("CUDA_VISIBLE_DEVICES") for s in (a, b, c)] == ["0", "0", "1"]
-    pids = {"a": [apps.in_shell(a, 0, 1500), apps.in_shell(a, 0, 100)],
-            "b": [apps.in_shell(b, 0, 700), apps.in_shell(b, 0, 50)],
-            "c": [apps.in_shell(c, 1, 2000)]}
+    pids = {"a": [gpus.in_shell(a, 0, 1500), gpus.in_shell(a, 0, 100)],
+            "b": [gpus.in_shell(b, 0, 700), gpus.in_shell(b, 0, 50)],
+            "c": [gpus.in_shell(c, 1, 2000)]}
     return a, b, c, pids
 
 
@@ -1581,9 +1487,8 @@ def test_shim_query_gpu_in_a_loop_prints_as_it_goes(genv, shared):
         pid = int(a.ok("%s nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -l 1 >%s 2>&1 "
                        "</dev/null & echo $!" % (prefix, out)).strip())
         try:
-            for _ in deadline_loop(5, "no sample from %s nvidia-smi -l" % prefix):
-                if os.path.exists(out) and open(out).read().count("\n") >= 2:
-                    break
+            until(lambda: os.path.exists(out) and open(out).read().count("\n") >= 2,
+                  "two samples from %s nvidia-smi -l" % prefix, 5)
             with open(out) as handle:
                 assert handle.read().splitlines()[:2] == [expected, expected]
         finally:
@@ -1602,23 +1507,21 @@ SHARE_LOOPS = [
 
 
 @pytest.mark.parametrize("command,used", SHARE_LOOPS, ids=[command for command, _ in SHARE_LOOPS])
-def test_shim_loops_count_processes_started_after_the_loop(genv, shared, apps, command, used):
+def test_shim_loops_count_processes_started_after_the_loop(genv, shared, gpus, command, used):
     """With a share, memory in use is the environment's own: a process it
     starts while the loop runs counts in a later round (it was 0 MiB
     more, the process unseen, when membership was decided once)."""
     a, b, _, _ = shared
     out = os.path.join(genv.base, "loop.out")
     pid = int(a.ok("FAKE_NVIDIA_SMI_LOOPS=600 %s >%s 2>&1 </dev/null & echo $!" % (command, out)).strip())
-    apps.pids.append(pid)
+    gpus.pids.append(pid)
 
     def wait_for(what, value):
-        for _ in deadline_loop(15, what):
-            if os.path.exists(out) and value in used(open(out).read()):
-                return
+        until(lambda: os.path.exists(out) and value in used(open(out).read()), what, 15)
 
     wait_for("the first round", 1600)
-    apps.in_shell(a, 0, 777)
-    apps.in_shell(b, 0, 888)  # the other environment's: not a's use
+    gpus.in_shell(a, 0, 777)
+    gpus.in_shell(b, 0, 888)  # the other environment's: not a's use
     wait_for("the late process's memory", 1600 + 777)
     kill_quietly(pid)
     assert set(used(open(out).read())) <= {1600, 1600 + 777}
@@ -1650,6 +1553,7 @@ def test_hints_with_over_subscription_stay_at_one(genv):
     assert hints(shell)[:3] == ("1.00", "1.00", "true")
 
 
+@pytest.mark.both_shells
 def test_hints_follow_the_share_and_are_restored_exactly(genv, sh):
     machine(genv, 1, "48g")
     shell = genv.shell(sh)
@@ -1677,6 +1581,7 @@ def test_hints_follow_the_share_and_are_restored_exactly(genv, sh):
     assert shell.ok("env | grep -c '^XLA_CLIENT_MEM_FRACTION=\\|^TF_FORCE_GPU_ALLOW_GROWTH=' || true").strip() == "0"
 
 
+@pytest.mark.both_shells
 def test_the_users_hints_keep_priority(genv, sh):
     machine(genv, 1, "48g")
     shell = genv.shell(sh)
@@ -1693,6 +1598,7 @@ def test_the_users_hints_keep_priority(genv, sh):
     assert hints(shell)[:3] == ("0.9", "0.8", "false")
 
 
+@pytest.mark.both_shells
 def test_a_user_value_equal_to_genvs_is_still_the_users(genv, sh):
     """TF_FORCE_GPU_ALLOW_GROWTH=true (or a fraction) the user set before
     activating is theirs, even though genv would set the same value: it
@@ -1740,6 +1646,7 @@ def test_the_shim_shows_a_share_of_a_gpu_of_unknown_size(genv):
     assert a.ok("nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits") == "4096\n"
 
 
+@pytest.mark.both_shells
 def test_a_joining_terminal_gets_the_hints(genv, sh):
     machine(genv, 1, "48g")
     first = term(genv, sh, memory="12g", gpus=1, attach=True)
@@ -1792,7 +1699,7 @@ def test_format_2_written_by_hand_is_migrated(genv, sleepers):
     machine(genv, 2, "16g")
     pid = sleepers()
     path = write_state(genv, UID, format_2(UID, pid, time.time()))
-    docs = envs(genv)
+    docs = envs_by_id(genv)
     assert [(d["id"], d["name"], d["devices"], d["gpu_memory"], d["waiting"]) for d in docs.values()] == [
         ("legacy", "old", [0], None, None)]
     migrated = genv.state()
@@ -1801,7 +1708,7 @@ def test_format_2_written_by_hand_is_migrated(genv, sleepers):
     # The old reservation is a whole GPU: a share goes elsewhere.
     share = term(genv, "bash", "share", 1, "1g", attach=True)
     assert share.var("CUDA_VISIBLE_DEVICES") == "1"
-    assert holders(genv) == {0: [("legacy", None)], 1: [(eid(share), 1024)]}
+    assert held_shares(genv) == {0: [("legacy", None)], 1: [(eid(share), 1024)]}
     assert [d["memory_total"] for d in devices(genv)] == [16384, 16384]
 
 
@@ -1811,7 +1718,7 @@ def test_another_users_format_2_file(genv, other_user, sleepers):
     uid = other_user.pw_uid
     path = write_state(genv, uid, format_2(uid, pid, time.time()), owner=uid)
     # Read (and written back) by root, keeping its owner.
-    assert envs(genv)["legacy"]["uid"] == uid
+    assert envs_by_id(genv)["legacy"]["uid"] == uid
     assert genv.state(uid)["format"] == 3
     info = os.stat(path)
     assert info.st_uid == uid and stat.S_IMODE(info.st_mode) == 0o644
@@ -1906,7 +1813,7 @@ def test_kill_while_joining_the_line_leaves_old_or_new_state(genv, sleepers, fau
     else:
         assert after == before
     # Either way the next command finds nobody waiting.
-    assert all(doc["waiting"] is None for doc in envs(genv).values())
+    assert all(doc["waiting"] is None for doc in envs_by_id(genv).values())
     assert sh_genv(genv, victim, str(victim), "sh-attach", "--wait", "0").wait() == 1
 
 
@@ -1971,6 +1878,8 @@ def test_racing_shares_never_exceed_a_gpu(genv, sleepers, racers):
                         assert free < parse_size(size), ("refused though it fitted", size, index, held)
         for pid in pids:
             kill_quietly(pid)
+        for pid in pids:  # SIGKILL takes effect when the process next runs
+            gone(pid)
         assert genv.cli("envs", "--json").stdout == b"[]\n"
 
 

@@ -1,18 +1,15 @@
-"""What a user does in a terminal, in bash and in zsh (issues 2 and 4)."""
+"""What a user does in a terminal, in bash and in zsh (issues 2 and 4): the
+tests of the shell's side (init, exports and their exact restore, quoting,
+the prompt, the genv function's paths) in both shells, the others in bash."""
 
 import json
 import os
-import sys
 import pwd
 
 import pytest
 
-from conftest import REPO
-
-sys.path.insert(0, REPO)
-from genv.text import printable  # noqa: E402
-
 from conftest import UID
+from genv.text import printable
 
 # Values that broke other tools' shell code (see shared notes), plus plain ones.
 NASTY = [
@@ -31,6 +28,7 @@ NASTY = [
 ]
 
 
+@pytest.mark.both_shells
 def test_install_lists_commands_and_root(genv, sh):
     shell = genv.shell(sh)
     listing = shell.ok("genv")
@@ -42,6 +40,7 @@ def test_install_lists_commands_and_root(genv, sh):
     assert result.err.strip() == "genv: no such command 'frobnicate'"
 
 
+@pytest.mark.both_shells
 def test_activate_detaches_and_exports(genv, sh):
     shell = genv.shell(sh)
     shell.ok("genv activate")
@@ -58,6 +57,7 @@ def test_activate_detaches_and_exports(genv, sh):
     assert len(genv.state()["envs"]) == 1
 
 
+@pytest.mark.both_shells
 def test_activate_help_outside_an_environment(genv, sh):
     shell = genv.shell(sh)
     for form in ("genv activate --help", "genv help activate", "genv activate -h"):
@@ -69,6 +69,7 @@ def test_activate_help_outside_an_environment(genv, sh):
 
 
 @pytest.mark.parametrize("start", [None, "", "3,1"])
+@pytest.mark.both_shells
 def test_deactivate_restores_exactly(genv, sh, start):
     shell = genv.shell(sh)
     if start is None:
@@ -92,6 +93,7 @@ def test_deactivate_restores_exactly(genv, sh, start):
     assert genv.state()["envs"] == []
 
 
+@pytest.mark.both_shells
 def test_deactivate_keeps_unset_variables_unset_under_nounset(genv, sh):
     shell = genv.shell(sh)
     shell.ok("unset CUDA_VISIBLE_DEVICES CUDA_DEVICE_ORDER PS1")
@@ -111,6 +113,7 @@ def test_deactivate_outside_fails(genv, sh):
     assert result.err.strip() == "genv: this terminal is not in an environment; run 'genv activate' first"
 
 
+@pytest.mark.both_shells
 def test_config_set_print_clear(genv, sh):
     shell = genv.shell(sh)
     shell.ok("genv activate")
@@ -141,6 +144,7 @@ def test_config_rejects_invalid_counts(genv, sh, bad):
 
 
 @pytest.mark.parametrize("value", NASTY)
+@pytest.mark.both_shells
 def test_values_are_data(genv, sh, value):
     shell = genv.shell(sh)
     shell.ok("export NASTY=%s" % _quote(value))
@@ -166,6 +170,7 @@ def test_values_are_data(genv, sh, value):
     assert not os.path.exists(os.path.join(genv.work, "PWNED"))
 
 
+@pytest.mark.both_shells
 def test_exit_codes_are_true(genv, sh):
     shell = genv.shell(sh)
     assert shell.run("genv activate --bogus").rc == 1
@@ -300,6 +305,7 @@ def test_infrastructure_as_code(genv, sh):
     assert genv.shell(sh).ok("genv home") == os.path.join(genv.home, ".genv") + "\n"
 
 
+@pytest.mark.both_shells
 def test_no_prompt_leaves_prompt_alone(genv, sh):
     shell = genv.shell(sh)
     shell.ok("PS1='mine> '")
@@ -311,6 +317,7 @@ def test_no_prompt_leaves_prompt_alone(genv, sh):
     assert shell.var("PS1") == "mine> "
 
 
+@pytest.mark.both_shells
 def test_prompt_follows_name_and_user_edits(genv, sh):
     shell = genv.shell(sh)
     shell.ok("PS1='p> '")
@@ -324,6 +331,7 @@ def test_prompt_follows_name_and_user_edits(genv, sh):
     assert shell.var("PS1") == "(venv) p> "
 
 
+@pytest.mark.both_shells
 def test_python_switching_does_not_break_genv(genv, sh, tmp_path):
     venv = os.path.join(genv.base, "venv")
     __import__("subprocess").run(["/usr/bin/env", "python3", "-m", "venv", "--without-pip", venv], check=True)
@@ -351,6 +359,7 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
+@pytest.mark.both_shells
 def test_a_broken_python_first_on_path_does_not_matter(genv, sh):
     """Like `conda activate` or any environment switch: whatever python3 is
     first on PATH later, genv runs on the interpreter pinned at init."""

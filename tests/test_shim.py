@@ -11,13 +11,10 @@ import shutil
 
 import pytest
 
+from conftest import uuid
+
 # Every way nvidia-smi takes a selection; {} is the value.
 SPELLINGS = ["-i {}", "-i{}", "-i={}", "--id {}", "--id={}"]
-
-
-def uuid(index: int) -> str:
-    """The fake's UUID of GPU ``index``."""
-    return "GPU-%08x-5ee0-4c1a-9a3e-%012x" % (0x3f1e2d00 + index, 0xa100 + index)
 
 
 def bus(index: int) -> str:

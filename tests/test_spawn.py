@@ -2,21 +2,12 @@
 ``subprocess``; several queries side by side."""
 
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from genv import gpus, spawn  # noqa: E402
-from genv.errors import GenvError  # noqa: E402
-
-
-def alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            return handle.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
+from conftest import alive
+from genv import gpus, spawn
+from genv.errors import GenvError
 
 
 def test_run_gives_status_stdout_and_stderr():
@@ -182,6 +173,7 @@ def test_run_each_reaps_every_program_once():
     """Each program is waited for exactly once: none is left a zombie (in a
     fresh interpreter, whose only children are run_each's)."""
     import subprocess
+    import sys
 
     code = """if True:
         import os, sys

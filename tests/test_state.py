@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import UID, kill_quietly
+from conftest import UID, gone, kill_quietly
 
 FAULTS = ["before-write", "mid-write", "before-fsync", "before-rename", "after-rename", "before-unlock"]
 
@@ -354,6 +354,8 @@ def test_racing_attaches_never_share_a_gpu(genv, sleepers, racers):
         assert held == [0, 1, 2, 3]
         for pid in pids:
             kill_quietly(pid)
+        for pid in pids:  # SIGKILL takes effect when the process next runs
+            gone(pid)
         assert genv.cli("envs", "--json").stdout == b"[]\n"
 
 

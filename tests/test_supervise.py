@@ -12,14 +12,11 @@ as its command, and a nested lock never waits for its own parent.
 import os
 import signal
 import subprocess
-import sys
 import time
 
-import pexpect
 import pytest
 
-from conftest import kill_quietly, need, system_python
-from test_run import alive, assert_free, script, spawn, wait_for
+from conftest import alive, kill_quietly, script, spawn, system_python, until
 
 # Counts the signals it gets (all of them: INT, TERM, HUP, QUIT, USR1),
 # writes each one as it comes, and ends after ARGV[2] seconds.
@@ -79,7 +76,7 @@ class Supervised:
         self.proc = subprocess.Popen(argv, env=env, cwd=genv.work, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      start_new_session=new_session)
-        line = wait_for(lambda: next((x for x in lines(self.log) if x.startswith("ready")), None), 30, "the command")
+        line = until(lambda: next((x for x in lines(self.log) if x.startswith("ready")), None), "the command", 30)
         self.child = int(line.split()[1])
         assert int(line.split()[2]) == self.proc.pid
 
@@ -111,7 +108,7 @@ def test_a_signal_to_the_supervisor_reaches_the_command_once(genv, supervised, f
     job = supervised(front)
     number = getattr(signal, "SIG" + name)
     os.kill(job.proc.pid, number)
-    wait_for(lambda: got(job.log) == [number], 10, "SIG%s to reach the command" % name)
+    until(lambda: got(job.log) == [number], "SIG%s to reach the command" % name, 10)
     time.sleep(0.2)  # no second copy comes
     assert got(job.log) == [number]
     # The supervisor is still there, as long as the command runs.
@@ -192,7 +189,7 @@ def test_a_terminal_that_goes_away_hangs_up_the_command_once(genv, front):
             command = int(child.match.group(1))
         finally:
             child.close(force=False)  # the terminal goes away (its master side closes)
-        wait_for(lambda: not alive(command), 30, "the command to end")
+        until(lambda: not alive(command), "the command to end", 30)
         counts.append(got(log).count(signal.SIGHUP))
     assert counts == [1] * 8, counts
 
@@ -240,7 +237,7 @@ def test_the_command_never_runs_without_its_locks(genv, supervised, name):
     assert alive(job.child), "the command runs on"
     assert other.run("timeout 1 genv lock -- true").rc == 124, "and keeps the locks"
     kill_quietly(job.child)
-    wait_for(lambda: other.run("timeout 5 genv lock -- true").rc == 0, 15, "the locks to be free")
+    until(lambda: other.run("timeout 5 genv lock -- true").rc == 0, "the locks to be free", 15)
 
 
 def test_a_nested_lock_passes_and_never_waits_for_its_parent(genv):

@@ -3,20 +3,17 @@
 import os
 import time
 import subprocess
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from genv import environments as envs, jsonio, shell, table, text  # noqa: E402
-from genv.allocate import Refused, Request, allocate  # noqa: E402
-from genv.core import activation  # noqa: E402
-from genv.options import OptionalValue, parse  # noqa: E402
-from genv.errors import GenvError, UsageError  # noqa: E402
-from genv.gpus import parse_count, parse_query  # noqa: E402
-from genv.procs import ProcFS as Processes  # noqa: E402
-from genv.schema import upgrade, validate  # noqa: E402
+from genv import environments as envs, jsonio, shell, table, text
+from genv.allocate import Refused, Request, allocate
+from genv.core import activation
+from genv.errors import GenvError, UsageError
+from genv.gpus import parse_count, parse_query
+from genv.options import OptionalValue, parse
+from genv.procs import ProcFS as Processes
+from genv.schema import upgrade, validate
 
 
 @pytest.mark.parametrize("value", [
