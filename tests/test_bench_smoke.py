@@ -79,6 +79,7 @@ def test_bench_smoke(tmp_path):
     assert len(wait["latencies_ms"]) == 2 and all(latency > 0 for latency in wait["latencies_ms"])
     assert wait["methods"] == ["kill -9", "deactivate"]
     assert wait["idle_s"] >= 1 and wait["cpu_s"] >= 0 and wait["cpu_per_waiter_pct"] >= 0
+    assert abs(wait["cpu_total_pct"] - wait["cpu_per_waiter_pct"] * 2) < 1e-9
 
     # Issue 11: enforce and the monitor's scrape, with 4 environments (3
     # attached, each with a process) and 4 processes (1 unmanaged).
