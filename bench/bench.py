@@ -29,9 +29,10 @@ Scenarios (--only/--skip take these names):
   pack    (issue 10) N environments of mixed sizes attach at once onto 8
           mock GPUs of 80g (--pack); genv devices --json must show no GPU
           over-committed
-  wait    (issue 10) N terminals in 'attach --wait' while N holders hold all
-          N GPUs (--waiters): their CPU use over --idle seconds, then each
-          release (kill -9 and deactivate in turn) to the next attach
+  wait    (issues 10 and 16) N terminals in 'attach --wait' while N holders
+          hold all N GPUs (--waiters): their CPU use over --idle seconds (the
+          sum of their utime and stime, from /proc), then each release (kill
+          -9 of a holder's terminal and deactivate in turn) to the next attach
   admin   (issue 11) with N environments (real background terminals) and N
           GPU processes (--admin): 'genv enforce' (a dry run; exit 1 as it
           finds the unmanaged quarter of the processes) and one /metrics
@@ -728,7 +729,7 @@ def waiting(tool: Tool, waiters: int, idle: float) -> Dict[str, Any]:
         gpus = [row[1] for row in rows]
         measured = [latency for latency in latencies if latency is not None]
         ok = (len(rows) == waiters and len(measured) == waiters and "-" not in gpus and len(set(gpus)) == waiters)
-        return {"waiters": waiters, "idle_s": interval, "cpu_s": cpu,
+        return {"waiters": waiters, "idle_s": interval, "cpu_s": cpu, "cpu_total_pct": cpu / interval * 100,
                 "cpu_per_waiter_pct": cpu / interval / waiters * 100, "latencies_ms": latencies,
                 "methods": methods, "attached": len(rows), "ok": ok,
                 "latency_median_ms": median(measured), "latency_max_ms": max(measured) if measured else None}
@@ -1358,8 +1359,8 @@ def main() -> int:
                         help="environments of mixed sizes packed onto 8 mock GPUs of 80g (default 100; 0 skips)")
     parser.add_argument("--waiters", type=int, default=16,
                         help="terminals waiting in line with 'attach --wait' (default 16; 0 skips)")
-    parser.add_argument("--idle", type=float, default=4.0,
-                        help="seconds over which the waiters' CPU use is measured (default 4)")
+    parser.add_argument("--idle", type=float, default=10.0,
+                        help="seconds over which the waiters' CPU use is measured (default 10)")
     parser.add_argument("--admin", default="100",
                         help="environments and GPU processes (as many of each) for enforce and the monitor's "
                              "scrape (default 100; a comma list; 0 skips)")
@@ -1635,8 +1636,8 @@ def report(results: Dict[str, Dict[str, Any]], tools: List[Tool], python: str, e
             wait["waiters"], _num(wait["latency_median_ms"], "%.0f"), _num(wait["latency_max_ms"], "%.0f"),
             ", ".join("%s: median %.0f, worst %.0f" % (method, median(values), max(values))  # type: ignore[str-format]
                       for method, values in by.items()), wait["attached"], wait["waiters"]))
-        print("| wait_%d (CPU while waiting) | %.3f s over %.1f s: %.2f%% of a core per waiter |" % (
-            wait["waiters"], wait["cpu_s"], wait["idle_s"], wait["cpu_per_waiter_pct"]))
+        print("| wait_%d (CPU while waiting) | %.3f s over %.1f s: %.2f%% of one core in all (%.3f%% per waiter) |" % (
+            wait["waiters"], wait["cpu_s"], wait["idle_s"], wait["cpu_total_pct"], wait["cpu_per_waiter_pct"]))
         checks_ok = checks_ok and wait["ok"]
     procs = extras.get("procs") or {}
     if procs:
@@ -1743,8 +1744,10 @@ def report(results: Dict[str, Dict[str, Any]], tools: List[Tool], python: str, e
         target("packing: GPUs over-committed or shared while held whole (target 0)",
                pack["over_committed"] + pack["whole_shared"], 0)
     if wait:
-        target("waiting: release to the next waiter's attach, worst ms (target <= 1000)", wait["latency_max_ms"], 1000)
-        target("waiting: CPU while waiting, % of one core per waiter (target <= 1)", wait["cpu_per_waiter_pct"], 1)
+        target("waiting: a release (or a killed holder) to the next waiter's attach, worst ms (target <= 250)",
+               wait["latency_max_ms"], 250)
+        target("waiting: CPU of %d waiters while waiting, %% of one core in all (target <= 1)" % wait["waiters"],
+               wait["cpu_total_pct"], 1)
     if admin_counts:
         at = ",".join(str(n) for n in admin_counts)
         worst = [ours.get("enforce_net_%d" % n) for n in admin_counts]

@@ -20,9 +20,14 @@ The rules (docs/sharing.md says the same for users):
   GPUs stay free for those who need them.
 - ``indices`` asks for exactly those GPUs: all of them or nothing.
 - The line is first come, first served: each request waiting ahead, in
-  order, keeps what it could take now (even when that is not yet all it
-  needs, so that big requests are not starved by small ones), and a later
-  request takes only what is left.
+  order, keeps as many GPUs as it asks for: first those it could take now
+  (placed as above), then, of the GPUs no earlier request keeps so, the
+  ones where the least memory must be given back before it fits (GPUs that
+  processes outside genv keep busy last, then the lowest index), held for
+  it as they drain. A later request takes no memory on a GPU kept for a
+  request ahead as it drains (an environment keeps what it holds there,
+  no more); it takes what is left elsewhere. So big requests are not
+  starved by small ones, nor whole GPUs by a stream of shares.
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ class _Holder:
 class _Gpu:
     """One GPU as this decision sees it: what holds it, what is left."""
 
-    __slots__ = ("index", "uuid", "total", "holders", "busy", "kept")
+    __slots__ = ("index", "uuid", "total", "holders", "busy", "claims", "draining")
 
     def __init__(self, device: Dict[str, Any]) -> None:
         self.index: int = device["index"]
@@ -90,7 +95,8 @@ class _Gpu:
         self.total: Optional[int] = device.get("total")
         self.holders: List[_Holder] = []
         self.busy: List[str] = []
-        self.kept = 0  # holders that are waiters' claims
+        self.claims: List[Env] = []  # the requests waiting ahead in line that keep (some of) it
+        self.draining = False  # kept for a request ahead until enough of what holds it is given back
 
     def whole(self) -> Optional[_Holder]:
         return next((holder for holder in self.holders if holder.memory is None), None)
@@ -101,11 +107,13 @@ class _Gpu:
     def free(self) -> Optional[int]:
         return None if self.total is None else self.total - self.shared()
 
-    def takes(self, request: Request, held: bool = False) -> bool:
+    def takes(self, request: Request, held: bool = False, covered: bool = False) -> bool:
         """Whether this GPU can take the request now (ignoring the count).
         ``held``: the environment holds it already, and keeps it even if a
-        process outside genv moved onto it meanwhile."""
-        if (self.busy and not held) or self.whole() is not None:
+        process outside genv moved onto it meanwhile. ``covered``: it holds
+        it already with at least what the request asks there, and keeps it
+        even if it is kept for a request ahead as it drains."""
+        if (self.busy and not held) or (self.draining and not covered) or self.whole() is not None:
             return False
         if request.memory is None:
             return not self.holders
@@ -126,6 +134,20 @@ def _key(gpu: _Gpu, request: Request) -> Tuple[int, int, int, int]:
     return (0 if fits else 1, 0 if gpu.holders else 1, left, gpu.index)
 
 
+def _drain(gpu: _Gpu, request: Request) -> Optional[int]:
+    """How much memory must be given back on ``gpu`` before ``request``
+    fits there (a GPU held whole: all of it); None if it never fits there."""
+    size = gpu.total if gpu.total is not None else 1 << 62  # unknown: as if huge, all of it must go
+    held = sum(size if holder.memory is None else holder.memory for holder in gpu.holders)
+    if request.memory is None or gpu.whole() is not None or gpu.total is None:
+        return held  # a whole GPU, a GPU held whole, a share of a GPU of unknown size: when nobody is left
+    if request.over_subscribe:
+        return 0
+    if request.memory > gpu.total:
+        return None
+    return max(0, held + request.memory - gpu.total)
+
+
 def _board(users: Users, machine: Sequence[Dict[str, Any]], busy: Dict[int, List[str]],
            exclude: Optional[Env]) -> Dict[int, _Gpu]:
     from .environments import holdings
@@ -139,16 +161,20 @@ def _board(users: Users, machine: Sequence[Dict[str, Any]], busy: Dict[int, List
     return board
 
 
-def _place(board: Dict[int, _Gpu], request: Request, keep: Sequence[int], partial: bool) -> List[int]:
+def _place(board: Dict[int, _Gpu], request: Request, keep: Sequence[int], partial: bool,
+           covered: Sequence[int] = ()) -> List[int]:
     """The GPUs the request would take now; fewer than asked only if
-    ``partial`` (otherwise an empty list means no)."""
+    ``partial`` (otherwise an empty list means no). ``keep``: the GPUs the
+    environment holds; ``covered``: those of them where it holds at least
+    what the request asks."""
     if request.indices is not None:
         chosen = [index for index in request.indices
-                  if index in board and board[index].takes(request, held=index in keep)]
+                  if index in board and board[index].takes(request, held=index in keep, covered=index in covered)]
         if len(chosen) == len(request.indices) or partial:
             return chosen
         return []
-    kept = [index for index in sorted(keep) if index in board and board[index].takes(request, held=True)]
+    kept = [index for index in sorted(keep)
+            if index in board and board[index].takes(request, held=True, covered=index in covered)]
     rest = sorted((gpu for gpu in board.values() if gpu.index not in kept and gpu.takes(request)),
                   key=lambda gpu: _key(gpu, request))
     chosen = kept[: request.count] + [gpu.index for gpu in rest][: max(0, request.count - len(kept))]
@@ -173,8 +199,64 @@ def place(gpus: Sequence[Tuple[int, Optional[int], Sequence[Optional[int]], bool
     return _place(board, request, [], partial=False)
 
 
-def _held_by(env: Env, board: Dict[int, _Gpu]) -> List[int]:
-    return [index for index, gpu in board.items() if any(holder.env is env for holder in gpu.holders)]
+def _held_by(env: Env, board: Dict[int, _Gpu]) -> Dict[int, Optional[int]]:
+    """The GPUs ``env`` holds on the board: index -> its share there (None: whole)."""
+    return {index: holder.memory for index, gpu in board.items() for holder in gpu.holders if holder.env is env}
+
+
+def _covers(held: Optional[int], request: Request) -> bool:
+    """Whether holding ``held`` (a share, None: the whole GPU) on a GPU is at
+    least what ``request`` asks there."""
+    return held is None or (request.memory is not None and request.memory <= held)
+
+
+def _claim(board: Dict[int, _Gpu], waiter: Waiter) -> None:
+    """A request ahead in line keeps its GPUs on the board: those it could
+    take now, then as many as it still needs of those that will fit it as
+    they drain (see the module's doc)."""
+    request = waiter.request
+    own = _held_by(waiter.env, board)
+    for index in own:  # a waiter re-places its own GPUs too
+        board[index].holders = [h for h in board[index].holders if h.env is not waiter.env]
+    covered = [index for index, held in own.items() if _covers(held, request)]
+    claim = _place(board, request, list(own), partial=True, covered=covered)
+    missing = request.count - len(claim)
+    if missing > 0:
+        pool = request.indices if request.indices is not None else sorted(board)
+        ranked = []
+        for index in pool:
+            gpu = board.get(index)
+            if gpu is None or index in claim or gpu.draining:
+                continue
+            drain = _drain(gpu, request)
+            if drain is not None:
+                ranked.append((bool(gpu.busy), drain, index))
+        for _, _, index in sorted(ranked)[:missing]:
+            board[index].draining = True
+            board[index].claims.append(waiter.env)
+    for index in set(own) | set(claim):
+        board[index].holders.append(_Holder(waiter.uid, waiter.env, request.memory))
+        if index not in own:
+            board[index].claims.append(waiter.env)
+
+
+def unmeetable(request: Request, machine: Sequence[Dict[str, Any]]) -> Optional[str]:
+    """Why this machine could not meet ``request`` even with every GPU
+    free (None: it could): more GPUs than it has, a GPU it does not have, a
+    share larger than its largest GPU."""
+    if request.indices is not None:
+        missing = [index for index in request.indices if index not in {d["index"] for d in machine}]
+        if missing:
+            return "cannot attach GPU %d: this machine has no such GPU (it has %d)" % (missing[0], len(machine))
+    elif request.count > len(machine):
+        return "cannot attach %d GPU%s: this machine has %d" % (
+            request.count, "" if request.count == 1 else "s", len(machine))
+    if request.memory is not None and not request.over_subscribe:
+        sizes = [d["total"] for d in machine if d.get("total") is not None]
+        if sizes and request.memory > max(sizes):
+            return ("cannot attach a share of %s: the largest GPU here has %s (use --over-subscribe to share it "
+                    "anyway)" % (_size(request.memory), _size(max(sizes))))
+    return None
 
 
 def allocate(users: Users, env: Env, machine: Sequence[Dict[str, Any]], request: Request, now: float,
@@ -183,41 +265,24 @@ def allocate(users: Users, env: Env, machine: Sequence[Dict[str, Any]], request:
     """The reservations ``env`` should have for ``request``: kept ones keep
     their attach time, new ones get ``now``. Raises Refused. Pure."""
     count = request.count
-    plural = "" if count == 1 else "s"
-    if request.indices is not None:
-        missing = [index for index in request.indices if index not in {d["index"] for d in machine}]
-        if missing:
-            raise Impossible("cannot attach GPU %d: this machine has no such GPU (it has %d)"
-                             % (missing[0], len(machine)))
-    elif count > len(machine):
-        raise Impossible("cannot attach %d GPU%s: this machine has %d" % (count, plural, len(machine)))
-    if request.memory is not None and not request.over_subscribe:
-        sizes = [d["total"] for d in machine if d.get("total") is not None]
-        if sizes and request.memory > max(sizes):
-            raise Impossible("cannot attach a share of %s: the largest GPU here has %s (use --over-subscribe to "
-                             "share it anyway)" % (_size(request.memory), _size(max(sizes))))
+    why = unmeetable(request, machine)
+    if why is not None:
+        raise Impossible(why)
     # The environment's own GPUs are on the board while the requests ahead
     # in line are placed: they are its own, not free for those requests.
     board = _board(users, machine, busy or {}, None)
-    # Requests ahead in line keep what they could take now.
+    # Requests ahead in line keep their GPUs, in order.
     for waiter in ahead:
-        if waiter.env is env:
-            continue
-        own = _held_by(waiter.env, board)
-        for index in own:  # a waiter re-places its own GPUs too
-            board[index].holders = [h for h in board[index].holders if h.env is not waiter.env]
-        claim = _place(board, waiter.request, own, partial=True)
-        for index in set(own) | set(claim):
-            memory = waiter.request.memory
-            board[index].holders.append(_Holder(waiter.uid, waiter.env, memory))
-            if index not in own:
-                board[index].kept += 1
+        if waiter.env is not env:
+            _claim(board, waiter)
+    own = _held_by(env, board)
     for gpu in board.values():  # then they are this request's to keep
         gpu.holders = [holder for holder in gpu.holders if holder.env is not env]
     current = {reserved["index"]: reserved for reserved in env["devices"]}
-    chosen = _place(board, request, list(current), partial=False)
+    chosen = _place(board, request, list(current), partial=False,
+                    covered=[index for index, held in own.items() if _covers(held, request)])
     if not chosen and count > 0:
-        keeping = {id(h.env) for gpu in board.values() for h in gpu.holders[len(gpu.holders) - gpu.kept:]}
+        keeping = {id(claimant) for gpu in board.values() for claimant in gpu.claims}
         raise Refused(_why(board, request, describe, len(keeping)))
     result = []
     for index in sorted(chosen):
@@ -260,7 +325,7 @@ def _why(board: Dict[int, _Gpu], request: Request, describe: Callable[[int], str
             label = "GPU %d" % index
             if gpu.busy:
                 return "cannot attach %s: it is busy outside genv (%s)" % (label, ", ".join(gpu.busy))
-            if gpu.kept:
+            if gpu.claims:
                 return "cannot attach %s: it is kept for a request waiting ahead in line" % label
             if whole is not None:
                 return "cannot attach %s: it is held by %s" % (label, _holder_text(whole, describe))
@@ -282,7 +347,7 @@ def _why(board: Dict[int, _Gpu], request: Request, describe: Callable[[int], str
     if busy:
         notes.append("busy outside genv: %s" % "; ".join(
             "GPU %d (%s)" % (gpu.index, ", ".join(gpu.busy)) for gpu in sorted(busy, key=lambda g: g.index)))
-    kept = sum(1 for gpu in board.values() if gpu.kept)
+    kept = sum(1 for gpu in board.values() if gpu.claims)
     if kept:
         notes.append("%d GPU%s kept for %d request%s waiting ahead in line" % (
             kept, " is" if kept == 1 else "s are", waiting, "" if waiting == 1 else "s"))

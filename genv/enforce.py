@@ -14,7 +14,12 @@ policy it returns the violations, each with the process to act on:
   processes is reported with no process to act on);
 - **conflict**: a GPU held whole by two environments, or whole by one and
   shared by others, which genv never hands out (somebody wrote their own
-  state file): the processes on it of every holder but the first.
+  state file): the processes on it of every holder but the first;
+- **line**: a place in the line of waiters that does not count (its
+  process is not waiting in genv, or it asks for more than the owner's caps
+  or the machine allow: written by hand, see ``environments.places``),
+  reported with no process to act on (a waiter stopped with Ctrl-Z breaks
+  no rule: it waits again when continued).
 
 Never chosen: processes of exempt users or with exempt names, PID 1, and any
 process that cannot be attributed safely (it exited, its PID was reused, or
@@ -34,12 +39,13 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from .attribution import Process
     from .policy import Policy
 
-RULES = ("unmanaged", "misplaced", "conflict", "over-cap", "over-share")
+RULES = ("unmanaged", "misplaced", "conflict", "over-cap", "over-share", "line")
 
 
 class Violation:
-    """A rule broken, by a process (or, for over-cap, possibly by an
-    environment with no process to act on: ``process`` is None)."""
+    """A rule broken, by a process (or, for over-cap, possibly, and for
+    line, always by an environment with no process to act on: ``process``
+    is None)."""
 
     __slots__ = ("rule", "process", "detail", "uid", "env")
 
@@ -120,8 +126,11 @@ def _conflicts(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], m
 
 
 def decide(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machine: Any, policy: Policy,
-           user: Callable[[int], str]) -> List[Violation]:
-    """The violations, one per process (its first rule in RULES order)."""
+           user: Callable[[int], str], places: Sequence[Tuple[int, Dict[str, Any], str]] = ()) -> List[Violation]:
+    """The violations, one per process (its first rule in RULES order).
+    ``places``: ``environments.places`` (uid, env, whether it counts or why not)."""
+    from .environments import STOPPED, WAITING
+
     safe = [p for p in processes
             if p.known and p.uid is not None and p.pid != 1 and p.token is not None
             and not policy.exempt(user(p.uid), p.program)]
@@ -136,17 +145,27 @@ def decide(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machi
     found += [v for v in _over_cap(safe, users, machine, policy, user)
               if v.uid is None or user(v.uid) not in policy.exempt_users]
     found += _over_share(safe)
+    for uid, env, why in places:
+        if why not in (WAITING, STOPPED) and user(uid) not in policy.exempt_users:
+            found.append(Violation("line", None, "a place in line for %s that does not count: %s"
+                                   % (_asked(env["waiting"]), why), uid, env))
     seen = set()
     result = []
     for violation in found:
         p = violation.process
-        key = (p.pid, p.gpu) if p is not None else (-1, id(violation.env))
+        key: Tuple[Any, ...] = (p.pid, p.gpu) if p is not None else (violation.rule, id(violation.env))
         if key not in seen:
             seen.add(key)
             result.append(violation)
     result.sort(key=lambda v: (RULES.index(v.rule), (v.process.gpu if v.process.gpu is not None else -1)
                                if v.process else -2, v.process.pid if v.process else -1))
     return result
+
+
+def _asked(waiting: Dict[str, Any]) -> str:
+    if waiting["indices"]:
+        return "GPU %s" % ",".join(map(str, waiting["indices"]))
+    return "%d GPU%s" % (waiting["count"], "" if waiting["count"] == 1 else "s")
 
 
 def _gpu(process: Process) -> str:

@@ -67,27 +67,42 @@ def prune(users: Users, processes: Any, holders_only: bool = False) -> Set[int]:
     return changed
 
 
+WAITING_NAME = "genv-waiting"
+"""The name (``/proc/<pid>/comm``) a process has while it waits in line in
+genv's code (``core.waitline``): anyone can read it, as the kernel keeps it."""
+
+WAITING = "waiting"
+STOPPED = "stopped"
+"""What ``places`` says of a real waiter's place: its process waits (the
+place counts), or is stopped (Ctrl-Z: it counts again once continued)."""
+
+
 def waiter_ok(waiting: Dict[str, Any], uid: int, processes: Any) -> bool:
-    """A place in line counts while its waiting process lives and belongs to
-    the environment's owner: a user who writes somebody else's process
-    (say init) into their own file holds no place."""
+    """A place in line is kept while its waiting process lives and belongs
+    to the environment's owner: a user who writes somebody else's process
+    (say init) into their own file holds no place. (Whether a kept place
+    counts: ``places``.)"""
     return bool(processes.alive(waiting["pid"], waiting["token"]) and processes.uid(waiting["pid"]) == uid)
 
 
-def arrival(waiting: Dict[str, Any], processes: Any) -> float:
+def arrival(waiting: Dict[str, Any], processes: Any, now: Optional[float] = None) -> float:
     """When a (live, checked) waiter joined the line, on the process clock
     (``processes.clock()``: seconds since boot, which a wall-clock step does
     not move): ``arrived`` as its owner's file says (older records: ``since``,
     converted), but never before its waiting process started, so that a user
     who edits their own file cannot move ahead of anyone who joined after
-    that process started."""
+    that process started, and never after ``now`` (default: the clock now),
+    so that a time in the future puts a place last, not beyond reach."""
+    if now is None:
+        now = processes.clock()
     arrived = waiting.get("arrived")
     if arrived is None:
         import time
 
-        arrived = float(waiting["since"]) - time.time() + processes.clock()
+        arrived = float(waiting["since"]) - time.time() + now
+    arrived = min(float(arrived), now)
     started = processes.started(waiting["pid"])
-    return started if started is not None and arrived < started else float(arrived)
+    return started if started is not None and arrived < started else arrived
 
 
 def live_view(users: Users, processes: Any) -> Users:
@@ -212,21 +227,63 @@ def holdings(users: Users, machine: Sequence[Dict[str, Any]],
     return result
 
 
-def line(users: Users, processes: Any) -> List[Tuple[int, Env]]:
-    """The environments waiting for GPUs (``attach --wait``), first come
-    first: by when they joined the line (``arrival``; joined under the lock,
-    so in order), then by owner and id. ``users`` already pruned (every
-    waiter checked)."""
-    waiting = [(arrival(env["waiting"], processes), uid, env["id"], env)
-               for uid in users for env in users[uid]["envs"] if env.get("waiting")]
+def places(users: Users, processes: Any,
+           judge: Optional[Callable[[int, Env], Optional[str]]] = None) -> List[Tuple[int, Env, str]]:
+    """Every place in line, whether it counts and why not: (uid, env,
+    ``WAITING``, ``STOPPED`` or why it does not count). ``users`` already
+    pruned (every place's process lives and is its owner's). A place counts
+    only as a real waiter would: while the kernel says its process runs
+    genv's waiting code (named ``WAITING_NAME``, which genv's waiter takes
+    while it waits and gives back after) and no other place names the same
+    process; ``STOPPED`` while that process is stopped (Ctrl-Z: it holds up
+    nobody until it runs again). ``judge`` (uid, env -> why not, or None)
+    says whether the request is one that joining the line would have let
+    wait: within the owner's caps and what the machine has."""
+    found = [(uid, env) for uid in sorted(users) for env in users[uid]["envs"] if env.get("waiting")]
+    pids: Dict[int, int] = {}
+    for _, env in found:
+        pid = env["waiting"]["pid"]
+        pids[pid] = pids.get(pid, 0) + 1
+    result = []
+    for uid, env in found:
+        pid = env["waiting"]["pid"]
+        why: Optional[str] = None
+        if processes.names and processes.name(pid) != WAITING_NAME:
+            why = "its process (pid %d) is not waiting in genv" % pid
+        elif pids[pid] > 1:
+            why = "its process (pid %d) is named by another place in line too" % pid
+        elif judge is not None:
+            why = judge(uid, env)
+        if why is None:
+            why = STOPPED if processes.state(pid) in ("T", "t") else WAITING
+        result.append((uid, env, why))
+    return result
+
+
+def line(users: Users, processes: Any,
+         judge: Optional[Callable[[int, Env], Optional[str]]] = None) -> List[Tuple[int, Env]]:
+    """The environments waiting for GPUs (``attach --wait``) whose places
+    count now (``places``: stopped ones do not), first come first: by when
+    they joined the line (``arrival``; joined under the lock, so in order),
+    then by facts no user chooses: when the waiting process started, its
+    PID. ``users`` already pruned (every waiter checked)."""
+    now = processes.clock()
+    waiting = []
+    for uid, env, why in places(users, processes, judge):
+        if why == WAITING:
+            pid = env["waiting"]["pid"]
+            started = processes.started(pid)
+            waiting.append((arrival(env["waiting"], processes, now), started if started is not None else now, pid,
+                            uid, env))
     waiting.sort(key=lambda item: item[:3])
-    return [(uid, env) for _, uid, _, env in waiting]
+    return [(uid, env) for _, _, _, uid, env in waiting]
 
 
-def ahead_of(users: Users, env: Env, processes: Any) -> List[Tuple[int, Env]]:
+def ahead_of(users: Users, env: Env, processes: Any,
+             judge: Optional[Callable[[int, Env], Optional[str]]] = None) -> List[Tuple[int, Env]]:
     """The requests in line before ``env``'s: all of them for a request that
     is not in line (it came later than every one that is)."""
-    queue = line(users, processes)
+    queue = line(users, processes, judge)
     for position, (_, other) in enumerate(queue):
         if other is env:
             return queue[:position]

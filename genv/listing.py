@@ -23,7 +23,8 @@ def mib(value: Optional[int]) -> Optional[int]:
     return None if value is None else value >> 20
 
 
-def env_doc(uid: int, env: Env, user: Callable[[int], str]) -> Doc:
+def env_doc(uid: int, env: Env, user: Callable[[int], str], facts: Any) -> Doc:
+    """One environment; ``facts`` (``procs``) says whether its waiter is stopped."""
     from .environments import indices
 
     config = env["config"]
@@ -37,16 +38,19 @@ def env_doc(uid: int, env: Env, user: Callable[[int], str]) -> Doc:
         "created": env["created"],
         "pids": [terminal["pid"] for terminal in env["terminals"]],
         "devices": indices(env),
-        "waiting": waiting_doc(env.get("waiting")),
+        "waiting": waiting_doc(env.get("waiting"), facts),
     }
 
 
-def waiting_doc(waiting: Optional[Dict[str, Any]]) -> Optional[Doc]:
-    """An environment's place in the line of ``attach --wait``, or None."""
+def waiting_doc(waiting: Optional[Dict[str, Any]], facts: Any) -> Optional[Doc]:
+    """An environment's place in the line of ``attach --wait``, or None;
+    ``stopped``: its waiting process is stopped (Ctrl-Z), and holds up
+    nobody until it runs again."""
     if not waiting:
         return None
     return {"since": waiting["since"], "pid": waiting["pid"], "count": waiting["count"],
-            "memory": mib(waiting["memory"]), "indices": waiting["indices"]}
+            "memory": mib(waiting["memory"]), "indices": waiting["indices"],
+            "stopped": facts.state(waiting["pid"]) in ("T", "t")}
 
 
 def process_doc(process: Process, user: Callable[[int], str]) -> Doc:
@@ -65,10 +69,10 @@ def process_doc(process: Process, user: Callable[[int], str]) -> Doc:
     }
 
 
-def envs_docs(users: Users, user: Callable[[int], str]) -> List[Doc]:
+def envs_docs(users: Users, user: Callable[[int], str], facts: Any) -> List[Doc]:
     rows = [(uid, env) for uid in sorted(users) for env in users[uid]["envs"]]
     rows.sort(key=lambda row: (row[1]["created"], row[1]["id"]))
-    return [env_doc(uid, env, user) for uid, env in rows]
+    return [env_doc(uid, env, user, facts) for uid, env in rows]
 
 
 def devices_docs(users: Users, machine: Sequence[Dict[str, Any]], used: Dict[int, Optional[int]],
@@ -111,8 +115,8 @@ def ps_docs(processes: Sequence[Process], user: Callable[[int], str]) -> List[Do
     return [process_doc(process, user) for process in ordered]
 
 
-def status_doc(uid: int, env: Env, processes: Sequence[Process], user: Callable[[int], str]) -> Doc:
-    doc = env_doc(uid, env, user)
+def status_doc(uid: int, env: Env, processes: Sequence[Process], user: Callable[[int], str], facts: Any) -> Doc:
+    doc = env_doc(uid, env, user, facts)
     doc["active"] = True
     doc["processes"] = [process_doc(p, user) for p in processes if p.env is env]
     return doc

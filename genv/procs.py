@@ -80,6 +80,10 @@ class ProcFS:
     """Answers questions about processes for one command, from /proc, and
     remembers the answers (a command sees one consistent picture)."""
 
+    names = True
+    """Whether ``name`` is the kernel's name of the process, which a process
+    sets for itself (Linux: ``/proc/<pid>/comm``)."""
+
     def __init__(self) -> None:
         boot = boot_id()
         # Eight hex digits of the random boot id tell this boot from earlier
@@ -90,7 +94,7 @@ class ProcFS:
             self._proc_fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             pass
-        self._stat: Dict[int, Optional[Tuple[str, int, float]]] = {}
+        self._stat: Dict[int, Optional[Tuple[str, int, float, str]]] = {}
         self._uid: Dict[int, Optional[int]] = {}
 
     def close(self) -> None:
@@ -108,8 +112,8 @@ class ProcFS:
 
     # -- identity and liveness --
 
-    def _stat_of(self, pid: int) -> Optional[Tuple[str, int, float]]:
-        """(state, parent pid, start ticks) of a process, None if there is none."""
+    def _stat_of(self, pid: int) -> Optional[Tuple[str, int, float, str]]:
+        """(state, parent pid, start ticks, name) of a process, None if there is none."""
         if pid in self._stat:
             return self._stat[pid]
         result = None
@@ -121,10 +125,12 @@ class ProcFS:
                 # The command name (field 2) may hold spaces and parentheses:
                 # split after its closing parenthesis. Then field 3 is the
                 # state, field 4 the parent and field 22 the start time.
-                fields = data[data.rfind(b")") + 2 :].split(None, 20)
+                end = data.rfind(b")")
+                fields = data[end + 2 :].split(None, 20)
                 if len(fields) >= 20:
                     try:
-                        result = (fields[0].decode("ascii"), int(fields[1]), int(fields[19]))
+                        name = data[data.find(b"(") + 1 : end].decode("utf-8", "surrogateescape")
+                        result = (fields[0].decode("ascii"), int(fields[1]), int(fields[19]), name)
                     except ValueError:
                         result = None
         self._stat[pid] = result
@@ -139,6 +145,19 @@ class ProcFS:
 
     def alive(self, pid: int, token: str) -> bool:
         return self.token(pid) == token
+
+    def state(self, pid: int) -> Optional[str]:
+        """The process's state as the kernel gives it (``R``, ``S``, ``T``
+        stopped, ``t`` stopped by a tracer, ``Z`` ...), None if there is none."""
+        found = self._stat_of(pid)
+        return None if found is None else found[0]
+
+    def name(self, pid: int) -> Optional[str]:
+        """The name the kernel keeps for the process (``comm``: its
+        program's name, up to 15 bytes, or what it set since); None if
+        there is no such process."""
+        found = self._stat_of(pid)
+        return None if found is None else found[3]
 
     def started_before(self, pid: int, mark: float) -> Optional[bool]:
         """Whether the process started before ``mark`` (a ``clock()`` value);
@@ -256,6 +275,7 @@ class Psutil(ProcFS):
         boot = boot_id()
         if boot is not None:
             self._boot = boot[:8]
+        self.names = boot is not None  # elsewhere a process cannot name itself as genv does
         self._boot_time = self._psutil.boot_time()
         self._stat = {}
         self._uid = {}
@@ -270,7 +290,7 @@ class Psutil(ProcFS):
                 self._processes[pid] = None
         return self._processes[pid]
 
-    def _stat_of(self, pid: int) -> Optional[Tuple[str, int, float]]:
+    def _stat_of(self, pid: int) -> Optional[Tuple[str, int, float, str]]:
         if pid in self._stat:
             return self._stat[pid]
         result = None
@@ -280,8 +300,10 @@ class Psutil(ProcFS):
             try:
                 with process.oneshot():
                     status, ppid, created = process.status(), process.ppid(), process.create_time()
-                state = "Z" if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD) else "R"
-                result = (state, ppid, created)
+                    name = process.name()
+                state = {psutil.STATUS_ZOMBIE: "Z", psutil.STATUS_DEAD: "Z", psutil.STATUS_STOPPED: "T",
+                         psutil.STATUS_TRACING_STOP: "t"}.get(status, "R")
+                result = (state, ppid, created, name)
             except (psutil.Error, ValueError):
                 result = None
         self._stat[pid] = result

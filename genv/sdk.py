@@ -411,7 +411,7 @@ def status() -> Dict[str, Any]:
         return {"active": False}
     with _quiet(), Session(ctx, listing=True, observe=True, details=True) as session:
         owner, env = session.env(ctx.eid)
-        return status_doc(owner, env, session.attributed(), ctx.user)
+        return status_doc(owner, env, session.attributed(), ctx.user, session.processes)
 
 
 def envs() -> List[Dict[str, Any]]:
@@ -421,7 +421,7 @@ def envs() -> List[Dict[str, Any]]:
 
     ctx = _context()
     with _quiet(), Session(ctx, listing=True) as session:
-        return envs_docs(session.users, ctx.user)
+        return envs_docs(session.users, ctx.user, session.processes)
 
 
 def devices() -> List[Dict[str, Any]]:

@@ -98,6 +98,7 @@ def test_bench_smoke_sharing(tmp_path):
     assert len(wait["latencies_ms"]) == 2 and all(latency > 0 for latency in wait["latencies_ms"])
     assert wait["methods"] == ["kill -9", "deactivate"]
     assert wait["idle_s"] >= 0.5 and wait["cpu_s"] >= 0 and wait["cpu_per_waiter_pct"] >= 0
+    assert abs(wait["cpu_total_pct"] - wait["cpu_per_waiter_pct"] * 2) < 1e-9
 
 
 def test_bench_smoke_admin_run_and_kernels(tmp_path):

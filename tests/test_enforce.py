@@ -795,6 +795,74 @@ def test_over_share_stops_the_biggest_until_the_rest_fits(genv, world):
     assert all(pid not in docs for pid in small)
 
 
+def named_waiter(world, user):
+    """A process of ``user`` that names itself as genv's waiter does (any
+    user can run genv's own code, or set that name)."""
+    from conftest import system_python
+
+    pid = world.outside(user=user, argv=[system_python(), "-I", "-S", "-c",
+                                         "open('/proc/self/comm', 'w').write('genv-waiting')\n"
+                                         "import time\ntime.sleep(613)"])
+    until(lambda: procs.processes().name(pid) == "genv-waiting", "the name")
+    return pid
+
+
+def test_a_forged_place_counts_only_as_a_real_waiter_would(genv, world, capped, other_user):
+    """Issue 16, item 3: a place whose process waits in genv (named so in
+    the kernel) counts, but only as a real ``attach --wait`` of its owner
+    would: within the owner's caps and what the machine has. One beyond
+    them holds up nobody, and enforce reports it (rule ``line``)."""
+    from test_sharing import rewrite_as
+
+    capped({"default": {"max_gpus": 2}})
+    waiters = [named_waiter(world, other_user) for _ in range(3)]
+    shells = [genv.shell("bash", user=other_user) for _ in range(3)]
+    for shell in shells:
+        shell.ok("genv activate --no-attach")
+    ids = [shell.var("GENV_ENVIRONMENT_ID") for shell in shells]
+
+    def places(*counts):
+        def change(data):
+            for env in data["envs"]:
+                if env["id"] in ids:
+                    n = ids.index(env["id"])
+                    pid = waiters[n]
+                    env["waiting"] = None if counts[n] is None else {
+                        "pid": pid, "token": procs.processes().token(pid), "since": time.time() - 60,
+                        "arrived": time.clock_gettime(time.CLOCK_BOOTTIME) - 60, "count": counts[n],
+                        "memory": None, "indices": None, "over_subscribe": False}
+        rewrite_as(genv, other_user.pw_uid, change)
+
+    root = genv.shell("bash")
+    root.ok("genv activate --no-attach")
+    # Within the cap: it counts, as a real waiter for 2 GPUs would.
+    places(2, None, None)
+    result = root.run("genv attach --count 3")
+    assert result.rc == 1 and "2 GPUs are kept for 1 request waiting ahead in line" in result.err, result
+    root.ok("genv attach --count 2")
+    assert gpu_of(root) == "2,3"
+    rc, out, _ = run_enforce(genv, "--format", "json")
+    assert (rc, json.loads(out)) == (0, []), out
+    root.ok("genv detach")
+    # A process that does not wait in genv (the user's shell), over the cap,
+    # more than the machine has: nothing.
+    waiters[0] = shells[0].pid
+    places(1, 4, 5)
+    root.ok("genv attach --count 4")
+    assert gpu_of(root) == "0,1,2,3"
+    rc, out, _ = run_enforce(genv, "--format", "json")
+    found = {doc["env_id"]: doc for doc in json.loads(out)}
+    assert rc == 1 and sorted(found) == sorted(ids), out
+    for doc in found.values():
+        assert (doc["rule"], doc["pid"], doc["gpu"], doc["user"], doc["outcome"]) == (
+            "line", None, None, "genvtest", "no process to stop"), doc
+    assert "over the cap max_gpus = 2" in found[ids[1]]["detail"], found
+    assert "this machine has 4" in found[ids[2]]["detail"], found
+    assert "its process (pid %d) is not waiting in genv" % shells[0].pid in found[ids[0]]["detail"], found
+    rc, out, _ = run_enforce(genv)
+    assert [row["RULE"] for row in columns(out)] == ["line"] * 3 and rc == 1, out
+
+
 # === 4. genv enforce --kill ======================================================
 
 
@@ -1317,5 +1385,5 @@ def test_help_describes_enforce(genv):
     out = result.stdout.decode()
     assert result.returncode == 0, result
     for word in ("--kill", "--grace", "--interval", "--format", "unmanaged", "misplaced", "over-share", "over-cap",
-                 "Exit status"):
+                 "line", "Exit status"):
         assert word in out, word

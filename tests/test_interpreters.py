@@ -200,3 +200,49 @@ def test_the_signal_functions_genv_uses_are_in_the_c_module():
                             % REPO], capture_output=True, text=True, timeout=60)
     assert clean.stdout == "False\n", clean
 
+
+
+def test_the_waiters_wake_up_on_it(tmp_path):
+    """A waiter in line sleeps until a state file changes or a process it
+    watches ends (issue 16, item 7): inotify through ctypes and pidfds, on
+    the interpreter under test. Without os.pidfd_open (Python 3.8) the
+    watch is not complete, and the waiter looks on a short timer instead.
+    Every descriptor is let go (the SDK waits in the user's process)."""
+    folder = str(tmp_path)
+    run_python(r"""
+        import subprocess, time
+        from genv import procs
+        from genv.wake import Wake
+        folder = %r
+        before = sorted(os.listdir("/proc/self/fd"))
+        child = subprocess.Popen(["sleep", "60"])
+        facts = procs.processes()
+        with Wake(folder) as wake:
+            assert wake.complete == hasattr(os, "pidfd_open"), (wake.complete, sys.version)
+            assert wake._inotify >= 0, "no inotify"
+            wake.watch([(child.pid, facts.token(child.pid))], facts)
+            assert not wake.sleep(0.05)
+            # A file that is not a state file (a GPU lock, a temporary file): no wake-up.
+            for name in ("gpu-index-0.lock", ".tmp-0-1-0123abcd"):
+                with open(os.path.join(folder, name), "w") as handle:
+                    handle.write("x")
+            assert not wake.sleep(0.05)
+            # A state file renamed into place wakes it at once.
+            started = time.monotonic()
+            os.rename(os.path.join(folder, ".tmp-0-1-0123abcd"), os.path.join(folder, "user-1000.json"))
+            assert wake.sleep(5) and time.monotonic() - started < 1
+            assert not wake.sleep(0.05)
+            # The watched process killed: at once, where there are pidfds.
+            child.kill()
+            started = time.monotonic()
+            if wake.complete:
+                assert wake.sleep(5) and time.monotonic() - started < 1
+            child.wait()
+            assert not wake.sleep(0.05)  # its pidfd let go: no busy loop
+            # A process that is gone, or a PID taken by another: not watched.
+            wake.watch([(child.pid, "linux:x:1")], facts)
+            assert not wake.sleep(0.05)
+        facts.close()
+        assert sorted(os.listdir("/proc/self/fd")) == before, (before, os.listdir("/proc/self/fd"))
+        print("ok")
+    """ % folder)

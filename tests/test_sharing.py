@@ -33,6 +33,7 @@ import selectors
 import signal
 import stat
 import subprocess
+import sys
 import time
 import uuid
 
@@ -589,7 +590,7 @@ def test_first_come_first_served(genv, sh):
     assert "cannot attach 1 GPU" in line and "waiting ahead in line" in line, line
     line = one_line(late.run("genv attach --index 0"))
     assert "kept for a request waiting ahead in line" in line, line
-    # Watch for a second (the waiters look four times a second): nobody takes it.
+    # Watch for a second (the waiters look at every change): nobody takes it.
     watch_until = time.monotonic() + 1.0
     while time.monotonic() < watch_until:
         assert held_shares(genv)[0] == [], "a later request took the GPU kept for the first"
@@ -836,6 +837,39 @@ def test_waiting_costs_almost_nothing(genv, gpus):
     assert holder.var("CUDA_VISIBLE_DEVICES") == "0"
 
 
+@pytest.mark.timing
+def test_a_waiter_sleeps_until_something_changes(genv):
+    """Issue 16, item 7: a waiter looked at the whole state four times a
+    second (16 of them used a tenth of a core). It sleeps until the state
+    folder changes or a process it watches ends, with a check of the line's
+    processes in /proc every two seconds; and still takes a GPU freed
+    by a kill -9 of its holder's terminal (no file changes) at once."""
+    machine(genv, 1)
+    holder = term(genv, "bash", "holder", 1, attach=True)
+    shell = term(genv, "bash", "waiting", 1)
+    child = sh_genv(genv, shell.pid, eid(shell), "sh-attach", "--wait", "60")
+    try:
+        assert read_line(child.stderr) == "genv: waiting for 1 GPU: no request ahead in line\n"
+
+        def woken():
+            with open("/proc/%d/status" % child.pid) as handle:
+                return int([line for line in handle if line.startswith("voluntary_ctxt_switches:")][0].split()[1])
+
+        before = woken()
+        time.sleep(3)
+        wakes = woken() - before
+        assert wakes <= 5, "the waiter woke %d times in 3 s" % wakes
+        holder.kill()
+        killed = time.monotonic()
+        out, err = child.communicate(timeout=30)
+        took = time.monotonic() - killed
+        assert child.returncode == 0 and b"CUDA_VISIBLE_DEVICES='0'" in out, (out, err)
+        assert took < 1, "took %.2f s" % took
+    finally:
+        kill_quietly(child.pid)
+        child.wait()
+
+
 @pytest.mark.both_shells
 def test_ctrl_c_leaves_the_line(genv, sh):
     machine(genv, 1)
@@ -1013,6 +1047,143 @@ def test_a_holder_that_attaches_again_keeps_its_gpus_while_others_wait(genv, sh)
     assert pending.finish(30).rc == 0 and waiting.var("CUDA_VISIBLE_DEVICES") == "1"
 
 
+def proc_state(pid):
+    """The kernel's state letter of a process (``T``: stopped)."""
+    with open("/proc/%d/stat" % pid) as handle:
+        return handle.read().rsplit(")", 1)[1].split()[0]
+
+
+def proc_name(pid):
+    with open("/proc/%d/comm" % pid) as handle:
+        return handle.read().rstrip("\n")
+
+
+def test_a_stopped_waiter_holds_up_nobody_until_it_runs_again(genv):
+    """Issue 16, item 3: a waiter stopped with Ctrl-Z (SIGSTOP here) does
+    not hold up those behind it while stopped, and genv envs says so; once
+    continued, it counts again, in its place. (In bash: a zsh without job
+    control stops waiting for a command that stops.)"""
+    machine(genv, 1)
+    holder = term(genv, "bash", "holder", 1, attach=True)
+    first, second, third = (term(genv, "bash", name, 1) for name in ("first", "second", "third"))
+    f = Pending(first, "genv attach --wait 120")
+    f.expect("no request ahead")
+    s2 = Pending(second, "genv attach --wait 120")
+    s2.expect("1 request ahead")
+    pid = waiter_pid(genv, eid(first))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        until(lambda: proc_state(pid) == "T", "the waiter stopped", 10)
+        docs = envs_by_id(genv)
+        assert docs[eid(first)]["waiting"]["stopped"] is True and docs[eid(second)]["waiting"]["stopped"] is False
+        row = [line for line in holder.ok("genv envs").splitlines() if line.startswith(eid(first) + " ")][0]
+        assert re.search(r"for 1 GPU since (just now|\d+ seconds? ago), stopped$", row), row
+        csv_rows = genv.cli("envs", "--format", "csv").stdout.decode().splitlines()
+        assert csv_rows[0].endswith(",waiting_stopped")
+        assert [r for r in csv_rows if r.startswith(eid(first) + ",")][0].endswith(",true")
+        # The one behind moves up (seen at its next look: no file changes when a process stops).
+        s2.expect("no request ahead", timeout=10)
+        holder.ok("genv deactivate")
+        assert s2.finish(30).rc == 0 and second.var("CUDA_VISIBLE_DEVICES") == "0"
+        assert f.running()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    until(lambda: proc_state(pid) != "T", "the waiter continued", 10)
+    assert envs_by_id(genv)[eid(first)]["waiting"]["stopped"] is False
+    t = Pending(third, "genv attach --wait 120")
+    t.expect("1 request ahead")  # the first counts again, ahead of a later one
+    assert proc_name(pid) == "genv-waiting"  # the kernel's name of a waiter, which anyone can read
+    second.ok("genv deactivate")
+    assert f.finish(30).rc == 0 and first.var("CUDA_VISIBLE_DEVICES") == "0"
+    first.ok("genv deactivate")
+    assert t.finish(30).rc == 0
+
+
+@pytest.mark.parametrize("kind", ["bash", "zsh"])
+def test_ctrl_z_on_a_waiting_genv_run(genv, kind):
+    """Ctrl-Z stops a waiting ``genv run`` (its job): it holds up nobody
+    while stopped; ``fg`` and it waits on, in its place."""
+    machine(genv, 1)
+    holder = term(genv, "bash", "holder", 1, attach=True)
+    child = pty_shell(genv, kind)
+    try:
+        child.sendline("genv run --gpus 1 --wait 60 -- sh -c 'echo GOT=$CUDA_VISIBLE_DEVICES'")
+        child.expect("waiting for 1 GPU: no request ahead in line")
+        child.sendcontrol("z")
+        child.expect_exact("R> ")  # the job is stopped: the prompt is back
+        until(lambda: [doc["waiting"]["stopped"] for doc in envs_by_id(genv).values() if doc["waiting"]] == [True],
+              "the waiter shown stopped", 10)
+        behind = term(genv, "bash", "behind", 1)
+        b = Pending(behind, "genv attach --wait 60")
+        b.expect("no request ahead", timeout=10)
+        holder.ok("genv deactivate")
+        assert b.finish(30).rc == 0 and behind.var("CUDA_VISIBLE_DEVICES") == "0"
+        child.sendline("fg")
+        until(lambda: [doc["waiting"]["stopped"] for doc in envs_by_id(genv).values() if doc["waiting"]] == [False],
+              "the waiter continued", 10)
+        behind.ok("genv deactivate")
+        child.expect("GOT=0")
+        child.expect_exact("R> ")
+    finally:
+        child.close(force=True)
+
+
+def test_the_sdk_waiter_gets_its_name_back(genv):
+    """The SDK waits inside the user's own process: it is named genv-waiting
+    while it waits, then has its own name again."""
+    machine(genv, 1)
+    holder = term(genv, "bash", "holder", 1, attach=True)
+    script = os.path.join(genv.base, "sdkwait.py")
+    with open(script, "w") as handle:
+        handle.write("import sys\nsys.path.insert(0, %r)\nimport genv.sdk\n"
+                     "open('/proc/self/comm', 'w').write('my-notebook')\n"
+                     "with genv.sdk.environment(gpus=1, wait=60):\n"
+                     "    print(open('/proc/self/comm').read().strip(), flush=True)\n"
+                     "print(open('/proc/self/comm').read().strip(), flush=True)\n" % genv.root)
+    child = subprocess.Popen([sys.executable, script], env=genv.environ(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, cwd=genv.work)
+    try:
+        until(lambda: any(doc["waiting"] and doc["waiting"]["pid"] == child.pid for doc in envs_by_id(genv).values()), "the SDK's place in line", 30)
+        assert proc_name(child.pid) == "genv-waiting"
+        holder.ok("genv deactivate")
+        out, err = child.communicate(timeout=30)
+        assert child.returncode == 0 and out.decode().split() == ["my-notebook", "my-notebook"], (out, err)
+    finally:
+        kill_quietly(child.pid)
+        child.wait()
+
+
+def test_a_whole_gpu_waiter_is_not_starved_by_a_stream_of_shares(genv, sh):
+    """Issue 16, item 6: one GPU; a share job runs; a request for the whole
+    GPU waits; then a share request comes again and again. Each of them took
+    the GPU at once, and the whole-GPU waiter, who came first, waited until
+    the stream ended. Now the GPU is kept for it as the share drains."""
+    machine(genv, 1, "16g")
+    job = term(genv, sh, "job", 1, "4g", attach=True)
+    whole = term(genv, sh, "whole", 1)
+    w = Pending(whole, "genv attach --wait 60")
+    w.expect("no request ahead")
+    stream = term(genv, sh, "stream", 1, "4g")
+    for _ in range(3):
+        line = one_line(stream.run("genv attach"))
+        assert "cannot attach 1 GPU with 4g each" in line and "1 GPU is kept for 1 request waiting ahead" in line, line
+        result = stream.run("genv run --gpus 1 --gpu-memory 4g -- true")
+        assert result.rc == 1 and "kept for 1 request waiting ahead" in result.err, result
+        time.sleep(0.3)
+    assert held_shares(genv)[0] == [(eid(job), 4096)]
+    job.ok("genv attach")  # the job keeps what it holds (a re-attach)
+    # A share that waits comes after the whole GPU.
+    later = Pending(stream, "genv attach --wait 60")
+    later.expect("1 request ahead")
+    job.ok("genv deactivate")
+    released = time.monotonic()
+    assert w.finish(30).rc == 0 and whole.var("CUDA_VISIBLE_DEVICES") == "0"
+    assert w.ended - released < 1.25, "took %.2f s" % (w.ended - released)
+    assert later.running()
+    whole.ok("genv deactivate")
+    assert later.finish(30).rc == 0 and stream.var("CUDA_VISIBLE_DEVICES") == "0"
+
+
 # === 4. several users ==================================================================
 
 
@@ -1134,6 +1305,83 @@ def test_a_place_in_line_held_by_someone_elses_process_counts_for_nothing(genv, 
     mine.ok("genv attach")
     assert mine.var("CUDA_VISIBLE_DEVICES") == "0"
     assert envs_by_id(genv)[eid(theirs)]["waiting"] is None
+
+
+def boottime():
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def test_a_forged_place_for_a_users_own_shell_holds_up_nobody(genv, other_user):
+    """Issue 16, item 3: a user writes into their own file that their
+    environment waits for every GPU, with their own shell (alive, theirs)
+    as the waiter. Everyone's attach, root's too, answered "4 GPUs are kept
+    for 1 request waiting ahead" for as long as the shell lived. A place
+    counts only while its process waits in genv: this one holds up nobody,
+    and genv enforce reports it."""
+    machine(genv, 4)
+    theirs = term(genv, "bash", "theirs", 4, user=other_user)
+
+    def forge(data):
+        for env in data["envs"]:
+            env["waiting"] = {"pid": theirs.pid, "token": token_of(theirs.pid), "since": time.time() - 60,
+                              "arrived": boottime() - 60, "count": 4, "memory": None, "indices": None,
+                              "over_subscribe": False}
+
+    rewrite_as(genv, other_user.pw_uid, forge)
+    assert envs_by_id(genv)[eid(theirs)]["waiting"]["count"] == 4  # shown as it is written
+    mine = term(genv, "bash", "mine", 1)
+    mine.ok("genv attach")
+    assert mine.var("CUDA_VISIBLE_DEVICES") == "0"
+    other = term(genv, "bash", "other", 2, user=other_user)
+    other.ok("genv attach")
+    assert other.var("CUDA_VISIBLE_DEVICES") == "1,2"
+    # A waiter that really waits is not held up by it either.
+    late = term(genv, "bash", "late", 2)
+    pending = Pending(late, "genv attach --wait 60")
+    pending.expect("no request ahead")
+    mine.ok("genv deactivate")
+    assert pending.finish(30).rc == 0 and late.var("CUDA_VISIBLE_DEVICES") == "0,3"
+    result = genv.cli("enforce", "--json")
+    found = [doc for doc in json.loads(result.stdout) if doc["rule"] == "line"]
+    assert result.returncode == 1 and len(found) == 1, result
+    assert (found[0]["env_id"], found[0]["user"], found[0]["pid"], found[0]["outcome"]) == (
+        eid(theirs), other_user.pw_name, None, "no process to stop"), found
+    assert "not waiting in genv" in found[0]["detail"], found
+
+
+def test_a_place_in_the_future_comes_last(genv, other_user):
+    """Issue 16, item 4: a far-future ``arrived`` (9e10) in one's own file
+    made every later joiner store it plus 1e-6, which the float absorbs:
+    they tied and were served by uid (root first). Now a time in the future
+    is read as now, and a joiner stores only its own clock."""
+    machine(genv, 1)
+    holder = term(genv, "bash", "holder", 1, attach=True)
+    forger = term(genv, "bash", "forger", 1, user=other_user)
+    f = Pending(forger, "genv attach --wait 120")
+    f.expect("no request ahead")
+
+    def future(data):
+        for env in data["envs"]:
+            if env.get("waiting"):
+                env["waiting"]["arrived"] = 9e10
+
+    rewrite_as(genv, other_user.pw_uid, future)
+    early = term(genv, "bash", "early", 1, user=other_user)
+    e = Pending(early, "genv attach --wait 120")
+    e.expect("waiting for 1 GPU")
+    late = term(genv, "bash", "late", 1)
+    r = Pending(late, "genv attach --wait 120")
+    r.expect("1 request ahead")
+    stored = [env["waiting"]["arrived"] for env in genv.state(other_user.pw_uid)["envs"] if env["id"] == eid(early)]
+    assert stored[0] <= boottime(), stored  # its own clock, nothing taken from the forged record
+    holder.ok("genv deactivate")
+    assert e.finish(30).rc == 0 and early.var("CUDA_VISIBLE_DEVICES") == "0"
+    assert r.running() and f.running()
+    early.ok("genv deactivate")
+    assert r.finish(30).rc == 0 and late.var("CUDA_VISIBLE_DEVICES") == "0"
+    assert f.running()
+    late.ok("genv deactivate")
+    assert f.finish(30).rc == 0
 
 
 def test_shares_across_users(genv, other_user):

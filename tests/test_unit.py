@@ -284,16 +284,27 @@ def test_process_facts_do_not_leak_descriptors():
 
 
 class _Facts:
-    """Process facts for the line's order: start times and a clock, set by hand."""
+    """Process facts for the line: start times, a clock, the kernel's name
+    and state of each process, set by hand (every process waits in genv and
+    runs unless ``names``/``states`` say otherwise)."""
 
-    def __init__(self, started, now=1000.0):
+    names = True
+
+    def __init__(self, started, now=1000.0, named=None, states=None):
         self._started, self.now = started, now
+        self._named, self._states = named or {}, states or {}
 
     def started(self, pid):
         return self._started.get(pid)
 
     def clock(self):
         return self.now
+
+    def name(self, pid):
+        return self._named.get(pid, envs.WAITING_NAME)
+
+    def state(self, pid):
+        return self._states.get(pid, "S")
 
 
 def _waiter(eid, pid, arrived, since):
@@ -326,3 +337,133 @@ def test_the_line_is_ordered_by_arrival_on_the_process_clock_never_before_the_wa
     assert abs(envs.arrival(honest["waiting"], facts) - 300.0) < 1.0
     assert [env["id"] for _, env in envs.line(users, facts)] == ["a", "b"]
     assert envs.ahead_of(users, later, facts) == [(1001, honest)]
+
+
+def test_a_time_in_the_future_puts_a_place_last_and_ties_go_by_kernel_facts():
+    """Issue 16, item 4: a forged far-future ``arrived`` is read as now (it
+    was stored as is, and the next joiner stored it plus 1e-6, which the
+    float absorbs: everyone behind tied and was served by uid)."""
+    forged = _waiter("f", 30, arrived=9e10, since=1_700_000_000.0)
+    honest = _waiter("h", 20, arrived=900.0, since=1_700_000_900.0)
+    rooted = _waiter("r", 10, arrived=950.0, since=1_700_000_950.0)
+    users = {0: {"envs": [rooted]}, 1000: {"envs": [forged]}, 1001: {"envs": [honest]}}
+    facts = _Facts({10: 940.0, 20: 800.0, 30: 100.0}, now=1000.0)
+    assert envs.arrival(forged["waiting"], facts) == 1000.0
+    assert [env["id"] for _, env in envs.line(users, facts)] == ["h", "r", "f"]
+    # Two arrivals alike: the waiter that started first, then the lower PID;
+    # never the owner's uid (root's 0 wins nothing) or an id a user chose.
+    honest["waiting"]["arrived"] = rooted["waiting"]["arrived"] = 950.0
+    facts = _Facts({10: 940.0, 20: 930.0, 30: 100.0}, now=1000.0)
+    assert [env["id"] for _, env in envs.line(users, facts)] == ["h", "r", "f"]
+    facts = _Facts({10: 930.0, 20: 930.0, 30: 100.0}, now=1000.0)
+    assert [env["id"] for _, env in envs.line(users, facts)] == ["r", "h", "f"]
+
+
+def test_a_place_counts_only_while_its_process_waits_in_genv():
+    """Issue 16, item 3: the kernel's name of the process, its state, one
+    place per process, and the judge (caps, the machine)."""
+    first, second, third = _waiter("a", 10, 500.0, 1.0), _waiter("b", 20, 501.0, 1.0), _waiter("c", 30, 502.0, 1.0)
+    users = {1000: {"envs": [first, second, third]}}
+    facts = _Facts({10: 400.0, 20: 400.0, 30: 400.0}, named={20: "bash"}, states={30: "T"})
+    found = {env["id"]: why for _, env, why in envs.places(users, facts)}
+    assert found == {"a": envs.WAITING, "b": "its process (pid 20) is not waiting in genv", "c": envs.STOPPED}
+    assert [env["id"] for _, env in envs.line(users, facts)] == ["a"]
+    # Stopped by a tracer counts as stopped too; running again, it counts again, in its place.
+    assert envs.places(users, _Facts({}, states={30: "t"}))[2][2] == envs.STOPPED
+    assert [env["id"] for _, env in envs.line(users, _Facts({}))] == ["a", "b", "c"]
+    # Two places naming one process: neither counts (genv writes one per waiter).
+    third["waiting"]["pid"] = 10
+    found = {env["id"]: why for _, env, why in envs.places(users, _Facts({}))}
+    assert found["a"] == found["c"] == "its process (pid 10) is named by another place in line too"
+    assert [env["id"] for _, env in envs.line(users, _Facts({}))] == ["b"]
+    # The judge's word: a place for what joining would have refused counts for nothing.
+    third["waiting"]["pid"] = 30
+    judge = lambda uid, env: "too much" if env["id"] == "b" else None  # noqa: E731
+    assert [env["id"] for _, env in envs.line(users, _Facts({}), judge)] == ["a", "c"]
+    assert envs.ahead_of(users, third, _Facts({}), judge) == [(1000, first)]
+
+
+def _share_holder(index, memory, eid="s"):
+    env = envs.new_env(eid, 0.0, {}, 500, "t")
+    env["devices"] = [{"index": index, "uuid": "GPU-%d" % index, "attached": 1.0, "memory": memory}]
+    return env
+
+
+def test_a_waiter_ahead_keeps_the_gpus_it_waits_for_as_they_drain():
+    """Issue 16, item 6: one GPU, a share held, a whole GPU waited for:
+    a later share no longer takes the GPU (it did, at once, every time)."""
+    from genv.allocate import Waiter
+
+    gib = 1 << 30
+    machine = [{"index": 0, "uuid": "GPU-0", "name": None, "total": 16 * gib}]
+    holder = _share_holder(0, 4 * gib)
+    waiter = envs.new_env("w", 0.0, {}, 501, "t")
+    later = envs.new_env("l", 0.0, {}, 502, "t")
+    users = {0: {"envs": [holder, waiter, later]}}
+    ahead = [Waiter(0, waiter, Request(1))]
+    with pytest.raises(Refused, match="1 GPU is kept for 1 request waiting ahead in line"):
+        allocate(users, later, machine, Request(1, 4 * gib), 5.0, str, {}, ahead)
+    with pytest.raises(Refused, match="GPU 0: it is kept for a request waiting ahead in line"):
+        allocate(users, later, machine, Request(1, 4 * gib, indices=[0]), 5.0, str, {}, ahead)
+    # The holder keeps what it holds there (a re-attach), and may shrink, not grow.
+    assert [d["memory"] for d in allocate(users, holder, machine, Request(1, 4 * gib), 5.0, str, {}, ahead)] \
+        == [4 * gib]
+    assert [d["memory"] for d in allocate(users, holder, machine, Request(1, 2 * gib), 5.0, str, {}, ahead)] \
+        == [2 * gib]
+    with pytest.raises(Refused):
+        allocate(users, holder, machine, Request(1, 8 * gib), 5.0, str, {}, ahead)
+    # Without the waiter the share fits; once the holder leaves, the waiter takes it.
+    assert allocate(users, later, machine, Request(1, 4 * gib), 5.0, str, {}, [])
+    holder["devices"] = []
+    assert [d["index"] for d in allocate(users, waiter, machine, Request(1), 5.0, str, {}, [])] == [0]
+
+
+def test_which_gpus_a_waiter_keeps_as_they_drain():
+    """The rule (docs/sharing.md): those it could take now, then the GPUs
+    where the least memory must drain before it fits, GPUs busy outside
+    genv last, then the lowest index; each kept for one request only; the
+    others stay open to later requests."""
+    from genv.allocate import Waiter
+
+    gib = 1 << 30
+    machine = [{"index": i, "uuid": "GPU-%d" % i, "name": None, "total": 16 * gib} for i in range(4)]
+    holders = [_share_holder(0, 12 * gib, "h0"), _share_holder(1, 2 * gib, "h1"), _share_holder(2, 2 * gib, "h2"),
+               _share_holder(3, 8 * gib, "h3")]
+    first, second, later = (envs.new_env(name, 0.0, {}, 600 + n, "t") for n, name in enumerate("fsl"))
+    users = {0: {"envs": holders + [first, second, later]}}
+
+    def free_for_later(ahead, request=Request(1, 2 * gib), busy=None):
+        """The GPUs a later request could take, one at a time."""
+        found = []
+        for index in range(4):
+            try:
+                allocate(users, later, machine, Request(1, request.memory, indices=[index]), 5.0, str, busy or {},
+                         ahead)
+                found.append(index)
+            except Refused:
+                pass
+        return found
+
+    # A whole GPU: 2g must drain on GPU 1 and on GPU 2; the lower index is kept.
+    assert free_for_later([Waiter(0, first, Request(1))]) == [0, 2, 3]
+    # A share of 8g fits GPUs 1, 2 and 3 now: it keeps its 8g where it fits
+    # best (GPU 3, left full); the room left elsewhere stays open.
+    assert free_for_later([Waiter(0, first, Request(1, 8 * gib))]) == [0, 1, 2]
+    # Two whole GPUs: GPU 1 and 2 (2g each to drain), not 3 (8g) or 0 (12g).
+    assert free_for_later([Waiter(0, first, Request(2))]) == [0, 3]
+    # A second waiter keeps other GPUs than the first: GPU 3 next (8g to drain).
+    assert free_for_later([Waiter(0, first, Request(2)), Waiter(0, second, Request(1))]) == [0]
+    # A GPU busy outside genv comes last, whatever must drain there.
+    assert free_for_later([Waiter(0, first, Request(1))], busy={1: ["pid 9"]}) == [0, 3]
+    # Asking for given GPUs keeps those.
+    assert free_for_later([Waiter(0, first, Request(1, indices=[3]))]) == [0, 1, 2]
+    # A share larger than a GPU is never kept on it (it could never fit there):
+    # it keeps the GPU held whole, which will fit it once given back.
+    small = [{"index": 0, "uuid": "GPU-0", "name": None, "total": 4 * gib}, machine[1]]
+    whole = envs.new_env("whole", 0.0, {}, 700, "t")
+    whole["devices"] = [{"index": 1, "uuid": "GPU-1", "attached": 1.0}]
+    users = {0: {"envs": [whole, first, later]}}
+    ahead = [Waiter(0, first, Request(1, 10 * gib))]
+    assert allocate(users, later, small, Request(1, 1 * gib, indices=[0]), 5.0, str, {}, ahead)
+    with pytest.raises(Refused, match="2 GPUs are kept for 2 requests"):
+        allocate(users, later, small, Request(1, 1 * gib), 5.0, str, {}, ahead + [Waiter(0, second, Request(1))])

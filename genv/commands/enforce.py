@@ -65,8 +65,11 @@ class Action:
 
 def find(ctx: Context) -> List[Action]:
     """The violations now (one look at the GPUs, one at the state)."""
+    from ..environments import places
+
     with Session(ctx, listing=True, observe=True, details=True) as session:
-        found = enforce.decide(session.attributed(), session.users, session.machine, session.policy(), ctx.user)
+        found = enforce.decide(session.attributed(), session.users, session.machine, session.policy(), ctx.user,
+                               places(session.users, session.processes, session.judge))
         view = session.slurm
     return [Action(v, ctx.user(v.uid) if v.uid is not None else "?", ctx.euid,
                    view.spare(v.process) if view is not None and v.process is not None else None) for v in found]
@@ -183,7 +186,9 @@ def main(argv: List[str]) -> int:
         keys = set()
         for action in actions:
             p = action.violation.process
-            key = (action.violation.rule, p.pid if p else -1, p.token if p else None)
+            env = action.violation.env
+            key = (action.violation.rule, p.pid if p else -1,
+                   p.token if p else (action.violation.uid, env["id"] if env else None))
             keys.add(key)
             if kill or key not in seen:
                 log(action)

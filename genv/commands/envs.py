@@ -31,7 +31,7 @@ def _waiting(waiting: Optional[Dict[str, Any]], now: float) -> str:
             else "%d GPU%s" % (waiting["count"], "" if waiting["count"] == 1 else "s"))
     if waiting["memory"]:
         what += " (%s each)" % format_size(waiting["memory"] << 20)
-    return "for %s since %s" % (what, ago(now - waiting["since"]))
+    return "for %s since %s%s" % (what, ago(now - waiting["since"]), ", stopped" if waiting.get("stopped") is True else "")
 
 
 def _csv(docs: List[Dict[str, Any]], hosts: Optional[List[str]] = None) -> str:
@@ -39,12 +39,14 @@ def _csv(docs: List[Dict[str, Any]], hosts: Optional[List[str]] = None) -> str:
     lead = (lambda position: (hosts[position],)) if hosts is not None else (lambda position: ())
     return csv(("host",) * (hosts is not None)
                + ("id", "uid", "user", "name", "gpus", "gpu_memory", "created", "pids", "devices", "waiting_since",
-                  "waiting_for"),
+                  "waiting_for", "waiting_stopped"),
                [lead(position)
                 + (d["id"], d["uid"], d["user"], d["name"], d["gpus"], d["gpu_memory"], d["created"],
                    " ".join(map(str, d["pids"])), " ".join(map(str, d["devices"])),
                    d["waiting"]["since"] if d["waiting"] else None,
-                   d["waiting"]["count"] if d["waiting"] else None) for position, d in enumerate(docs)])
+                   d["waiting"]["count"] if d["waiting"] else None,
+                   (d["waiting"].get("stopped") is True) if d["waiting"] else None)
+                for position, d in enumerate(docs)])
 
 
 def _table(docs: List[Dict[str, Any]], now: float, hosts: Optional[List[str]] = None) -> str:
@@ -71,7 +73,7 @@ def main(argv: List[str]) -> int:
     form = output_format(opts)
     ctx = Context()
     with Session(ctx, listing=True) as session:
-        docs = envs_docs(session.users, ctx.user)
+        docs = envs_docs(session.users, ctx.user, session.processes)
     if form == "json":
         print_json(docs)
     elif form == "csv":

@@ -113,7 +113,7 @@ def read_documents() -> Tuple[List[Doc], List[Doc], List[Doc]]:
             snapshot = session.snapshot
             assert snapshot is not None
             processes = session.attributed()
-            envs = envs_docs(session.users, ctx.user)
+            envs = envs_docs(session.users, ctx.user, session.processes)
             devices = devices_docs(session.holders, session.machine, snapshot.used, processes, ctx.user)
             procs = ps_docs(processes, ctx.user)
     finally:

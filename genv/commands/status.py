@@ -62,7 +62,7 @@ def main(argv: List[str]) -> int:
     with Session(ctx, listing=True, observe=True, details=True) as session:
         owner, env = session.env(ctx.eid)
         session.deliver_warnings(owner, env)
-        doc = status_doc(owner, env, session.attributed(), ctx.user)
+        doc = status_doc(owner, env, session.attributed(), ctx.user, session.processes)
     for message in session.messages:
         warn(message)
     if form == "json":

@@ -168,30 +168,35 @@ def attach(ctx: Context, eid: str, asked: AttachRequest, base: Mapping[str, str]
     from . import waitline
 
     session = Session(ctx, observe=True)
-    with session:
-        owner, env = session.owned_env(eid)
-        if env.get("waiting"):
-            raise GenvError("environment %s is already waiting for GPUs (pid %d)" % (eid, env["waiting"]["pid"]))
-        config = dict(env["config"])
-        request = asked.request(env)
-        if env["config"] != config:
-            session.tx.changed(owner)
-        waiting = asked.wait is not None and asked.wait > 0
-        failure = session.attach(owner, env, request, detach=not waiting)
-        if failure is not None and waiting and session.final:
-            # No release could ever make it possible: fail now, as a plain attach.
-            failure = session.attach(owner, env, request)
-        waits = failure is not None and waiting and not session.final
+    name = waitline.Name()
+    try:
+        with session:
+            owner, env = session.owned_env(eid)
+            if env.get("waiting"):
+                raise GenvError("environment %s is already waiting for GPUs (pid %d)" % (eid, env["waiting"]["pid"]))
+            config = dict(env["config"])
+            request = asked.request(env)
+            if env["config"] != config:
+                session.tx.changed(owner)
+            waiting = asked.wait is not None and asked.wait > 0
+            failure = session.attach(owner, env, request, detach=not waiting)
+            if failure is not None and waiting and session.final:
+                # No release could ever make it possible: fail now, as a plain attach.
+                failure = session.attach(owner, env, request)
+            waits = failure is not None and waiting and not session.final
+            if waits:
+                waitline.join(session, env, request, name)
+                session.tx.changed(owner)
+            session.deliver_warnings(owner, env)
+            plan = activation.sync(env, base)
+            result = copy(env)
         if waits:
-            waitline.join(session, env, request)
-            session.tx.changed(owner)
-        session.deliver_warnings(owner, env)
-        plan = activation.sync(env, base)
-        result = copy(env)
-    if waits:
-        assert asked.wait is not None
-        done = waitline.wait(ctx, eid, asked.wait, request.count, lambda env: (copy(env), activation.sync(env, base)))
-        (result, plan), failure = done[0] or (result, plan), done[1]
+            assert asked.wait is not None
+            done = waitline.wait(ctx, eid, asked.wait, request.count,
+                                 lambda env: (copy(env), activation.sync(env, base)))
+            (result, plan), failure = done[0] or (result, plan), done[1]
+    finally:
+        name.restore()
     return Outcome(result, plan, failure, session.messages)
 
 
@@ -294,39 +299,43 @@ def enter(ctx: Context, settings: Settings, base: Mapping[str, str], also: Seque
         if token is None:
             raise GenvError("cannot find the process %d" % pid)
         terminals.append((pid, token))
-    with session:
-        owner, env, joined = _open(session, terminals, settings.join, settings.config)
-        request = settings.request(env["config"])
-        failure = session.attach(owner, env, request, detach=False) if request.count else None
-        if failure is not None:
-            if not settings.wait or session.final:
-                # Leaving the block with an exception: nothing is written.
-                raise GenvError(failure)
-            waitline.join(session, env, request)
-        result = copy(env)
-        plan = activation.open_plan(env, base, ctx.shims(), prompt=False)
-    entered = Entered(result, plan, [pid for pid in pids if joined is None or pid not in joined.already], joined)
-    if failure is None:
-        return entered
-    assert settings.wait is not None
-    mask = signals.pthread_sigmask(signals.SIG_BLOCK, set())  # the caller's (HELD blocked)
+    name = waitline.Name()
     try:
-        signals.pthread_sigmask(signals.SIG_SETMASK, set(mask) - HELD if sleeping is None else sleeping)
-        attached, failure = waitline.wait(ctx, entered.id, settings.wait, request.count,
-                                          lambda env: (copy(env), activation.open_plan(env, base, ctx.shims(),
-                                                                                        prompt=False)),
-                                          detach=False, checkpoint=checkpoint)
-        if failure is not None:
-            raise GenvError(failure)
-        assert attached is not None
-        entered.env, entered.plan = attached
-    except BaseException:
-        signals.pthread_sigmask(signals.SIG_BLOCK, HELD)
-        leave(ctx, entered)
-        raise
+        with session:
+            owner, env, joined = _open(session, terminals, settings.join, settings.config)
+            request = settings.request(env["config"])
+            failure = session.attach(owner, env, request, detach=False) if request.count else None
+            if failure is not None:
+                if not settings.wait or session.final:
+                    # Leaving the block with an exception: nothing is written.
+                    raise GenvError(failure)
+                waitline.join(session, env, request, name)
+            result = copy(env)
+            plan = activation.open_plan(env, base, ctx.shims(), prompt=False)
+        entered = Entered(result, plan, [pid for pid in pids if joined is None or pid not in joined.already], joined)
+        if failure is None:
+            return entered
+        assert settings.wait is not None
+        mask = signals.pthread_sigmask(signals.SIG_BLOCK, set())  # the caller's (HELD blocked)
+        try:
+            signals.pthread_sigmask(signals.SIG_SETMASK, set(mask) - HELD if sleeping is None else sleeping)
+            attached, failure = waitline.wait(ctx, entered.id, settings.wait, request.count,
+                                              lambda env: (copy(env), activation.open_plan(env, base, ctx.shims(),
+                                                                                            prompt=False)),
+                                              detach=False, checkpoint=checkpoint)
+            if failure is not None:
+                raise GenvError(failure)
+            assert attached is not None
+            entered.env, entered.plan = attached
+        except BaseException:
+            signals.pthread_sigmask(signals.SIG_BLOCK, HELD)
+            leave(ctx, entered)
+            raise
+        finally:
+            signals.pthread_sigmask(signals.SIG_SETMASK, mask)
+        return entered
     finally:
-        signals.pthread_sigmask(signals.SIG_SETMASK, mask)
-    return entered
+        name.restore()
 
 
 def leave(ctx: Context, entered: Entered) -> None:

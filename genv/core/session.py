@@ -18,7 +18,7 @@ from ..store import StateDir, Transaction
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Dict, List, Optional, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Tuple
 
     from ..allocate import Request
     from .context import Context
@@ -190,7 +190,7 @@ class Session:
 
         before = env["devices"]
         ahead = [Waiter(uid, other, waiting_request(other["waiting"]))
-                 for uid, other in environments.ahead_of(self.users, env, self.processes)]
+                 for uid, other in environments.ahead_of(self.users, env, self.processes, self.judge)]
         capped = owner != 0 and self.ctx.euid != 0  # root is not capped
         if capped and request.count:
             from ..policy import check_caps, least
@@ -215,6 +215,11 @@ class Session:
             self.tx.changed(owner)
         return failure
 
+    def judge(self, uid: int, env: Dict[str, Any]) -> Optional[str]:
+        """Why a place in line does not count for its request (None: it
+        may); see ``judge``."""
+        return judge(self.policy(), self.users, self.machine, self.ctx.user, uid, env)
+
     def deliver_warnings(self, owner: int, env: Dict[str, Any]) -> None:
         """Messages left for this environment (a GPU that disappeared) go to
         ``messages``, once."""
@@ -236,3 +241,27 @@ def waiting_request(waiting: Dict[str, Any]) -> Request:
     from ..allocate import Request
 
     return Request(waiting["count"], waiting["memory"], waiting["indices"], waiting["over_subscribe"])
+
+
+def judge(policy: Any, users: Dict[int, Dict[str, Any]], machine: List[Dict[str, Any]], user: Callable[[int], str],
+          uid: int, env: Dict[str, Any]) -> Optional[str]:
+    """Why the place in line of ``env`` (``uid``'s) asks for what joining
+    the line would have refused (None: nothing): more than the machine has,
+    or more than the owner's caps allow besides what they hold (the least
+    the request could hold, as ``attach`` checks when it joins). Such a
+    place was written by hand; it counts for nothing. Pure."""
+    from ..allocate import unmeetable
+
+    request = waiting_request(env["waiting"])
+    why = unmeetable(request, machine)
+    if why is not None:
+        return "this machine could never meet it (%s)" % why
+    if uid == 0 or not request.count:
+        return None  # root is not capped
+    from ..policy import CapExceeded, check_caps, least
+
+    try:
+        check_caps(policy, users, uid, user(uid), env, least(request, machine), machine)
+    except CapExceeded as error:
+        return "a cap refuses it (%s)" % error
+    return None

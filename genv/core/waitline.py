@@ -4,11 +4,21 @@ the SDK's ``environment(wait=...)``).
 A request that cannot be met joins the line: its environment records the
 waiting process (PID and token, so that a waiter killed with ``kill -9``
 leaves the line at the next command), when it joined and what it asks for.
-The waiter then looks, about four times a second and without the lock,
-whether its request could be met now behind those ahead of it; only then
-does it take the lock and try for real (asking nvidia-smi for the processes
-at most every ``OBSERVE_EVERY`` seconds while GPUs look busy). It says on
-stderr that it waits and how many requests are ahead, whenever that changes.
+While it waits, the process is named ``genv-waiting`` in the kernel
+(``Name``): a place counts only while its process is so named, which
+anyone can check in /proc (``environments.places``).
+
+The waiter sleeps until the state folder changes or a process that holds or
+claims what it waits for ends (``wake.Wake``: inotify and pidfds). Then it
+looks, without the lock, whether its request could be met now behind those
+ahead of it; only then does it take the lock and try for real (asking
+nvidia-smi for the processes at most every ``OBSERVE_EVERY`` seconds while
+GPUs look busy). What changes no file and ends no process (a waiter in line
+stopped with Ctrl-Z or continued) it checks every ``FALLBACK`` seconds in
+/proc, and it looks in full every ``FULL_EVERY`` seconds all the same (a
+policy that changed); where the kernel cannot wake it (Python 3.8: no
+pidfds), it looks every ``POLL`` seconds. It says on stderr that it waits
+and how many requests are ahead, whenever that changes.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from .session import Session, waiting_request
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+    from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, TypeVar
 
     from .context import Context
 
@@ -34,23 +44,66 @@ HELD = frozenset((signals.SIGINT, signals.SIGTERM, signals.SIGHUP))
 """Held back while the state changes, so that an interrupt cannot leave the
 state and what the caller prints or sets disagreeing."""
 
-POLL = 0.25  # seconds between looks at the state while waiting
+POLL = 0.25
+"""Seconds between looks where the kernel cannot wake the waiter (no
+inotify, no pidfds: Python 3.8), and the longest sleep of a waiter given a
+``checkpoint`` (the SDK: a held interrupt is raised there)."""
+FALLBACK = 2.0
+"""Seconds between checks, when nothing woke the waiter, of what no file or
+process end tells: whether a process waiting in line stopped, continued or
+changed its name (a few reads of /proc; a full look only if one did)."""
+FULL_EVERY = 10.0
+"""Seconds between full looks when nothing woke the waiter (a policy that
+changed, say)."""
 OBSERVE_EVERY = 2.0  # seconds between nvidia-smi process queries while waiting
 
 
-def join(session: Session, env: Dict[str, Any], request: Request) -> None:
+class Name:
+    """This process's name in the kernel while it waits in line:
+    ``environments.WAITING_NAME`` from ``waiting()`` (before its place is
+    written) to ``restore()`` (after it is gone), then the name it had (the
+    SDK waits in the user's own process). Nothing happens where the name
+    cannot be set."""
+
+    PATH = "/proc/self/comm"  # the whole process's (the thread group leader's), from any thread
+
+    def __init__(self) -> None:
+        self.before: Optional[bytes] = None
+
+    def waiting(self) -> None:
+        if self.before is None:
+            try:
+                with open(self.PATH, "rb") as handle:
+                    before = handle.read().rstrip(b"\n")
+                with open(self.PATH, "wb") as handle:
+                    handle.write(environments.WAITING_NAME.encode())
+            except OSError:
+                return
+            self.before = before
+
+    def restore(self) -> None:
+        if self.before is not None:
+            try:
+                with open(self.PATH, "wb") as handle:
+                    handle.write(self.before)
+            except OSError:
+                pass
+            self.before = None
+
+
+def join(session: Session, env: Dict[str, Any], request: Request, name: Name) -> None:
     """Put ``env`` in line for ``request``, with this process as the waiter
-    (the caller marks the owner's state changed)."""
+    (the caller marks the owner's state changed, and calls
+    ``name.restore()`` once it no longer waits)."""
     facts = session.processes
     token = facts.token(os.getpid())
     assert token is not None
-    # Arrival is when the line is joined, under the lock, on the process
-    # clock (seconds since boot: a wall-clock step does not reorder the
-    # line), and after everyone in line now. ``since`` is for people.
+    # Arrival is when the line is joined, under the lock (so in order), on
+    # the process clock (seconds since boot: a wall-clock step does not
+    # reorder the line); nothing is taken from other users' records, which
+    # they write. ``since`` is for people.
     arrived = facts.clock()
-    queue = environments.line(session.users, facts)
-    if queue:
-        arrived = max(arrived, environments.arrival(queue[-1][1]["waiting"], facts) + 1e-6)
+    name.waiting()  # before the place is written: it counts from the start
     env["waiting"] = {
         "pid": os.getpid(), "token": token, "since": time.time(), "arrived": arrived, "count": request.count,
         "memory": request.memory, "indices": list(request.indices) if request.indices else None,
@@ -58,26 +111,68 @@ def join(session: Session, env: Dict[str, Any], request: Request) -> None:
     }
 
 
-def _estimate(folder: Any, eid: str, busy: Dict[int, List[str]]) -> Tuple[bool, int]:
+def _kernel(facts: Any, pids: Iterable[int]) -> Dict[int, Tuple[bool, Optional[str]]]:
+    """What the kernel says of these waiting processes that decides whether
+    their places count, and changes no file: stopped or not, their name."""
+    return {pid: (facts.state(pid) in ("T", "t"), facts.name(pid)) for pid in pids}
+
+
+def _kernel_changed(seen: Dict[int, Tuple[bool, Optional[str]]]) -> bool:
+    from ..procs import processes
+
+    facts = processes()
+    try:
+        return _kernel(facts, seen) != seen
+    finally:
+        facts.close()
+
+
+def _estimate(folder: Any, eid: str, busy: Dict[int, List[str]],
+              judge: Callable[[Dict[int, Dict[str, Any]], List[Dict[str, Any]], int, Dict[str, Any]], Optional[str]],
+              wake: Any) -> Tuple[bool, int, Dict[int, Tuple[bool, Optional[str]]]]:
     """Without the lock: could the waiting request be met now, and how many
-    requests are ahead of it? (The real decision is made under the lock.)"""
+    requests are ahead of it? (The real decision is made under the lock.)
+    Also what the kernel says of the places' processes (``_kernel``).
+    ``wake`` is told which processes to watch: the terminals of the
+    environments that hold GPUs or wait in line, and their waiters."""
     from ..procs import processes
 
     # Files that did not change are not parsed again.
     facts = processes()
-    users = environments.live_view(folder.read_all(reuse=True), facts)
-    found = environments.find(users, eid)
-    if found is None or not found[1].get("waiting"):
-        return True, 0  # something changed: look under the lock
-    env = found[1]
-    ahead = environments.ahead_of(users, env, facts)
-    machine = (users.get(os.geteuid()) or {}).get("devices") or {}
     try:
-        allocate(users, env, machine.get("list", []), waiting_request(env["waiting"]), 0.0, str, busy,
-                 [Waiter(uid, other, waiting_request(other["waiting"])) for uid, other in ahead])
-    except Refused:
-        return False, len(ahead)
-    return True, len(ahead)
+        users = environments.live_view(folder.read_all(reuse=True), facts)
+        watched: Set[Tuple[int, str]] = set()
+        for state in users.values():
+            for other in state["envs"]:
+                if other["devices"] or other.get("waiting") or other["id"] == eid:
+                    watched.update((t["pid"], t["token"]) for t in other["terminals"])
+                    if other.get("waiting"):
+                        watched.add((other["waiting"]["pid"], other["waiting"]["token"]))
+        wake.watch(watched, facts)
+        found = environments.find(users, eid)
+        if found is None or not found[1].get("waiting"):
+            return True, 0, {}  # something changed: look under the lock
+        env = found[1]
+        machine = (users.get(os.geteuid()) or {}).get("devices") or {}
+        gpus = machine.get("list", [])
+
+        def judging(uid: int, other: Dict[str, Any]) -> Optional[str]:
+            return judge(users, gpus, uid, other)
+
+        ahead = environments.ahead_of(users, env, facts, judging)
+        # What may change behind the waiter's back: the places ahead (they
+        # may stop), the ones that do not count now (they may count again).
+        seen = _kernel(facts, [other["waiting"]["pid"] for _, other in ahead]
+                       + [other["waiting"]["pid"] for _, other, why in environments.places(users, facts, judging)
+                          if why != environments.WAITING])
+        try:
+            allocate(users, env, gpus, waiting_request(env["waiting"]), 0.0, str, busy,
+                     [Waiter(uid, other, waiting_request(other["waiting"])) for uid, other in ahead])
+        except Refused:
+            return False, len(ahead), seen
+        return True, len(ahead), seen
+    finally:
+        facts.close()
 
 
 def _try(ctx: Context, eid: str, give_up: bool, done: Callable[[Dict[str, Any]], T],
@@ -123,40 +218,67 @@ def wait(ctx: Context, eid: str, seconds: float, count: int, done: Callable[[Dic
     tries the caller's mask is in force). KeyboardInterrupt leaves the line.
     ``detach``: giving up detaches the environment, as a plain attach would
     (genv run and the SDK remove it instead). ``checkpoint`` is called
-    around each sleep (the SDK raises a held interrupt there)."""
+    around each sleep (the SDK raises a held interrupt there); a sleep then
+    lasts at most ``POLL``."""
+    from ..policy import load
     from ..store import StateDir
+    from ..wake import Wake
+    from .session import judge
 
     folder = StateDir()
     deadline = time.monotonic() + seconds
     told: Optional[int] = None
+    could = False
     busy: Dict[int, List[str]] = {}
     observed = time.monotonic()
     what = "%d GPU%s" % (count, "" if count == 1 else "s")
+
+    policy: List[Any] = []  # read afresh at each look (the decision under the lock says what is wrong with it)
+
+    def judging(users: Dict[int, Dict[str, Any]], machine: List[Dict[str, Any]], uid: int,
+                env: Dict[str, Any]) -> Optional[str]:
+        if not policy:
+            policy.append(load(lambda message: None))
+        return judge(policy[0], users, machine, ctx.user, uid, env)
+
     try:
-        while True:
-            could, ahead = _estimate(folder, eid, busy)
-            if ahead != told:
-                warn("waiting for %s: %s ahead in line" % (
-                    what, "no request" if not ahead else "%d request%s" % (ahead, "" if ahead == 1 else "s")))
-                told = ahead
-            now = time.monotonic()
-            give_up = now >= deadline
-            # GPUs that processes outside genv keep busy are looked at again
-            # every OBSERVE_EVERY seconds (those processes may have ended).
-            if give_up or (could and not busy) or (busy and now - observed >= OBSERVE_EVERY):
-                mask = signals.pthread_sigmask(signals.SIG_BLOCK, HELD)
-                over, result, failure, busy = _try(ctx, eid, give_up, done, detach)
-                observed = time.monotonic()
-                if over:
-                    return result, failure
-                signals.pthread_sigmask(signals.SIG_SETMASK, mask)
-            if checkpoint is not None:
-                checkpoint()
-            time.sleep(POLL)
-            if checkpoint is not None:
-                checkpoint()
+        with Wake(folder.path) as wake:
+            look = True  # the first look is now
+            due = full = 0.0  # when the next check, and the next full look, are due if nothing wakes the waiter
+            seen: Dict[int, Tuple[bool, Optional[str]]] = {}
+            while True:
+                now = time.monotonic()
+                looked = look or now >= full or (now >= due and (not wake.complete or _kernel_changed(seen)))
+                if looked:
+                    policy.clear()
+                    could, ahead, seen = _estimate(folder, eid, busy, judging, wake)
+                    full = now + (FULL_EVERY if wake.complete else POLL)
+                    if ahead != told:
+                        warn("waiting for %s: %s ahead in line" % (
+                            what, "no request" if not ahead else "%d request%s" % (ahead, "" if ahead == 1 else "s")))
+                        told = ahead
+                if looked or now >= due:
+                    due = now + (FALLBACK if wake.complete else POLL)
+                give_up = now >= deadline
+                # GPUs that processes outside genv keep busy are looked at
+                # again every OBSERVE_EVERY seconds (those processes may have
+                # ended): no file changes when they do.
+                if give_up or (looked and could and not busy) or (busy and now - observed >= OBSERVE_EVERY):
+                    mask = signals.pthread_sigmask(signals.SIG_BLOCK, HELD)
+                    over, result, failure, busy = _try(ctx, eid, give_up, done, detach)
+                    observed = time.monotonic()
+                    if over:
+                        return result, failure
+                    signals.pthread_sigmask(signals.SIG_SETMASK, mask)
+                    now = time.monotonic()
+                until = min(due, deadline, observed + OBSERVE_EVERY if busy else due)
+                if checkpoint is not None:
+                    until = min(until, now + POLL)
+                    checkpoint()
+                look = wake.sleep(until - now)
+                if checkpoint is not None:
+                    checkpoint()
     except KeyboardInterrupt:
         signals.pthread_sigmask(signals.SIG_BLOCK, HELD)
         leave(ctx, eid)
         raise
-
