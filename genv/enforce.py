@@ -124,7 +124,7 @@ def decide(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machi
     """The violations, one per process (its first rule in RULES order)."""
     safe = [p for p in processes
             if p.known and p.uid is not None and p.pid != 1 and p.token is not None
-            and not policy.exempt(user(p.uid), p.program)]
+            and not policy.exempt(user(p.uid), p.program, p.system)]
     found: List[Violation] = []
     for process in safe:
         if process.env is None:

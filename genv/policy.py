@@ -9,7 +9,7 @@ optional::
     {"default": {"max_gpus": 2, "max_environments": 4},
      "users": {"alice": {"max_gpus": 4}},
      "exempt_users": ["prometheus"],
-     "exempt_process_names": ["nvidia-cuda-mps-server"]}
+     "exempt_process_names": ["nvidia-cuda-mps-server", "/opt/dcgm/bin/dcgm"]}
 
 - ``max_gpus``: GPUs a user holds at once over all their environments. A
   whole GPU counts 1, a share counts its fraction of the GPU's memory (8g
@@ -17,7 +17,10 @@ optional::
 - ``max_environments``: environments of a user that hold GPUs at once.
 - A user's entry under ``users`` replaces the defaults it names.
 - root is never capped. Exempt users and processes are never touched by
-  ``genv enforce``.
+  ``genv enforce``: a program is exempt when the policy names its absolute
+  path, or its file name and it is a system program (the file and every
+  folder above it root's and writable by root only), so that a user's copy
+  of ``nvidia-cuda-mps-server`` is not.
 
 A file that is missing is no policy. One that is not trusted, not JSON, or
 has an unknown key or a cap that is not a whole number from 0 up, gives one
@@ -58,19 +61,35 @@ class Policy:
         self.users: Dict[str, Dict[str, int]] = {name: dict(caps) for name, caps in data.get("users", {}).items()}
         self.exempt_users: FrozenSet[str] = frozenset(data.get("exempt_users", ()))
         self.exempt_process_names: FrozenSet[str] = frozenset(data.get("exempt_process_names", ()))
+        self._paths: Optional[FrozenSet[str]] = None
 
     def cap(self, user: str, name: str) -> Optional[int]:
         """The cap ``name`` for ``user`` (None: no cap)."""
         own = self.users.get(user, {})
         return own[name] if name in own else self.default.get(name)
 
-    def exempt(self, user: Optional[str], program: Optional[str]) -> bool:
+    def exempt(self, user: Optional[str], program: Optional[str], system: bool = False) -> bool:
         """Whether enforcement must leave this process alone: its user is
         exempt, or the program it runs (its executable's path, not the name
-        it gives itself) has an exempt name."""
+        it gives itself) is exempt: named by its absolute path, or by its
+        file name when it is a ``system`` program (the file and every folder
+        above it root's and writable by root only): a user's copy of an
+        exempt program, under whatever name, is never exempt."""
         if user is not None and user in self.exempt_users:
             return True
-        return bool(program) and os.path.basename(program or "") in self.exempt_process_names
+        if not program:
+            return False
+        if program in self._exempt_paths():
+            return True
+        return system and os.path.basename(program) in self.exempt_process_names
+
+    def _exempt_paths(self) -> FrozenSet[str]:
+        """The exempt programs named by path, as /proc names a running
+        program (links resolved: /bin/x is /usr/bin/x where /bin is a link)."""
+        if self._paths is None:
+            named = [name for name in self.exempt_process_names if name.startswith("/")]
+            self._paths = frozenset(named + [os.path.realpath(name) for name in named])
+        return self._paths
 
 
 def path() -> str:
@@ -102,6 +121,10 @@ def _caps(value: Any, where: str) -> Dict[str, int]:
 def _names(value: Any, where: str) -> None:
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
         raise Invalid("%s must be a list of names" % where)
+    if where == "exempt_process_names":
+        for item in value:
+            if "/" in item and not (item.startswith("/") and not item.endswith("/")):
+                raise Invalid("%s: %r is neither a program's name nor its absolute path" % (where, item))
 
 
 def check(data: Any) -> Dict[str, Any]:

@@ -303,6 +303,8 @@ BAD_POLICIES = [
     ({"exempt_users": [""]}, "exempt_users"),
     ({"exempt_process_names": [1]}, "exempt_process_names"),
     ({"exempt_process_names": None}, "exempt_process_names"),
+    ({"exempt_process_names": ["bin/mps"]}, "exempt_process_names"),
+    ({"exempt_process_names": ["/usr/bin/"]}, "exempt_process_names"),
 ]
 
 
@@ -326,10 +328,17 @@ def test_check_accepts_every_documented_shape():
     assert rules.cap("bob", "max_gpus") == 2
     assert policy.Policy().cap("bob", "max_gpus") is None
     assert rules.exempt("prometheus", "/bin/sleep") and not rules.exempt("alice", "/bin/sleep")
-    assert rules.exempt("alice", "/usr/bin/nvidia-cuda-mps-server")
-    assert rules.exempt("alice", "/opt/a dir/nvidia-cuda-mps-server")
-    assert not rules.exempt("alice", "/usr/bin/python3")
-    assert not rules.exempt(None, None) and not rules.exempt("alice", "")
+    # By name: only a system program (root's file in root's folders).
+    assert rules.exempt("alice", "/usr/bin/nvidia-cuda-mps-server", True)
+    assert rules.exempt("alice", "/opt/a dir/nvidia-cuda-mps-server", True)
+    assert not rules.exempt("alice", "/home/alice/nvidia-cuda-mps-server", False)
+    assert not rules.exempt("alice", "/usr/bin/python3", True)
+    assert not rules.exempt(None, None) and not rules.exempt("alice", "", True)
+    # By absolute path: that program, wherever it is.
+    by_path = policy.Policy({"exempt_process_names": ["/home/ops/mps", "/bin/sleep"]})
+    assert by_path.exempt("alice", "/home/ops/mps", False)
+    assert by_path.exempt("alice", os.path.realpath("/bin/sleep"), False)  # as /proc names it
+    assert not by_path.exempt("alice", "/home/alice/mps", True) and not by_path.exempt("alice", "/tmp/sleep", True)
 
 
 def enforce_sees_root_exempt(genv, world):
@@ -959,16 +968,25 @@ def test_a_user_stops_only_their_own(genv, world, other_user):
     assert sorted(row["OUTCOME"] for row in columns(out)) == ["not permitted", "not permitted"]
 
 
-def test_exempt_users_and_process_names_are_never_touched(genv, world, other_user):
-    """Exempt by user, or by the program a process runs (its executable);
-    the name a process gives itself (exec -a) does not make it exempt."""
-    write_policy(genv, {"exempt_users": ["genvtest"], "exempt_process_names": ["nvidia-cuda-mps-server", "dcgm"]})
-    folder = os.path.join(genv.base, "sbin")
-    os.makedirs(folder)
-    program = os.path.join(folder, "nvidia-cuda-mps-server")
+def copy_program(folder, name, owner=None):
+    """A copy of /bin/sleep under another name (owned by ``owner``)."""
+    os.makedirs(folder, exist_ok=True)
+    program = os.path.join(folder, name)
     with open("/bin/sleep", "rb") as source, open(program, "wb") as target:
         target.write(source.read())
     os.chmod(program, 0o755)
+    if owner is not None:
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+        os.chown(program, owner.pw_uid, owner.pw_gid)
+    return program
+
+
+def test_exempt_users_and_process_names_are_never_touched(genv, world, other_user):
+    """Exempt by user, or by the program a process runs (its executable,
+    named by its absolute path); the name a process gives itself (exec -a)
+    does not make it exempt."""
+    program = copy_program(os.path.join(genv.base, "sbin"), "nvidia-cuda-mps-server")
+    write_policy(genv, {"exempt_users": ["genvtest"], "exempt_process_names": [program, "dcgm"]})
     theirs = world.outside(gpu=0, user=other_user)
     mps = world.outside(gpu=1, argv=[program, "613"])
     faked = world.outside(gpu=1, argv=["bash", "-c", "exec -a nvidia-cuda-mps-server sleep 613"])
@@ -983,18 +1001,39 @@ def test_exempt_users_and_process_names_are_never_touched(genv, world, other_use
 
 
 def test_an_exempt_program_in_a_folder_with_a_space_is_exempt(genv, world):
-    """The name is the program's base name, whatever folder it is in."""
+    """A program named by its absolute path is exempt, whatever folder it is
+    in (a space in it included)."""
     need("root")
-    folder = os.path.join(genv.base, "opt dir")
-    os.makedirs(folder)
-    program = os.path.join(folder, "nvidia-cuda-mps-server")
-    with open("/bin/sleep", "rb") as source, open(program, "wb") as target:
-        target.write(source.read())
-    os.chmod(program, 0o755)
-    write_policy(genv, {"exempt_process_names": ["nvidia-cuda-mps-server"]})
+    program = copy_program(os.path.join(genv.base, "opt dir"), "nvidia-cuda-mps-server")
+    write_policy(genv, {"exempt_process_names": [program]})
     mps = world.outside(gpu=0, argv=[program, "613"])
     rc, docs, err = enforce_json(genv)
     assert (rc, docs, err) == (0, {}, ""), "the exempt daemon %r is reported" % World.cmdline(mps)
+
+
+def test_an_exemption_by_name_cannot_be_borrowed(genv, world, other_user):
+    """Issue 16, item 2: ``cp /bin/sleep ~/nvidia-cuda-mps-server`` is not
+    exempt. By name, only a system program is: its file and every folder
+    above it root's and writable by root only. The real /usr/bin/sleep is,
+    under the name "sleep"; a user's copy named sleep is not, nor is root's
+    own copy in a folder under the world-writable /tmp."""
+    home = os.path.join(genv.base, "home-genvtest")
+    borrowed = copy_program(home, "nvidia-cuda-mps-server", owner=other_user)
+    users_sleep = copy_program(os.path.join(home, "bin"), "sleep", owner=other_user)
+    roots_copy = copy_program(os.path.join(genv.base, "root-only"), "sleep")
+    os.chmod(os.path.dirname(roots_copy), 0o755)
+    write_policy(genv, {"exempt_process_names": ["nvidia-cuda-mps-server", "sleep"]})
+    system = world.outside(gpu=0)  # sleep 613, from /usr/bin/sleep
+    theirs = world.outside(gpu=1, user=other_user, argv=[borrowed, "613"])
+    theirs_sleep = world.outside(gpu=2, user=other_user, argv=[users_sleep, "613"])
+    roots = world.outside(gpu=3, argv=[roots_copy, "613"])
+    rc, docs, err = enforce_json(genv)
+    assert rc == 1 and err == "", (rc, err)
+    assert sorted(docs) == sorted([theirs, theirs_sleep, roots]), docs
+    assert all(doc["rule"] == "unmanaged" for doc in docs.values())
+    rc, docs, err = enforce_json(genv, "--kill", "--grace", "1")
+    assert gone(theirs) and gone(theirs_sleep) and gone(roots)
+    assert running(system)
 
 
 def test_over_cap_after_the_policy_changed_stops_the_newest_environment(genv, world, other_user):
@@ -1060,9 +1099,10 @@ def test_pid_1_and_unknown_pids_are_never_chosen(genv, world):
 
 
 def _process(pid, gpu=0, uid=1000, env=None, memory=100 * MIB, command="python train.py", known=True,
-             token="linux:x:1", misplaced=False):
+             token="linux:x:1", misplaced=False, system=False):
     p = Process(gpu, pid, memory, command)
     p.program = command.split()[0]  # the executable
+    p.system = system  # root's file in root's folders
     p.known = known
     if known:
         p.uid, p.token, p.env, p.misplaced = uid, token, env, misplaced
@@ -1090,11 +1130,12 @@ def test_decide_never_chooses_pid_1_unknown_or_exempt_processes():
         _process(3, token=None),
         _process(4, uid=None),
         _process(5, uid=1002),
-        _process(6, command="/usr/sbin/dcgm --flag"),
+        _process(6, command="/usr/sbin/dcgm --flag", system=True),
         _process(7),
+        _process(8, command="/home/alice/dcgm --flag"),  # a user's copy: not exempt
     ]
     found = enforce.decide(processes, {}, MACHINE, rules, names)
-    assert [(v.rule, v.process.pid) for v in found] == [("unmanaged", 7)]
+    assert [(v.rule, v.process.pid) for v in found] == [("unmanaged", 7), ("unmanaged", 8)]
 
 
 def test_decide_over_cap_and_over_share_choose_the_right_processes():
