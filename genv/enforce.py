@@ -76,7 +76,7 @@ def _over_share(processes: Sequence[Process]) -> List[Violation]:
 
 def _over_cap(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machine: Any, policy: Policy,
               user: Callable[[int], str]) -> List[Violation]:
-    from .policy import CAPS, UNIT, held
+    from .policy import CAPS, held
 
     found = []
     for uid, state in users.items():
@@ -90,16 +90,25 @@ def _over_cap(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], ma
         holding.sort(key=lambda env: max(d["attached"] for d in env["devices"]))
         while holding:
             now = held({uid: {"envs": holding}}, uid, machine)
-            excess = [cap for cap, value in caps.items() if value is not None and now[cap] > value * UNIT]
+            excess = [cap for cap, value in caps.items()
+                      if value is not None and (now[cap] is None or now[cap] > value)]
             if not excess:
                 break
             newest = holding.pop()
-            detail = "%s holds more than %s = %d" % (name, excess[0], caps[excess[0]] or 0)
+            detail = "%s holds more than %s = %s" % (name, excess[0], _cap_text(excess[0], caps[excess[0]]))
             own = [process for process in processes if process.env is newest]
             found += [Violation("over-cap", process, detail) for process in own]
             if not own:
                 found.append(Violation("over-cap", None, detail, uid, newest))
     return found
+
+
+def _cap_text(name: str, value: Any) -> str:
+    if name == "max_gpu_memory":
+        from .sizes import format_size
+
+        return format_size(value) if value else "0"
+    return str(value)
 
 
 def _conflicts(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machine: Any) -> List[Violation]:

@@ -284,6 +284,10 @@ BAD_POLICIES = [
     # (data, words the message must hold)
     ([], "not a JSON object"),
     ("max_gpus", "not a JSON object"),
+]
+
+BAD_KEYS = [
+    # (data, the field left out): the rest of the policy still applies
     ({"defaults": {"max_gpus": 1}}, "defaults"),
     ({"default": {"max_gpu": 1}}, "default.max_gpu"),
     ({"users": {"alice": {"max_gpu": 4}}}, "users.alice.max_gpu"),
@@ -294,6 +298,10 @@ BAD_POLICIES = [
     ({"default": {"max_gpus": True}}, "default.max_gpus"),
     ({"default": {"max_gpus": "2"}}, "default.max_gpus"),
     ({"default": {"max_gpus": None}}, "default.max_gpus"),
+    ({"default": {"max_gpu_memory": "1b"}}, "default.max_gpu_memory"),
+    ({"default": {"max_gpu_memory": "16 g"}}, "default.max_gpu_memory"),
+    ({"default": {"max_gpu_memory": -1}}, "default.max_gpu_memory"),
+    ({"default": {"max_gpu_memory": 1.5}}, "default.max_gpu_memory"),
     ({"users": {"alice": {"max_gpus": -3}}}, "users.alice.max_gpus"),
     ({"users": {"alice": 4}}, "users.alice"),
     ({"users": ["alice"]}, "users"),
@@ -309,23 +317,53 @@ BAD_POLICIES = [
 
 
 @pytest.mark.parametrize("data, field", BAD_POLICIES, ids=[json.dumps(case[0])[:40] for case in BAD_POLICIES])
-def test_check_names_the_bad_field(data, field):
+def test_check_names_the_bad_file(data, field):
     with pytest.raises(policy.Invalid) as caught:
         policy.check(data)
     assert field in str(caught.value), caught.value
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("data, field", BAD_KEYS, ids=[json.dumps(case[0])[:40] for case in BAD_KEYS])
+def test_a_bad_key_is_left_out_alone(data, field):
+    """Issue 16, item 5: a bad value in one key voids that key alone."""
+    good = {"default": {"max_environments": 3}, "users": {"bob": {"max_gpus": 1}}, "exempt_users": ["ops"]}
+    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in good.items()}
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key].update(value)
+        else:
+            merged[key] = value
+    kept, problems = policy.check(merged)
+    assert len(problems) == 1 and problems[0].startswith(field + ": "), problems
+    assert "\n" not in problems[0]
+    rules = policy.Policy(kept, "/p")
+    # The others still apply.
+    if not field.startswith("default"):
+        assert rules.cap("carol", "max_environments") == 3
+    if not field.startswith("users"):
+        assert rules.cap("bob", "max_gpus") == 1
+    if not field.startswith("exempt_users"):
+        assert rules.exempt("ops", None)
+    name = field.split(".")[-1]
+    if name in policy.CAPS:
+        owner = field.split(".")[1] if field.startswith("users.") else "carol"
+        assert rules.cap(owner, name) is None or (owner == "alice" and name == "max_gpus"), kept
+
+
 def test_check_accepts_every_documented_shape():
-    full = {"default": {"max_gpus": 2, "max_environments": 4}, "users": {"alice": {"max_gpus": 4}},
+    full = {"default": {"max_gpus": 2, "max_environments": 4, "max_gpu_memory": "80g"},
+            "users": {"alice": {"max_gpus": 4, "max_gpu_memory": 17179869184}},
             "exempt_users": ["prometheus"], "exempt_process_names": ["nvidia-cuda-mps-server"]}
     for data in ({}, full, {"default": {}}, {"users": {}}, {"exempt_users": []},
-                 {"default": {"max_gpus": 0, "max_environments": 0}}, {"users": {"bob": {"max_gpus": 10 ** 6}}}):
-        assert policy.check(data) is data
-    rules = policy.Policy(full, "/p")
+                 {"default": {"max_gpus": 0, "max_environments": 0, "max_gpu_memory": 0}},
+                 {"users": {"bob": {"max_gpus": 10 ** 6}}}):
+        assert policy.check(data)[1] == [], data
+    rules = policy.Policy(policy.check(full)[0], "/p")
     assert rules.cap("alice", "max_gpus") == 4
     assert rules.cap("alice", "max_environments") == 4  # an own entry replaces only what it names
     assert rules.cap("bob", "max_gpus") == 2
+    assert rules.cap("bob", "max_gpu_memory") == 80 * GIB and rules.cap("alice", "max_gpu_memory") == 16 * GIB
     assert policy.Policy().cap("bob", "max_gpus") is None
     assert rules.exempt("prometheus", "/bin/sleep") and not rules.exempt("alice", "/bin/sleep")
     # By name: only a system program (root's file in root's folders).
@@ -442,21 +480,38 @@ def test_a_policy_that_is_not_a_small_regular_file_is_ignored(genv, world, kind)
     (b"{", "JSON"),
     (b'{"default": {"max_gpus": 1}} trailing', "JSON"),
     (b'{"exempt_users": ["root"], "default": {"max_gpus": NaN}}', "JSON"),
-    (b'{"exempt_users": ["root"], "users": {"alice": {"max_gpu": 1}}}', "users.alice.max_gpu"),
-    (b'{"exempt_users": ["root"], "default": {"max_gpus": -1}}', "default.max_gpus"),
-    (b'{"exempt_users": ["root"], "default": {"max_gpus": 1.5}}', "default.max_gpus"),
-    (b'{"exempt_users": ["root"], "default": {"max_environments": true}}', "default.max_environments"),
-    (b'{"exempt_users": ["root"], "colour": "blue"}', "colour"),
     (b'{"exempt_users": ["root"], "default": {"max_gpus": 1' + b"0" * 5000 + b"}}", "JSON"),  # too many digits
     (b"[" * 100000, "JSON"),  # too deep
     (b'\xef\xbb\xbf{"exempt_users": ["root"]}', "JSON"),  # a byte order mark
+    (b'["exempt_users", "root"]', "not a JSON object"),
 ])
-def test_a_bad_policy_is_one_line_naming_file_and_field_and_no_policy(genv, world, raw, field):
+def test_a_bad_policy_file_is_one_line_naming_it_and_no_policy(genv, world, raw, field):
     need("root")
     path = write_policy(genv, raw=raw)
     honoured, err = enforce_sees_root_exempt(genv, world)
     assert not honoured  # the exempt_users of a bad file are not used either
     assert field in warning(err, path), err
+
+
+@pytest.mark.parametrize("raw, field", [
+    (b'{"exempt_users": ["root"], "users": {"alice": {"max_gpu": 1}}}', "users.alice.max_gpu"),
+    (b'{"exempt_users": ["root"], "default": {"max_gpus": -1}}', "default.max_gpus"),
+    (b'{"exempt_users": ["root"], "default": {"max_gpus": 1.5}}', "default.max_gpus"),
+    (b'{"exempt_users": ["root"], "default": {"max_environments": true}}', "default.max_environments"),
+    (b'{"exempt_users": ["root"], "default": {"max_gpu_memory": "lots"}}', "default.max_gpu_memory"),
+    (b'{"exempt_users": ["root"], "colour": "blue"}', "colour"),
+    (b'{"exempt_users": ["root"], "users": "alice"}', "users"),
+])
+def test_a_bad_key_is_one_line_naming_it_and_the_rest_applies(genv, world, raw, field):
+    """Issue 16, item 5: a typo must not lift every cap. The file's other
+    keys (here exempt_users) are honoured; the bad one is named once."""
+    need("root")
+    path = write_policy(genv, raw=raw)
+    honoured, err = enforce_sees_root_exempt(genv, world)
+    assert honoured, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("genv: ignoring %s in the policy %s: " % (field, path)), err
 
 
 # === 2. caps at attach ===========================================================
@@ -514,38 +569,86 @@ def test_max_gpus_with_whole_gpus(genv, sh, capped, other_user):
     assert gpu_of(second) == "3"
 
 
-def test_max_gpus_counts_a_share_as_its_fraction(genv, capped, other_user):
+def test_max_gpus_counts_every_gpu_held_any_part_of_as_one(genv, capped, other_user):
+    """Issue 16, item 5: a share counts as the whole GPU it keeps from those
+    who need one whole. (``gpu-memory 1b`` under ``max_gpus: 0`` attached 4
+    GPUs before: 1 byte was 0 GPUs.)"""
+    path = capped({"default": {"max_gpus": 0}})
+    tiny = genv.shell("bash", user=other_user)
+    tiny.ok("genv activate")
+    result = tiny.run("genv config gpu-memory 1b")
+    assert result.rc == 1 and "less than 1 MiB" in result.err, result
+    tiny.ok("genv config gpu-memory 1m")
+    result = tiny.run("genv attach --count 4")
+    assert result.rc == 1 and "would hold 4 GPUs" in refusal(result.err, path, "max_gpus", 0), result
+    assert env_state(genv, other_user.pw_uid)[0]["devices"] == []
+    root = genv.shell("bash")
+    root.ok("genv activate --gpus 4")  # every GPU is still free to attach whole
+    root.ok("genv deactivate")
+
     path = capped({"default": {"max_gpus": 1}})
     shares = genv.shell("bash", user=other_user)
     shares.ok("genv activate && genv config gpu-memory 10g")
-    shares.ok("genv attach --count 4")  # 4 x 10g of 40g GPUs: 1.0 GPU
-    assert gpu_of(shares) == "0,1,2,3"
+    result = shares.run("genv attach --count 2")
+    assert result.rc == 1 and "would hold 2 GPUs" in refusal(result.err, path, "max_gpus", 1), result
+    shares.ok("genv attach --count 1")
+    assert gpu_of(shares) == "0"
+    # A second share on the same GPU: still one GPU.
     more = genv.shell("bash", user=other_user)
     more.ok("genv activate && genv config gpu-memory 4g")
-    before = env_state(genv, other_user.pw_uid)
-    result = more.run("genv attach --count 1")
-    assert result.rc == 1
-    line = refusal(result.err, path, "max_gpus", 1)
-    assert "would hold 1.1 GPUs" in line, line
-    assert env_state(genv, other_user.pw_uid) == before
-    # Give back some: 3 x 10g + 4g = 0.85 GPU.
-    shares.ok("genv attach --count 3")
     more.ok("genv attach --count 1")
-    # A whole GPU counts 1, whatever else is held.
+    assert gpu_of(more) == "0"
+    before = env_state(genv, other_user.pw_uid)
+    result = more.run("genv attach --index 1")
+    assert result.rc == 1 and "would hold 2 GPUs" in refusal(result.err, path, "max_gpus", 1), result
+    assert env_state(genv, other_user.pw_uid) == before
     whole = genv.shell("bash", user=other_user)
     result = whole.run("genv activate --gpus 1")
-    assert result.rc == 1 and "would hold 1.85 GPUs" in result.err, result
+    assert result.rc == 1 and "would hold 2 GPUs" in result.err, result
 
 
-def test_max_gpus_with_mock_gpus_of_a_given_size(genv, capped, other_user):
-    path = capped({"default": {"max_gpus": 1}})
+def test_max_gpu_memory(genv, capped, other_user):
+    """Issue 16, item 5: memory held over all of a user's environments, a
+    whole GPU counting all its memory; a size string or a number of bytes,
+    and per user."""
+    path = capped({"default": {"max_gpu_memory": "16g"}, "users": {"alice": {"max_gpu_memory": 0}}})
+    first = genv.shell("bash", user=other_user)
+    first.ok("genv activate && genv config gpu-memory 10g && genv attach --count 1")
+    second = genv.shell("bash", user=other_user)
+    second.ok("genv activate && genv config gpu-memory 8g")
+    before = env_state(genv, other_user.pw_uid)
+    result = second.run("genv attach --count 1")
+    assert result.rc == 1, result
+    line = result.err.strip().splitlines()[-1]
+    assert ("genv: cannot attach: genvtest would hold 18g of GPU memory, over the cap max_gpu_memory = 16g for them "
+            "in %s" % path) == line, result
+    assert env_state(genv, other_user.pw_uid) == before
+    second.ok("genv config gpu-memory 6g && genv attach --count 1")  # 16g: at the cap
+    whole = genv.shell("bash", user=other_user)
+    result = whole.run("genv activate --gpus 1")
+    assert result.rc == 1 and "would hold 56g of GPU memory" in result.err, result  # 16g + a 40g GPU
+    # A number of bytes, for this user: two whole 40g GPUs fit in 100g.
+    capped({"default": {"max_gpu_memory": "16g"}, "users": {"genvtest": {"max_gpu_memory": 100 * GIB}}})
+    first.ok("genv detach")
+    second.ok("genv detach")
+    whole.ok("genv attach --count 2")
+    result = whole.run("genv attach --count 3")
+    assert result.rc == 1 and "would hold 120g of GPU memory, over the cap max_gpu_memory = 100g" in result.err
+    # root is not capped.
+    root = genv.shell("bash")
+    root.ok("genv activate --gpus 2")
+
+
+def test_max_gpu_memory_with_mock_gpus_of_a_given_size(genv, capped, other_user):
+    path = capped({"default": {"max_gpu_memory": "16g"}})
     shell = genv.shell("bash", user=other_user, GENV_DEVICES="2", GENV_DEVICES_MEMORY="16g")
     shell.ok("genv activate && genv config gpu-memory 8g")
-    shell.ok("genv attach --count 2")  # 2 x 8g of 16g: 1.0
+    shell.ok("genv attach --count 2")  # 2 x 8g
     other = genv.shell("bash", user=other_user, GENV_DEVICES="2", GENV_DEVICES_MEMORY="16g")
     other.ok("genv activate && genv config gpu-memory 4g")
     result = other.run("genv attach --count 1")
-    assert result.rc == 1 and "would hold 1.25 GPUs" in refusal(result.err, path, "max_gpus", 1), result
+    assert result.rc == 1 and ("would hold 20g of GPU memory, over the cap max_gpu_memory = 16g for them in %s"
+                               % path) in result.err, result
 
 
 def test_max_environments(genv, sh, capped, other_user):
@@ -710,13 +813,17 @@ def test_root_is_not_capped(genv, capped, other_user):
     assert gpu_of(again) == "3"
 
 
-def test_a_bad_policy_does_not_stop_attach(genv, capped, other_user):
+def test_a_typo_in_the_policy_does_not_lift_the_other_caps(genv, capped, other_user):
+    """Issue 16, item 5: before, any bad key voided the whole file (here the
+    typo max_gpu lifted max_gpus: 0)."""
     path = write_policy(genv, raw=b'{"default": {"max_gpus": 0, "max_gpu": 0}}')
     shell = genv.shell("bash", user=other_user)
     result = shell.run("genv activate --gpus 1")
-    assert result.rc == 0, result
-    assert "default.max_gpu" in warning(result.err, path)
-    assert gpu_of(shell) == "0"
+    assert result.rc == 1, result
+    lines = result.err.strip().splitlines()
+    assert lines[0] == "genv: ignoring default.max_gpu in the policy %s: unknown field" % path, result
+    refusal(result.err, path, "max_gpus", 0)
+    assert gpu_of(shell) in (None, "")
 
 
 def test_a_policy_the_user_owns_does_not_cap(genv, other_user):
@@ -1158,6 +1265,23 @@ def test_decide_over_cap_and_over_share_choose_the_right_processes():
     found = enforce.decide(processes + [misplaced], users, MACHINE, rules, names)
     assert [(v.rule, v.process.pid) for v in found].count(("misplaced", 14)) == 1
     assert len([v for v in found if v.process.pid == 14]) == 1
+
+
+def test_decide_over_cap_by_memory_and_by_gpus_any_part_of():
+    """Issue 16, item 5: enforce counts caps as attach does: a GPU held any
+    part of is one GPU; memory adds the shares and every GPU held whole."""
+    old = _env("old", [(0, None)], attached=10.0)  # 40g whole
+    new = _env("new", [(1, 1 * GIB), (2, 1 * GIB)], attached=20.0)
+    users = {1000: {"envs": [old, new]}}
+    processes = [_process(10, gpu=0, env=old), _process(11, gpu=1, env=new), _process(12, gpu=2, env=new)]
+    by_memory = policy.Policy(policy.check({"default": {"max_gpu_memory": "41g"}})[0])
+    found = enforce.decide(processes, users, MACHINE, by_memory, names)
+    assert [(v.rule, v.process.pid) for v in found] == [("over-cap", 11), ("over-cap", 12)]
+    assert "max_gpu_memory = 41g" in found[0].detail
+    by_gpus = policy.Policy({"default": {"max_gpus": 2}})
+    found = enforce.decide(processes, users, MACHINE, by_gpus, names)
+    assert [(v.rule, v.process.pid) for v in found] == [("over-cap", 11), ("over-cap", 12)]
+    assert enforce.decide(processes, users, MACHINE, policy.Policy({"default": {"max_gpus": 3}}), names) == []
 
 
 # === 5. signal(): the identity is checked before each signal ================================

@@ -172,7 +172,7 @@ def test_validate_rejects_bad_shapes():
         with pytest.raises(ValueError):
             validate(broken, 0)
     with pytest.raises(GenvError, match="newer genv"):
-        upgrade({"format": 4}, 0, "f")
+        upgrade({"format": 5}, 0, "f")
 
 
 @pytest.mark.parametrize("value", ["", "plain", "it's", "'", "''", "a\\", "$(x)", "`x`", "\n", "!x", "\udcff"])

@@ -161,8 +161,8 @@ class Session:
             from ..policy import check_caps, least
 
             # Even the least this request could get: refused at once, waiting would not help.
-            check_caps(self.policy(), self.users, owner, self.ctx.user(owner), env, least(request, self.machine),
-                       self.machine)
+            check_caps(self.policy(), self.users, owner, self.ctx.user(owner), env,
+                       least(request, self.machine, self.users, owner, env), self.machine)
         try:
             chosen = allocate(self.users, env, self.machine, request, self.now, self.ctx.describe, self.busy(),
                               ahead)
