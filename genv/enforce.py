@@ -14,7 +14,12 @@ policy it returns the violations, each with the process to act on:
   processes is reported with no process to act on);
 - **conflict**: a GPU held whole by two environments, or whole by one and
   shared by others, which genv never hands out (somebody wrote their own
-  state file): the processes on it of every holder but the first.
+  state file). Who came first is decided only by root's record of what
+  root-run commands saw (``genv.sightings``), never by the attach times
+  users write: the processes on it of the environments whose claim root saw
+  after one it cannot share with are chosen; claims root cannot order (it
+  first saw them at the same look, or never) are reported for every
+  environment involved, with nothing to stop: an admin must decide.
 
 Never chosen: processes of exempt users or with exempt names, PID 1, and any
 process that cannot be attributed safely (it exited, its PID was reused, or
@@ -38,16 +43,18 @@ RULES = ("unmanaged", "misplaced", "conflict", "over-cap", "over-share")
 
 
 class Violation:
-    """A rule broken, by a process (or, for over-cap, possibly by an
-    environment with no process to act on: ``process`` is None)."""
+    """A rule broken, by a process (or by an environment with no process to
+    act on: ``process`` is None; ``decided`` False: an admin must decide)."""
 
-    __slots__ = ("rule", "process", "detail", "uid", "env")
+    __slots__ = ("rule", "process", "detail", "uid", "env", "gpu", "decided")
 
     def __init__(self, rule: str, process: Optional[Process], detail: str, uid: Optional[int] = None,
-                 env: Optional[Dict[str, Any]] = None) -> None:
+                 env: Optional[Dict[str, Any]] = None, gpu: Optional[int] = None, decided: bool = True) -> None:
         self.rule, self.process, self.detail = rule, process, detail
         self.uid = process.uid if process is not None else uid
         self.env = process.env if process is not None else env
+        self.gpu = process.gpu if process is not None else gpu
+        self.decided = decided
 
 
 def _over_share(processes: Sequence[Process]) -> List[Violation]:
@@ -111,26 +118,39 @@ def _cap_text(name: str, value: Any) -> str:
     return str(value)
 
 
-def _conflicts(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machine: Any) -> List[Violation]:
+def _conflicts(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machine: Any,
+               seen: Optional[Dict[str, Any]], boot_id: Optional[str]) -> List[Violation]:
     from .environments import holdings
+    from .sightings import conflicts
 
     found = []
     for index, holders in holdings(users, machine).items():
         if len(holders) < 2 or all(reserved.get("memory") is not None for _, _, reserved in holders):
             continue
-        ordered = sorted(holders, key=lambda holder: (holder[2]["attached"], holder[0], holder[1]["id"]))
-        first = ordered[0][1]
-        later = [env for _, env, _ in ordered[1:]]
-        detail = "GPU %d is also held by environment %s, which attached it first" % (index, first["id"])
-        for process in processes:
-            if process.gpu == index and any(process.env is env for env in later):
-                found.append(Violation("conflict", process, detail))
+        kept, lost, undecided = conflicts(holders, seen, boot_id)
+        for uid, env, _ in lost:
+            first = kept[0][1]["id"] if kept else "?"
+            detail = ("GPU %d is also held by environment %s, which a root-run genv saw hold it first"
+                      % (index, first))
+            own = [process for process in processes if process.gpu == index and process.env is env]
+            found += [Violation("conflict", process, detail) for process in own]
+            if not own:
+                found.append(Violation("conflict", None, detail, uid, env, index))
+        if undecided:
+            ids = ", ".join(env["id"] for _, env, _ in undecided)
+            detail = ("GPU %d is held by environments %s, which cannot all have it, and no root-run genv saw "
+                      "which came first: an admin must decide (genv detach in one of them)" % (index, ids))
+            found += [Violation("conflict", None, detail, uid, env, index, decided=False)
+                      for uid, env, _ in undecided]
     return found
 
 
 def decide(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machine: Any, policy: Policy,
-           user: Callable[[int], str]) -> List[Violation]:
-    """The violations, one per process (its first rule in RULES order)."""
+           user: Callable[[int], str], seen: Optional[Dict[str, Any]] = None,
+           boot_id: Optional[str] = None) -> List[Violation]:
+    """The violations, one per process (its first rule in RULES order), and
+    those of environments with no process to act on. ``seen``: root's record
+    of what root-run commands saw (``genv.sightings``), taken in ``boot_id``."""
     safe = [p for p in processes
             if p.known and p.uid is not None and p.pid != 1 and p.token is not None
             and not policy.exempt(user(p.uid), p.program, p.system)]
@@ -141,20 +161,21 @@ def decide(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machi
         elif process.misplaced:
             found.append(Violation("misplaced", process, "on GPU %s, which environment %s does not hold"
                                    % (_gpu(process), process.env["id"])))
-    found += _conflicts(safe, users, machine)
+    found += [v for v in _conflicts(safe, users, machine, seen, boot_id)
+              if v.uid is None or user(v.uid) not in policy.exempt_users]
     found += [v for v in _over_cap(safe, users, machine, policy, user)
               if v.uid is None or user(v.uid) not in policy.exempt_users]
     found += _over_share(safe)
-    seen = set()
+    done = set()
     result = []
     for violation in found:
         p = violation.process
-        key = (p.pid, p.gpu) if p is not None else (-1, id(violation.env))
-        if key not in seen:
-            seen.add(key)
+        key = (p.pid, p.gpu) if p is not None else (violation.rule, id(violation.env), violation.gpu)
+        if key not in done:
+            done.add(key)
             result.append(violation)
-    result.sort(key=lambda v: (RULES.index(v.rule), (v.process.gpu if v.process.gpu is not None else -1)
-                               if v.process else -2, v.process.pid if v.process else -1))
+    result.sort(key=lambda v: (RULES.index(v.rule), -1 if v.gpu is None else v.gpu,
+                               v.process.pid if v.process else -1, v.env["id"] if v.env else ""))
     return result
 
 

@@ -107,6 +107,10 @@ class ProcFS:
     def __del__(self) -> None:
         self.close()
 
+    def this_boot(self) -> Optional[str]:
+        """This boot, as tokens name it (8 hex digits of its id); None elsewhere."""
+        return self._boot
+
     # -- identity and liveness --
 
     def _stat_of(self, pid: int) -> Optional[Tuple[str, int, float]]:

@@ -163,7 +163,40 @@ def _file_problem(data: Any, uid: int) -> Optional[str]:
             or not _text_ok(join.get("token"), MAX_TOKEN)
         ):
             return "a join is invalid"
+    seen = data.get("seen")
+    if seen is not None and (uid != 0 or not _seen_ok(seen)):
+        return "seen is invalid"
     return None
+
+
+def _seen_ok(seen: Any) -> bool:
+    """Root's record of what root-run commands saw (genv.sightings)."""
+    if type(seen) is not dict or not _text_ok(seen.get("boot"), MAX_TOKEN) or type(seen.get("envs")) is not list:
+        return False
+    for record in seen["envs"]:
+        if (
+            type(record) is not dict
+            or type(record.get("uid")) is not int
+            or not 0 <= record["uid"] <= MAX_PID
+            or not _text_ok(record.get("env"))
+            or type(record.get("claims")) is not list
+            or not _time_ok(record.get("since"))
+            or (record.get("active") is not None and not _time_ok(record["active"]))
+            or type(record.get("busy")) is not bool
+            or type(record.get("until")) is not dict
+            or not _time_ok(record["until"].get("first"))
+            or (record["until"].get("value") is not None and not _time_ok(record["until"]["value"]))
+        ):
+            return False
+        for claim in record["claims"]:
+            gpu = claim.get("gpu") if type(claim) is dict else None
+            if (
+                not (_text_ok(gpu) or (type(gpu) is int and 0 <= gpu < MAX_GPUS))
+                or type(claim.get("whole")) is not bool
+                or not _time_ok(claim.get("first"))
+            ):
+                return False
+    return True
 
 
 def check(data: Any, uid: int) -> Tuple[Dict[str, Any], List[str]]:

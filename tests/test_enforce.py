@@ -1143,6 +1143,190 @@ def test_an_exemption_by_name_cannot_be_borrowed(genv, world, other_user):
     assert running(system)
 
 
+# --- conflicts: only what root saw decides (issue 16, item 1) ----------------------
+
+
+def forge(genv, owner, eid, devices):
+    """The owner of ``eid`` writes ``devices`` into their own state file by
+    hand (the file stays theirs, as if they had written it)."""
+    data = genv.state(owner.pw_uid)
+    for env in data["envs"]:
+        if env["id"] == eid:
+            env["devices"] = devices
+    tmp = os.path.join(genv.base, "forged.json")
+    with open(tmp, "w") as handle:
+        json.dump(data, handle)
+    os.chmod(tmp, 0o644)
+    os.chown(tmp, owner.pw_uid, owner.pw_gid)
+    os.rename(tmp, os.path.join(genv.tmpdir, "user-%d.json" % owner.pw_uid))
+
+
+def uuid_of(genv, index, owner):
+    """A GPU's UUID, from the device list in ``owner``'s state (not by
+    asking genv as root, which would record what it saw)."""
+    listed = genv.state(owner.pw_uid)["devices"] or genv.state(UID)["devices"]
+    return [d for d in listed["list"] if d["index"] == index][0]["uuid"]
+
+
+def child_of(pid, argv="sleep 613"):
+    """The child of ``pid`` running ``argv`` (a held command of genv run, once released)."""
+    found = []
+
+    def look():
+        try:
+            with open("/proc/%d/task/%d/children" % (pid, pid)) as handle:
+                children = [int(word) for word in handle.read().split()]
+        except OSError:
+            return False
+        found[:] = [child for child in children if World.cmdline(child) == argv]
+        return bool(found)
+
+    until(look, "the command of pid %d" % pid)
+    return found[0]
+
+
+def conflict_docs(genv, *args):
+    rc, out, err = run_enforce(genv, "--format", "json", *args)
+    assert err == "", err
+    return rc, [doc for doc in json.loads(out) if doc["rule"] == "conflict"]
+
+
+def test_a_forged_attach_time_never_wins_a_conflict(genv, world, other_user):
+    """The issue's repro: root runs a job with genv run; another user writes
+    GPU 0 into their own file with an attach time of 1.0. Before, enforce
+    --kill stopped the victim (the earlier attach time won); now root's own
+    record says the victim's claim came first, and the forger's process is
+    the one stopped."""
+    need("root")
+    root = genv.shell("bash")
+    supervisor = world.in_shell(root, command="command genv run --gpus 1 --name victim -- sleep 613")
+    victim = child_of(supervisor)
+    world.put(victim, 0)
+    assert [env["devices"][0]["index"] for env in genv.state(0)["envs"] if env["config"].get("name") == "victim"] \
+        == [0]
+    forger = genv.shell("bash", user=other_user)
+    forger.ok("genv activate")
+    forge(genv, other_user, forger.var("GENV_ENVIRONMENT_ID"), [{"index": 0, "uuid": uuid_of(genv, 0, other_user),
+                                                                    "attached": 1.0}])
+    theirs = world.in_shell(forger, gpu=0)
+    rc, docs, err = enforce_json(genv, "--kill", "--grace", "1")
+    assert (rc, err) == (0, ""), (rc, err, docs)
+    assert list(docs) == [theirs], docs
+    assert docs[theirs]["rule"] == "conflict" and docs[theirs]["outcome"] == "terminated (SIGTERM)", docs
+    assert "saw hold it first" in docs[theirs]["detail"]
+    assert gone(theirs) and running(victim)
+
+
+def test_a_conflict_no_root_run_genv_can_order_stops_neither(genv, world, other_user):
+    """Two claims that no root-run genv saw come one after the other: both
+    environments are reported, nothing is stopped, an admin must decide;
+    still so at the next look (root first saw both at the same one)."""
+    need("root")
+    first = genv.shell("bash", user=other_user)
+    first.ok("genv activate --gpus 1")
+    second = genv.shell("bash", user=other_user)
+    second.ok("genv activate")
+    ids = sorted([first.var("GENV_ENVIRONMENT_ID"), second.var("GENV_ENVIRONMENT_ID")])
+    forge(genv, other_user, second.var("GENV_ENVIRONMENT_ID"), [{"index": 0, "uuid": uuid_of(genv, 0, other_user),
+                                                                   "attached": 1.0}])
+    pids = [world.in_shell(first, gpu=0), world.in_shell(second, gpu=0)]
+    for _ in range(2):
+        rc, docs = conflict_docs(genv, "--kill", "--grace", "1")
+        assert rc == 1 and sorted(doc["env_id"] for doc in docs) == ids, docs
+        for doc in docs:
+            assert (doc["pid"], doc["gpu"], doc["outcome"]) == (None, 0, "admin must decide"), doc
+            assert "an admin must decide" in doc["detail"], doc
+        assert all(running(pid) for pid in pids)
+    rc, out, err = run_enforce(genv)
+    assert rc == 1 and [(row["RULE"], row["OUTCOME"]) for row in columns(out)] == [
+        ("conflict", "admin must decide")] * 2, out
+
+
+@pytest.mark.parametrize("first_share, second_share", [(None, None), (GIB, None), (None, GIB)],
+                         ids=["whole-whole", "share-whole", "whole-share"])
+def test_root_run_listings_record_who_held_a_gpu_first(genv, world, other_user, first_share, second_share):
+    """A root-run listing (here genv devices) records the claims it sees; a
+    claim written later loses to it, whatever its attach time says, be it a
+    whole GPU or a share that a whole GPU cannot go with."""
+    need("root")
+    first = genv.shell("bash", user=other_user)
+    first.ok("genv activate --gpus 1" if first_share is None
+             else "genv activate && genv config gpu-memory 1g && genv attach --count 1")
+    assert gpu_of(first) == "0"
+    assert genv.cli("devices").returncode == 0  # root looks
+    second = genv.shell("bash", user=other_user)
+    second.ok("genv activate")
+    claim = {"index": 0, "uuid": uuid_of(genv, 0, other_user), "attached": 1.0}
+    if second_share is not None:
+        claim.update(memory=second_share, total=GPU_MIB * MIB)
+    forge(genv, other_user, second.var("GENV_ENVIRONMENT_ID"), [claim])
+    keep = world.in_shell(first, gpu=0)
+    lose = world.in_shell(second, gpu=0)
+    rc, docs, err = enforce_json(genv, "--kill", "--grace", "1")
+    assert (rc, err) == (0, "") and list(docs) == [lose], docs
+    assert docs[lose]["rule"] == "conflict" and docs[lose]["env_id"] == second.var("GENV_ENVIRONMENT_ID")
+    assert gone(lose) and running(keep)
+    # Root's record is root's own: it names what it saw, and users cannot write it.
+    seen = genv.state(0)["seen"]
+    assert {record["env"] for record in seen["envs"]} == {first.var("GENV_ENVIRONMENT_ID"),
+                                                          second.var("GENV_ENVIRONMENT_ID")}
+    assert os.stat(os.path.join(genv.tmpdir, "user-0.json")).st_uid == 0
+
+
+def test_a_share_beside_a_share_is_no_conflict(genv, world, other_user):
+    need("root")
+    first = genv.shell("bash", user=other_user)
+    first.ok("genv activate && genv config gpu-memory 1g && genv attach --count 1")
+    second = genv.shell("bash", user=other_user)
+    second.ok("genv activate")
+    forge(genv, other_user, second.var("GENV_ENVIRONMENT_ID"), [{"index": 0, "uuid": uuid_of(genv, 0, other_user),
+                                                                   "attached": 1.0, "memory": GIB}])
+    world.in_shell(first, gpu=0)
+    world.in_shell(second, gpu=0)
+    assert run_enforce(genv) == (0, "No process breaks the rules\n", "")
+
+
+def _holder(uid, eid, memory=None):
+    return (uid, {"id": eid}, {"index": 0, "uuid": "GPU-0", "attached": 1.0,
+                               **({"memory": memory} if memory else {})})
+
+
+def _seen(*records):
+    return {"boot": "b", "envs": [{"uid": uid, "env": eid, "claims": [{"gpu": "GPU-0", "whole": whole,
+                                                                          "first": first}],
+                                   "since": 0.0, "active": None, "busy": False, "until": {"value": None, "first": 0}}
+                                  for uid, eid, whole, first in records]}
+
+
+def test_sightings_order_the_claims_of_one_gpu():
+    from genv.sightings import conflicts
+
+    a, b, c, d = _holder(1, "a"), _holder(2, "b"), _holder(3, "c", GIB), _holder(4, "d", GIB)
+    names_of = lambda holders: sorted(h[1]["id"] for h in holders)  # noqa: E731
+    # Seen first wins; never seen loses to seen.
+    kept, lost, undecided = conflicts([a, b], _seen((1, "a", True, 5.0)), "b")
+    assert (names_of(kept), names_of(lost), undecided) == (["a"], ["b"], [])
+    kept, lost, undecided = conflicts([a, b], _seen((1, "a", True, 9.0), (2, "b", True, 5.0)), "b")
+    assert (names_of(kept), names_of(lost)) == (["b"], ["a"])
+    # The same look, or never: undecided. Another boot's record is no record.
+    for seen, boot in ((_seen((1, "a", True, 5.0), (2, "b", True, 5.0)), "b"), (None, "b"),
+                       (_seen((1, "a", True, 5.0)), "another boot")):
+        kept, lost, undecided = conflicts([a, b], seen, boot)
+        assert (kept, lost, names_of(undecided)) == ([], [], ["a", "b"])
+    # Shares go together; a whole GPU first seen after them loses.
+    kept, lost, undecided = conflicts([c, d, a], _seen((3, "c", False, 1.0), (4, "d", False, 2.0),
+                                                       (1, "a", True, 3.0)), "b")
+    assert (names_of(kept), names_of(lost), undecided) == (["c", "d"], ["a"], [])
+    # A share seen with a whole GPU at one look: undecided; a later share
+    # that would not fit with one of them: undecided too.
+    kept, lost, undecided = conflicts([a, c, d], _seen((1, "a", True, 1.0), (3, "c", False, 1.0),
+                                                       (4, "d", False, 2.0)), "b")
+    assert (kept, lost, names_of(undecided)) == ([], [], ["a", "c", "d"])
+    # A whole claim seen as a share before is a new claim.
+    kept, lost, undecided = conflicts([a, c], _seen((1, "a", False, 1.0), (3, "c", False, 2.0)), "b")
+    assert (names_of(kept), names_of(lost)) == (["c"], ["a"])
+
+
 def test_over_cap_after_the_policy_changed_stops_the_newest_environment(genv, world, other_user):
     need("root")
     path = write_policy(genv, {"default": {"max_gpus": 2}})

@@ -43,7 +43,7 @@ class Action:
         process = violation.process
         if process is None:
             self.permitted = False
-            self.outcome = "no process to stop"
+            self.outcome = "no process to stop" if violation.decided else "admin must decide"
             self.failed = True  # the rule stays broken whatever --kill does
         else:
             self.permitted = euid == 0 or process.uid == euid
@@ -53,7 +53,7 @@ class Action:
     def cells(self) -> Dict[str, Any]:
         v = self.violation
         p = v.process
-        return {"rule": v.rule, "detail": v.detail, "gpu": p.gpu if p else None, "pid": p.pid if p else None,
+        return {"rule": v.rule, "detail": v.detail, "gpu": v.gpu, "pid": p.pid if p else None,
                 "uid": v.uid, "user": self.user, "env_id": v.env["id"] if v.env else None,
                 "memory": None if p is None or p.memory is None else p.memory >> 20,
                 "command": p.command if p else None, "outcome": self.outcome}
@@ -62,7 +62,9 @@ class Action:
 def find(ctx: Context) -> List[Action]:
     """The violations now (one look at the GPUs, one at the state)."""
     with Session(ctx, listing=True, observe=True, details=True) as session:
-        found = enforce.decide(session.attributed(), session.users, session.machine, session.policy(), ctx.user)
+        session.witness()  # run by root: what it sees now counts, its claims first seen now
+        found = enforce.decide(session.attributed(), session.users, session.machine, session.policy(), ctx.user,
+                               session.seen(), session.boot_id())
     return [Action(v, ctx.user(v.uid) if v.uid is not None else "?", ctx.euid) for v in found]
 
 
@@ -177,7 +179,8 @@ def main(argv: List[str]) -> int:
         keys = set()
         for action in actions:
             p = action.violation.process
-            key = (action.violation.rule, p.pid if p else -1, p.token if p else None)
+            v = action.violation
+            key = (v.rule, p.pid if p else -1, p.token if p else None, None if p else (v.env or {}).get("id"), v.gpu)
             keys.add(key)
             if kill or key not in seen:
                 log(action)

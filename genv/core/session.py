@@ -8,9 +8,7 @@ GPU facts are gathered before the lock (nvidia-smi never runs under it).
 
 from __future__ import annotations
 
-import time
-
-from .. import attribution, environments, gpus
+from .. import attribution, clock, environments, gpus
 from ..errors import GenvError
 from ..procs import processes
 from ..store import StateDir, Transaction
@@ -41,7 +39,8 @@ class Session:
         self.holders_only = holders_only
         self.listing = listing
         self.details = details
-        self.now = time.time()
+        self.now = clock.wall()  # for people: created, attached
+        self.boot = clock.boot()  # for deadlines and idle times (genv.clock)
         self.folder = StateDir()
         self.processes = processes()
         self.record: Optional[Dict[str, Any]] = None
@@ -110,9 +109,43 @@ class Session:
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
         try:
+            if kind is None:
+                self.witness()
             self.tx.__exit__(kind, value, traceback)
         finally:
             self.processes.close()
+
+    def witness(self) -> None:
+        """Run by root: bring root's record of what it saw up to date
+        (``genv.sightings``): every environment's claims, and, when this
+        command asked nvidia-smi, whose processes it saw where. Others
+        cannot write it, and do nothing here."""
+        if self.ctx.euid != 0 or self.tx.missing:
+            return
+        from .. import sightings
+
+        root = self.tx.user(0)
+        processes = self.attributed() if self.snapshot is not None else None
+        new: Optional[Dict[str, Any]] = sightings.update(root.get("seen"), self.users, self.boot_id(), self.now,
+                                                         self.boot, processes)
+        if new is not None and not new["envs"]:
+            new = None
+        if new != root.get("seen"):
+            if new is None:
+                root.pop("seen", None)
+            else:
+                root["seen"] = new
+            self.tx.changed(0)
+
+    def boot_id(self) -> str:
+        """This boot, as root's record names it."""
+        return self.processes.this_boot() or "unknown"
+
+    def seen(self) -> Optional[Dict[str, Any]]:
+        """Root's record of what root-run commands saw (``genv.sightings``):
+        root's own file, which only root can write."""
+        root = self.users.get(0)
+        return root.get("seen") if root is not None else None
 
     @property
     def users(self) -> Dict[int, Dict[str, Any]]:
