@@ -21,6 +21,13 @@ policy it returns the violations, each with the process to act on:
   first saw them at the same look, or never) are reported for every
   environment involved, with nothing to stop: an admin must decide.
 
+- **idle**: an environment that has held GPUs longer than the policy's
+  ``max_idle`` without one of its own processes on them, by root's record
+  (``genv.sightings``: since root last saw one there, or since it attached)
+  and the processes on the GPUs now; an environment root never saw hold its
+  GPUs is not judged. No process to stop: ``genv enforce --reclaim``
+  detaches it.
+
 Never chosen: processes of exempt users or with exempt names, PID 1, and any
 process that cannot be attributed safely (it exited, its PID was reused, or
 its user is unknown). ``signal`` is the one place that sends signals: it
@@ -39,14 +46,14 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from .attribution import Process
     from .policy import Policy
 
-RULES = ("unmanaged", "misplaced", "conflict", "over-cap", "over-share")
+RULES = ("unmanaged", "misplaced", "conflict", "over-cap", "over-share", "idle")
 
 
 class Violation:
     """A rule broken, by a process (or by an environment with no process to
     act on: ``process`` is None; ``decided`` False: an admin must decide)."""
 
-    __slots__ = ("rule", "process", "detail", "uid", "env", "gpu", "decided")
+    __slots__ = ("rule", "process", "detail", "uid", "env", "gpu", "decided", "idle")
 
     def __init__(self, rule: str, process: Optional[Process], detail: str, uid: Optional[int] = None,
                  env: Optional[Dict[str, Any]] = None, gpu: Optional[int] = None, decided: bool = True) -> None:
@@ -55,6 +62,7 @@ class Violation:
         self.env = process.env if process is not None else env
         self.gpu = process.gpu if process is not None else gpu
         self.decided = decided
+        self.idle = 0.0  # seconds, for the idle rule
 
 
 def _over_share(processes: Sequence[Process]) -> List[Violation]:
@@ -145,12 +153,42 @@ def _conflicts(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], m
     return found
 
 
+def _idle(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], policy: Policy, user: Callable[[int], str],
+          seen: Optional[Dict[str, Any]], boot_id: Optional[str], boot: float) -> List[Violation]:
+    from .environments import gpu_words
+    from .sightings import busy, find, idle_since
+    from .sizes import format_duration
+
+    found = []
+    in_use = busy(processes)
+    for uid in sorted(users):
+        if uid == 0:
+            continue  # root is not capped
+        name = user(uid)
+        limit = policy.cap(name, "max_idle")
+        if limit is None or name in policy.exempt_users:
+            continue
+        for env in users[uid]["envs"]:
+            record = find(seen, boot_id, uid, env) if env["devices"] else None
+            if record is None or id(env) in in_use:
+                continue
+            idle = boot - idle_since(record)
+            if idle > limit:
+                detail = "%s held %s with no process of the environment on them (max_idle = %s)" % (
+                    gpu_words(env), format_duration(idle), format_duration(limit))
+                violation = Violation("idle", None, detail, uid, env)
+                violation.idle = idle
+                found.append(violation)
+    return found
+
+
 def decide(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machine: Any, policy: Policy,
            user: Callable[[int], str], seen: Optional[Dict[str, Any]] = None,
-           boot_id: Optional[str] = None) -> List[Violation]:
+           boot_id: Optional[str] = None, boot: Optional[float] = None) -> List[Violation]:
     """The violations, one per process (its first rule in RULES order), and
     those of environments with no process to act on. ``seen``: root's record
-    of what root-run commands saw (``genv.sightings``), taken in ``boot_id``."""
+    of what root-run commands saw (``genv.sightings``), taken in ``boot_id``;
+    ``boot``: now, on the boot clock (the idle rule needs both)."""
     safe = [p for p in processes
             if p.known and p.uid is not None and p.pid != 1 and p.token is not None
             and not policy.exempt(user(p.uid), p.program, p.system)]
@@ -166,6 +204,8 @@ def decide(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machi
     found += [v for v in _over_cap(safe, users, machine, policy, user)
               if v.uid is None or user(v.uid) not in policy.exempt_users]
     found += _over_share(safe)
+    if boot is not None:
+        found += _idle(processes, users, policy, user, seen, boot_id, boot)
     done = set()
     result = []
     for violation in found:

@@ -19,8 +19,16 @@ optional::
   ``"16g"``, or a number of bytes): a share counts its size, a whole GPU
   all its memory.
 - ``max_environments``: environments of a user that hold GPUs at once.
+- ``max_idle``: how long an environment may hold GPUs without one of its
+  processes on them before ``genv enforce`` reports it (rule ``idle``) and,
+  with ``--reclaim``, detaches it (a duration: ``"90m"``, ``"2h"``,
+  ``"1d"``, or a number of seconds).
+- ``max_reservation``: the longest ``attach --for`` (an end is never later
+  than now + this), and the end of every attach that gives none (a
+  duration). Renewing (``attach --for`` again) is how a present user keeps
+  GPUs.
 - A user's entry under ``users`` replaces the defaults it names.
-- root is never capped. Exempt users and processes are never touched by
+- root is never capped (nor reclaimed, nor given an end). Exempt users and processes are never touched by
   ``genv enforce``: a program is exempt when the policy names its absolute
   path, or its file name and it is a system program (the file and every
   folder above it root's and writable by root only), so that a user's copy
@@ -47,6 +55,7 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
 
 DEFAULT_PATH = "/etc/genv/policy.json"
 CAPS = ("max_gpus", "max_environments", "max_gpu_memory")
+DURATIONS = ("max_idle", "max_reservation")
 KEYS = ("default", "users", "exempt_users", "exempt_process_names")
 MAX_BYTES = 1 << 20
 
@@ -130,8 +139,19 @@ def _memory(value: Any) -> int:
     raise Invalid("it must be a size such as \"16g\" or a whole number of bytes from 0 up")
 
 
+def _duration(value: Any) -> float:
+    if isinstance(value, str):
+        from .sizes import parse_duration
+
+        return parse_duration(value, "duration", error=Invalid)
+    if type(value) in (int, float) and 0 < value <= 1e9:
+        return float(value)
+    raise Invalid("it must be a duration such as \"90m\", \"2h\", \"1d\" or a number of seconds above 0")
+
+
 PARSERS: Dict[str, Callable[[Any], Any]] = {"max_gpus": _count, "max_environments": _count,
-                                          "max_gpu_memory": _memory}
+                                          "max_gpu_memory": _memory, "max_idle": _duration,
+                                          "max_reservation": _duration}
 
 
 def _caps(value: Any, where: str, problems: List[str]) -> Optional[Dict[str, Any]]:

@@ -81,6 +81,7 @@ def _waiting_ok(waiting: Any) -> bool:
         and type(waiting.get("count")) is int
         and 0 <= waiting["count"] <= MAX_GPUS
         and _share_ok(waiting.get("memory"))
+        and (waiting.get("for") is None or (type(waiting["for"]) in _NUM and 0 < waiting["for"] < MAX_TIME))
         and type(waiting.get("over_subscribe")) is bool
         and (indices is None or (type(indices) is list and len(indices) <= MAX_GPUS
                                  and all(type(i) is int and 0 <= i < MAX_GPUS for i in indices)
@@ -127,6 +128,23 @@ def env_problem(env: Any) -> Optional[str]:
     for warning in warnings:
         if not _text_ok(warning, 4096):
             return "environment %r has an invalid warning" % eid
+    # Format 4: the reservation's end and what the owner's commands saw (boot
+    # clock), and the notes for its terminals.
+    if (
+        (env.get("until") is not None and not _time_ok(env["until"]))
+        or (env.get("active") is not None and not _time_ok(env["active"]))
+        or type(env.get("busy", False)) is not bool
+    ):
+        return "environment %r has an invalid time" % eid
+    notes = env.get("notes", [])
+    if type(notes) is not list or len(notes) > 64:
+        return "environment %r has invalid notes" % eid
+    last = 0
+    for note in notes:
+        if type(note) is not dict or type(note.get("id")) is not int or not last < note["id"] < 1 << 62 \
+                or not _text_ok(note.get("text"), 4096):
+            return "environment %r has invalid notes" % eid
+        last = note["id"]
     return None
 
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Dict, List, Optional, Sequence, Tuple
+    from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
     from .attribution import Process
 
@@ -59,14 +59,13 @@ def claim_key(reserved: Dict[str, Any]) -> Any:
     return reserved.get("uuid") or reserved["index"]
 
 
-def own_busy(uid: int, env: Env, processes: Sequence[Process]) -> bool:
-    """Whether one of the environment's own processes (its owner's: another
-    user's never makes it look busy) runs on one of its GPUs."""
-    for process in processes:
-        if (process.env is env and process.known and not process.misplaced and process.gpu is not None
-                and process.uid == uid):
-            return True
-    return False
+def busy(processes: Sequence[Process]) -> Set[int]:
+    """The environments (``id(env)``) one of whose own processes (its
+    owner's: another user's never makes it look busy) runs on one of its
+    GPUs: one pass over the processes."""
+    return {id(process.env) for process in processes
+            if process.env is not None and process.known and not process.misplaced and process.gpu is not None
+            and process.uid is not None and process.uid == process.owner}
 
 
 def _attached(reserved: Dict[str, Any], wall: float, boot: float) -> float:
@@ -85,6 +84,7 @@ def update(seen: Optional[Dict[str, Any]], users: Users, boot_id: str, wall: flo
     if seen is not None and seen.get("boot") == boot_id:
         old = {(record["uid"], record["env"]): record for record in seen["envs"]}
     records = []
+    in_use = busy(processes) if processes is not None else set()
     for uid in sorted(users):
         for env in users[uid]["envs"]:
             if not env["devices"]:
@@ -105,13 +105,13 @@ def update(seen: Optional[Dict[str, Any]], users: Users, boot_id: str, wall: flo
             value = env.get("until")
             until = before["until"] if before and before["until"]["value"] == value else {"value": value, "first": boot}
             active = before["active"] if before else None
-            busy = before["busy"] if before else False
+            used = before["busy"] if before else False
             if processes is not None:
-                busy = own_busy(uid, env, processes)
-                if busy and (active is None or boot - active >= RESOLUTION or not (before and before["busy"])):
+                used = id(env) in in_use
+                if used and (active is None or boot - active >= RESOLUTION or not (before and before["busy"])):
                     active = boot
             records.append({"uid": uid, "env": env["id"], "claims": claims, "since": since, "active": active,
-                            "busy": busy, "until": until})
+                            "busy": used, "until": until})
     return {"boot": boot_id, "envs": records}
 
 
@@ -146,15 +146,16 @@ def idle_since(record: Record) -> float:
     return float(record["since"] if active is None else max(record["since"], active))
 
 
-def end(record: Optional[Record], limit: Optional[float]) -> Optional[float]:
-    """The latest end root allows the reservation under ``max_reservation``
-    = ``limit`` seconds: never later than the owner's own end, nor than
-    ``limit`` after root first saw that end (or its absence). None: no end."""
+def end(record: Optional[Record], limit: Optional[float], until: Optional[float], boot: float) -> Optional[float]:
+    """The latest end root allows a reservation whose owner's file says
+    ``until`` now, under ``max_reservation`` = ``limit`` seconds: never
+    later than ``limit`` after root first saw that very end (or its
+    absence); an end root has not seen yet (a renewal since its last look)
+    counts from now. None: no limit."""
     if record is None or limit is None:
         return None
-    until = record["until"]
-    capped = float(until["first"]) + limit
-    return capped if until["value"] is None else min(float(until["value"]), capped)
+    first = float(record["until"]["first"]) if record["until"]["value"] == until else boot
+    return first + limit
 
 
 def conflicts(holders: Sequence[Tuple[int, Env, Dict[str, Any]]], seen: Optional[Dict[str, Any]],

@@ -120,10 +120,14 @@ def parse_duration(text: str, what: str, error: type = GenvError) -> float:
     return value
 
 
-def format_duration(seconds: float) -> str:
+def format_duration(seconds: float, up: bool = False) -> str:
     """A duration for people, in its two largest units: ``2h``, ``1h 30m``,
-    ``3d 4h``, ``45s`` (rounded down to the second)."""
+    ``3d 4h``, ``45s`` (rounded down to the second; ``up``: a time left,
+    rounded up to the minute past the first one, so that ``2h`` is ``2h``
+    until it is ``1h 59m``)."""
     left = int(max(0.0, seconds))
+    if up and seconds > 60:
+        left = -int(-seconds // 60) * 60
     parts: List[str] = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if left >= size or (unit == "s" and not parts):

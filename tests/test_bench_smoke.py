@@ -30,7 +30,7 @@ def test_bench_smoke(tmp_path):
     done = subprocess.run(
         [os.path.join(REPO, "bench", "run"), "--reps", "2", "--envs", "1,3", "--racers", "6",
          "--procs", "0,6", "--pack", "12", "--waiters", "2", "--idle", "1", "--admin", "4", "--hosts-slow", "0.3",
-         *kernel_options,
+         "--record", "5", *kernel_options,
          "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
@@ -128,6 +128,9 @@ def test_bench_smoke(tmp_path):
             assert medians[scenario] is not None and medians[scenario] > 0, scenario
         assert medians["hosts_1_slow"] >= 300 and summary["hosts"] == {"slow_seconds": 0.3}
         assert "genv devices -H over ssh" in done.stdout
+    # Issue 19: recording what a listing saw.
+    assert [facts["count"] for facts in summary["record"]] == [5] and summary["record"][0]["same"]
+    assert 0 <= summary["record"][0]["again"] < 1000
     assert summary["checks_ok"] and summary["races_ok"]
     assert all(isinstance(value, (int, float)) for value in summary["targets"].values())
     assert set(summary["targets_met"]) == set(summary["targets"])

@@ -302,6 +302,13 @@ BAD_KEYS = [
     ({"default": {"max_gpu_memory": "16 g"}}, "default.max_gpu_memory"),
     ({"default": {"max_gpu_memory": -1}}, "default.max_gpu_memory"),
     ({"default": {"max_gpu_memory": 1.5}}, "default.max_gpu_memory"),
+    ({"default": {"max_idle": "soon"}}, "default.max_idle"),
+    ({"default": {"max_idle": 0}}, "default.max_idle"),
+    ({"default": {"max_idle": True}}, "default.max_idle"),
+    ({"default": {"max_idle": "2 h"}}, "default.max_idle"),
+    ({"users": {"alice": {"max_reservation": -60}}}, "users.alice.max_reservation"),
+    ({"default": {"max_reservation": "1w"}}, "default.max_reservation"),
+    ({"default": {"max_reservation": float("inf")}}, "default.max_reservation"),
     ({"users": {"alice": {"max_gpus": -3}}}, "users.alice.max_gpus"),
     ({"users": {"alice": 4}}, "users.alice"),
     ({"users": ["alice"]}, "users"),
@@ -352,8 +359,9 @@ def test_a_bad_key_is_left_out_alone(data, field):
 
 
 def test_check_accepts_every_documented_shape():
-    full = {"default": {"max_gpus": 2, "max_environments": 4, "max_gpu_memory": "80g"},
-            "users": {"alice": {"max_gpus": 4, "max_gpu_memory": 17179869184}},
+    full = {"default": {"max_gpus": 2, "max_environments": 4, "max_gpu_memory": "80g", "max_idle": "2h",
+                        "max_reservation": 86400},
+            "users": {"alice": {"max_gpus": 4, "max_gpu_memory": 17179869184, "max_idle": "90m"}},
             "exempt_users": ["prometheus"], "exempt_process_names": ["nvidia-cuda-mps-server"]}
     for data in ({}, full, {"default": {}}, {"users": {}}, {"exempt_users": []},
                  {"default": {"max_gpus": 0, "max_environments": 0, "max_gpu_memory": 0}},
@@ -364,6 +372,8 @@ def test_check_accepts_every_documented_shape():
     assert rules.cap("alice", "max_environments") == 4  # an own entry replaces only what it names
     assert rules.cap("bob", "max_gpus") == 2
     assert rules.cap("bob", "max_gpu_memory") == 80 * GIB and rules.cap("alice", "max_gpu_memory") == 16 * GIB
+    assert rules.cap("bob", "max_idle") == 7200 and rules.cap("alice", "max_idle") == 5400
+    assert rules.cap("alice", "max_reservation") == 86400
     assert policy.Policy().cap("bob", "max_gpus") is None
     assert rules.exempt("prometheus", "/bin/sleep") and not rules.exempt("alice", "/bin/sleep")
     # By name: only a system program (root's file in root's folders).

@@ -77,6 +77,11 @@ class Session:
                                                          self.processes, self.snapshot.mark, self.details)
         return self._attributed
 
+    def reattribute(self) -> None:
+        """The state changed under the lock (GPUs reclaimed): attribute the
+        processes seen again (whose environment holds which GPU)."""
+        self._attributed = None
+
     @property
     def machine(self) -> List[Dict[str, Any]]:
         if self.record is None:
@@ -102,6 +107,12 @@ class Session:
             if self._store_record and self.record is not None:
                 environments.reconcile(self.tx.user(euid), self.record)
                 self.tx.changed(euid)
+            # Reservations that ended release their GPUs, as dead terminals
+            # do: in the caller's file (root: in every file), in memory for
+            # the others (their owner's next command writes it).
+            for uid in environments.expire(self.tx.users, self.boot, self.ends()):
+                if uid == euid or euid == 0:
+                    self.tx.changed(uid)
         except BaseException as error:
             self.tx.__exit__(type(error), error, None)
             raise
@@ -110,10 +121,59 @@ class Session:
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
         try:
             if kind is None:
+                self._note_activity()
                 self.witness()
             self.tx.__exit__(kind, value, traceback)
         finally:
             self.processes.close()
+
+    def ends(self) -> Dict[Tuple[int, str], Tuple[float, str]]:
+        """The ends the policy's ``max_reservation`` sets, counted from what
+        root-run commands saw (``genv.sightings.end``): they bind whatever a
+        user's own file says. Read only where root's record is of this boot."""
+        seen = self.seen()
+        if not seen or not seen["envs"] or seen.get("boot") != self.boot_id():
+            return {}
+        from ..sightings import end
+        from ..sizes import format_duration
+
+        policy = self.policy()
+        ends: Dict[Tuple[int, str], Tuple[float, str]] = {}
+        current = {(uid, env["id"]): env.get("until") for uid in self.users for env in self.users[uid]["envs"]}
+        for record in seen["envs"]:
+            key = (record["uid"], record["env"])
+            if record["uid"] == 0 or key not in current:
+                continue  # root is not capped
+            limit = policy.cap(self.ctx.user(record["uid"]), "max_reservation")
+            found = end(record, limit, current[key], self.boot)
+            if found is not None:
+                ends[(record["uid"], record["env"])] = (
+                    found, "at the end of the longest reservation the policy allows (max_reservation = %s)"
+                    % format_duration(limit))
+        return ends
+
+    def _note_activity(self) -> None:
+        """What this command saw of the caller's own environments' processes
+        (when it asked nvidia-smi), in the caller's own file, for display
+        (``genv envs``' IDLE): a claim like any other there; decisions read
+        root's record only."""
+        if self.snapshot is None or self.tx.missing:
+            return
+        from ..sightings import RESOLUTION, busy as in_use
+
+        euid = self.ctx.euid
+        used = in_use(self.attributed())
+        for env in self.tx.user(euid)["envs"]:
+            if not env["devices"]:
+                continue
+            busy = id(env) in used
+            active = env.get("active")
+            if busy and (active is None or self.boot - active >= RESOLUTION or not env.get("busy")):
+                env["active"] = self.boot
+                self.tx.changed(euid)
+            if bool(env.get("busy")) != busy:
+                env["busy"] = busy
+                self.tx.changed(euid)
 
     def witness(self) -> None:
         """Run by root: bring root's record of what it saw up to date
@@ -177,13 +237,15 @@ class Session:
         """GPUs that processes outside every environment keep busy."""
         return attribution.busy(self.attributed(), self.ctx.user)
 
-    def attach(self, owner: int, env: Dict[str, Any], request: Request, detach: bool = True) -> Optional[str]:
+    def attach(self, owner: int, env: Dict[str, Any], request: Request, detach: bool = True,
+               reserve: Optional[float] = None) -> Optional[str]:
         """Give ``env`` the GPUs ``allocate`` chooses, behind the requests
         waiting in line before it. If it refuses, return why, and (all or
         nothing) detach the environment unless ``detach`` is False (a request
         that goes on waiting keeps what it has). Raises CapExceeded (from
         ``policy``) if it would take the owner past a cap: waiting would
-        not help, and nothing changes."""
+        not help, and nothing changes. Once attached, the reservation ends
+        ``reserve`` seconds from now (see ``_reserve``)."""
         from ..allocate import Refused, Waiter, allocate
 
         before = env["devices"]
@@ -211,7 +273,37 @@ class Session:
         if chosen != before:  # another terminal may just pick them up
             env["devices"] = chosen
             self.tx.changed(owner)
+        if failure is None:
+            self._reserve(owner, env, reserve, capped)
+        elif not env["devices"] and env.get("until") is not None:
+            env.pop("until")
+            self.tx.changed(owner)
         return failure
+
+    def _reserve(self, owner: int, env: Dict[str, Any], reserve: Optional[float], capped: bool) -> None:
+        """The end of what ``env`` holds after an attach: ``reserve`` seconds
+        from now (``attach --for``; a request that waited in line asked for
+        it there), capped by the policy's ``max_reservation``, which also
+        gives an attach without ``--for`` its end; otherwise the end it had
+        (none: until detached). root is not capped."""
+        from ..sizes import format_duration
+
+        if not env["devices"]:
+            if env.pop("until", None) is not None:
+                self.tx.changed(owner)
+            return
+        if reserve is None:
+            reserve = (env.get("waiting") or {}).get("for")
+        limit = self.policy().cap(self.ctx.user(owner), "max_reservation") if capped else None
+        if reserve is not None and limit is not None and reserve > limit:
+            self.messages.append("the reservation ends in %s, the longest the policy allows (max_reservation in %s), "
+                                 "not in %s" % (format_duration(limit), self.policy().path, format_duration(reserve)))
+            reserve = limit
+        if reserve is None:
+            reserve = limit
+        if reserve is not None:
+            env["until"] = self.boot + reserve
+            self.tx.changed(owner)
 
     def deliver_warnings(self, owner: int, env: Dict[str, Any]) -> None:
         """Messages left for this environment (a GPU that disappeared) go to
