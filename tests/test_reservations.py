@@ -252,19 +252,23 @@ def test_a_user_reclaims_only_their_own(genv, world, other_user):
     assert [d["index"] for d in genv.state(stranger)["envs"][0]["devices"]] == [3]
 
 
-def test_no_idle_rule_without_max_idle_or_root_evidence(genv, world):
-    """Without max_idle nothing is idle; an environment no root-run genv saw
-    hold its GPUs is not judged (as an ordinary user, only root's record
-    counts)."""
+def test_no_idle_rule_without_max_idle_or_root_evidence(genv, world, request):
+    """Without max_idle nothing is idle. With it (as root: a trusted policy),
+    an environment no root-run genv saw hold its GPUs is not judged (a
+    user's enforce has only root's record to go by), root's never."""
     shell = genv.shell("bash")
     shell.ok("genv activate --gpus 1")
-    assert enforce(genv, clock=10 * HOUR) == (0, [])
-    write_policy(genv, {"default": {"max_idle": "1h"}})
+    assert enforce(genv, "--reclaim", clock=10 * HOUR) == (0, [])
+    assert gpus(shell) == "0"
     if UID != 0:
-        assert enforce(genv, "--reclaim", clock=10 * HOUR) == (0, [])  # root never looked
-        assert gpus(shell) == "0"
-    else:
-        assert enforce(genv, clock=10 * HOUR) == (0, [])  # root is not capped
+        return  # (a policy is trusted only in root's folders)
+    other_user = request.getfixturevalue("other_user")
+    write_policy(genv, {"default": {"max_idle": "1h"}})
+    user = genv.shell("bash", user=other_user)
+    user.ok("genv activate --gpus 1")
+    assert enforce(genv, "--reclaim", clock=10 * HOUR, user=other_user) == (0, [])  # root never looked
+    assert enforce(genv, clock=10 * HOUR) == (0, [])  # root looks now: it just attached; root's own: never
+    assert enforce(genv, clock=12 * HOUR)[1][0]["env_id"] == eid(user)
 
 
 # === 3. terminals follow ===========================================================
@@ -546,7 +550,9 @@ def test_a_wall_clock_that_jumps_neither_ends_a_reservation_nor_keeps_it(genv):
     assert gpus(shell) == ""
 
 
-def test_max_reservation_caps_for_and_gives_every_attach_an_end(genv, capped_user):
+def test_max_reservation_caps_for_and_gives_every_attach_an_end(genv, other_user):
+    need("root")  # (a policy is trusted only in root's folders)
+    capped_user = other_user
     path = write_policy(genv, {"default": {"max_reservation": "1h"}})
     shell = genv.shell("bash", user=capped_user)
     shell.ok("export GENV_TEST_CLOCK=0; genv activate --gpus 1")
@@ -569,14 +575,6 @@ def test_max_reservation_caps_for_and_gives_every_attach_an_end(genv, capped_use
     root = genv.shell("bash")
     root.ok("genv activate --gpus 1")
     assert env_of(genv, eid(root))["until"] is None
-
-
-@pytest.fixture
-def capped_user(request):
-    """The second account as root runs the tests; the test user otherwise."""
-    if UID == 0:
-        return request.getfixturevalue("other_user")
-    return None
 
 
 def test_a_forged_end_cannot_outlast_max_reservation(genv, world, other_user):
