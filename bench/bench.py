@@ -55,6 +55,10 @@ Scenarios (--only/--skip take these names):
           replayed from a recorded one, or, with --slurm-real (root, Slurm's
           packages), comes from a real single-node cluster started for the run
           (tests/slurm_cluster.py)
+  record  (issue 19) what a listing pays to record what it saw (root's record
+          of claims and processes, genv.sightings.update, and the owner's own
+          claims), in-process, with N environments and N GPU processes
+          (--record), on a look that changes nothing and on a first look
   kernel  (issue 12) a Jupyter kernel's start (start_kernel() to
           wait_for_ready()), a plain ipykernel kernelspec against one made by
           'genv kernel install --gpus 1', in turn (--kernel-reps); in an
@@ -1152,6 +1156,52 @@ done
             cluster.stop()
 
 
+RECORD_HELPER = r'''
+"""Times genv.sightings.update (and the owner's claims) in-process: N
+environments, each holding one GPU, N attributed processes (half of them
+on their environment's GPU), as a root-run listing records them."""
+import json, statistics, sys, time
+sys.path.insert(0, sys.argv[1])
+from genv import sightings
+from genv.attribution import Process
+
+count, reps = int(sys.argv[2]), int(sys.argv[3])
+users = {}
+processes = []
+for n in range(count):
+    uid = 1000 + n % 50
+    env = {"id": str(10000 + n), "devices": [{"index": n % 8, "uuid": "GPU-%d" % (n % 8), "attached": time.time()}],
+           "until": None}
+    users.setdefault(uid, {"envs": []})["envs"].append(env)
+    process = Process(n % 8 if n % 2 else (n + 1) % 8, 20000 + n, 100 << 20, "python")
+    process.known, process.uid, process.owner, process.env, process.misplaced = True, uid, uid, env, not n % 2
+    processes.append(process)
+wall, boot = time.time(), time.clock_gettime(time.CLOCK_BOOTTIME)
+first, again = [], []
+for _ in range(reps):
+    started = time.perf_counter()
+    seen = sightings.update(None, users, "b", wall, boot, processes)
+    first.append((time.perf_counter() - started) * 1000)
+    started = time.perf_counter()
+    new = sightings.update(seen, users, "b", wall, boot + 1, processes)
+    same = new == seen
+    used = sightings.busy(processes)
+    for state in users.values():
+        for env in state["envs"]:
+            _ = id(env) in used
+    again.append((time.perf_counter() - started) * 1000)
+print(json.dumps({"first": statistics.median(first), "again": statistics.median(again), "same": same,
+                  "bytes": len(json.dumps(seen))}))
+'''
+
+
+def recording(python: str, count: int, reps: int) -> Dict[str, Any]:
+    """Issue 19: the cost of recording what a listing saw (RECORD_HELPER)."""
+    done = subprocess.run([python, "-I", "-S", "-c", RECORD_HELPER, REPO, str(count), str(reps)],
+                          capture_output=True, text=True, timeout=600, check=True)
+    return dict(json.loads(done.stdout), count=count)
+
+
 KERNEL_HELPER = r'''
 """Runs in an interpreter with jupyter_client: starts kernels, as Jupyter
 does, and times each from start_kernel() to wait_for_ready()."""
@@ -1340,8 +1390,8 @@ def median(values: List[float]) -> Optional[float]:
     return statistics.median(values) if values else None
 
 
-SCENARIOS = ("cycle", "shim", "envs", "race", "procs", "share", "pack", "wait", "admin", "run", "sdk", "kernel",
-             "hosts", "slurm")
+SCENARIOS = ("cycle", "shim", "envs", "race", "procs", "share", "pack", "wait", "admin", "run", "sdk", "record",
+             "kernel", "hosts", "slurm")
 
 
 def counts(text: str) -> List[int]:
@@ -1364,6 +1414,9 @@ def main() -> int:
     parser.add_argument("--admin", default="100",
                         help="environments and GPU processes (as many of each) for enforce and the monitor's "
                              "scrape (default 100; a comma list; 0 skips)")
+    parser.add_argument("--record", default="100,1000",
+                        help="environments and GPU processes (as many of each) for the record scenario "
+                             "(default 100,1000)")
     parser.add_argument("--kernel-reps", type=int, default=9,
                         help="starts of each Jupyter kernel, plain and genv's (default 9; 0 skips)")
     parser.add_argument("--kernel-python",
@@ -1414,7 +1467,7 @@ def main() -> int:
 
         results: Dict[str, Dict[str, Any]] = {tool.name: {} for tool in tools}
         extras: Dict[str, Any] = {"procs": {}, "packing": None, "waiting": None, "admin": {}, "run_calls": None,
-                                  "kernel": None, "hosts": None, "slurm": None, "skipped": {}}
+                                  "kernel": None, "hosts": None, "slurm": None, "record": [], "skipped": {}}
 
         def record(tool: Tool, data: Dict[str, List[float]]) -> None:
             for label, values in data.items():
@@ -1483,6 +1536,9 @@ def main() -> int:
             data, extras["slurm"] = slurm_costs(ours, args.reps, python, args.slurm_real)
             record(ours, data)
             lap("slurm")
+        if "record" in chosen:
+            extras["record"] = [recording(python, count, args.reps) for count in counts(args.record) if count > 0]
+            lap("record")
         if "kernel" in chosen and args.kernel_reps > 0:
             kpython, why = kernel_python(args.kernel_python, work)
             if kpython is None:
@@ -1764,6 +1820,13 @@ def report(results: Dict[str, Dict[str, Any]], tools: List[Tool], python: str, e
                "no GPU and --gpus 1 (target <= 2)", max(run_net) / ours["floor_run"], 2)  # type: ignore
     if ours.get("sdk_net") is not None:
         target("import genv.sdk over the bare interpreter, ms (target <= 20)", ours["sdk_net"], 20)
+    for facts in extras.get("record") or ():
+        print("- recording what a listing saw, %d environments and processes: %.3f ms on a look that changes "
+              "nothing, %.3f ms on a first look; root's record %d bytes" % (
+                  facts["count"], facts["again"], facts["first"], facts["bytes"]))
+        if facts["count"] <= 100:
+            target("recording what a listing saw, ms, %d environments and processes (target <= 1)" % facts["count"],
+                   max(facts["again"], facts["first"]), 1)
     if ours.get("kernel_net") is not None:
         target("a kernel's start with genv (--gpus 1) minus without, less its nvidia-smi calls, ms "
                "(target <= 100)", ours["kernel_net"], 100)
@@ -1822,7 +1885,8 @@ def report(results: Dict[str, Dict[str, Any]], tools: List[Tool], python: str, e
             "nvidia_smi_calls": {n: facts["calls"] for n, facts in procs.items()},
             "shim_python_starts": {n: facts["python_starts"] for n, facts in procs.items()},
             "packing": pack, "waiting": wait, "admin": admin, "run_calls": run_calls, "kernel": kernel,
-            "hosts": extras.get("hosts"), "slurm": slurm, "skipped": skipped, "races_ok": races_ok, "checks_ok": checks_ok}
+            "hosts": extras.get("hosts"), "slurm": slurm, "record": extras.get("record"), "skipped": skipped,
+            "races_ok": races_ok, "checks_ok": checks_ok}
 
 
 def _num(value: Optional[float], form: str) -> str:

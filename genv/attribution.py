@@ -40,14 +40,15 @@ MAX_DEPTH = 256
 
 class Process:
     """One GPU process on one GPU, attributed. Everything is read when it is
-    made (``attribute``); ``command`` (its command line) and ``program`` (its
-    executable's path, /proc/<pid>/exe, not what it calls itself) only when
-    the caller asks for details (ps, status, enforce: an attach needs
-    neither); otherwise, and where /proc does not say, nvidia-smi's process
-    name."""
+    made (``attribute``); ``command`` (its command line), ``program`` (its
+    executable's path, /proc/<pid>/exe, not what it calls itself) and
+    ``system`` (whether that file and every folder above it are root's and
+    writable by root only) only when the caller asks for details (ps,
+    status, enforce: an attach needs none of them); otherwise, and where
+    /proc does not say, nvidia-smi's process name (and ``system`` False)."""
 
     __slots__ = ("gpu", "pid", "uid", "owner", "env", "memory", "name", "known", "misplaced", "token",
-                 "command", "program")
+                 "command", "program", "system")
 
     def __init__(self, gpu: Optional[int], pid: int, memory: Optional[int], command: Optional[str]) -> None:
         self.gpu = gpu
@@ -56,6 +57,7 @@ class Process:
         self.name = command  # nvidia-smi's process name
         self.command = command
         self.program = command
+        self.system = False  # the program is the system's (root's file in root's folders)
         self.known = False  # False: gone or reused, nothing below is known
         self.uid: Optional[int] = None
         self.owner: Optional[int] = None  # the environment's owner
@@ -148,6 +150,7 @@ def attribute(apps: Sequence[App], machine: Sequence[Dict[str, Any]], users: Use
             if details:
                 process.command = facts.command(app.pid) or app.name
                 process.program = facts.executable(app.pid) or app.name
+                process.system = facts.system_program(app.pid)
             found = _environment(app.pid, facts, users, terms)
             if found is not None:
                 process.owner, process.env = found

@@ -14,7 +14,19 @@ policy it returns the violations, each with the process to act on:
   processes is reported with no process to act on);
 - **conflict**: a GPU held whole by two environments, or whole by one and
   shared by others, which genv never hands out (somebody wrote their own
-  state file): the processes on it of every holder but the first;
+  state file). Who came first is decided only by root's record of what
+  root-run commands saw (``genv.sightings``), never by the attach times
+  users write: the processes on it of the environments whose claim root saw
+  after one it cannot share with are chosen; claims root cannot order (it
+  first saw them at the same look, or never) are reported for every
+  environment involved, with nothing to stop: an admin must decide.
+
+- **idle**: an environment that has held GPUs longer than the policy's
+  ``max_idle`` without one of its own processes on them, by root's record
+  (``genv.sightings``: since root last saw one there, or since it attached)
+  and the processes on the GPUs now; an environment root never saw hold its
+  GPUs is not judged. No process to stop: ``genv enforce --reclaim``
+  detaches it.
 - **line**: a place in the line of waiters that does not count (its
   process is not waiting in genv, or it asks for more than the owner's caps
   or the machine allow: written by hand, see ``environments.places``),
@@ -39,21 +51,23 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from .attribution import Process
     from .policy import Policy
 
-RULES = ("unmanaged", "misplaced", "conflict", "over-cap", "over-share", "line")
+RULES = ("unmanaged", "misplaced", "conflict", "over-cap", "over-share", "idle", "line")
 
 
 class Violation:
-    """A rule broken, by a process (or, for over-cap, possibly, and for
-    line, always by an environment with no process to act on: ``process``
-    is None)."""
+    """A rule broken, by a process (or by an environment with no process to
+    act on: ``process`` is None; ``decided`` False: an admin must decide)."""
 
-    __slots__ = ("rule", "process", "detail", "uid", "env")
+    __slots__ = ("rule", "process", "detail", "uid", "env", "gpu", "decided", "idle")
 
     def __init__(self, rule: str, process: Optional[Process], detail: str, uid: Optional[int] = None,
-                 env: Optional[Dict[str, Any]] = None) -> None:
+                 env: Optional[Dict[str, Any]] = None, gpu: Optional[int] = None, decided: bool = True) -> None:
         self.rule, self.process, self.detail = rule, process, detail
         self.uid = process.uid if process is not None else uid
         self.env = process.env if process is not None else env
+        self.gpu = process.gpu if process is not None else gpu
+        self.decided = decided
+        self.idle = 0.0  # seconds, for the idle rule
 
 
 def _over_share(processes: Sequence[Process]) -> List[Violation]:
@@ -82,7 +96,7 @@ def _over_share(processes: Sequence[Process]) -> List[Violation]:
 
 def _over_cap(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machine: Any, policy: Policy,
               user: Callable[[int], str]) -> List[Violation]:
-    from .policy import CAPS, UNIT, held
+    from .policy import CAPS, held
 
     found = []
     for uid, state in users.items():
@@ -96,11 +110,12 @@ def _over_cap(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], ma
         holding.sort(key=lambda env: max(d["attached"] for d in env["devices"]))
         while holding:
             now = held({uid: {"envs": holding}}, uid, machine)
-            excess = [cap for cap, value in caps.items() if value is not None and now[cap] > value * UNIT]
+            excess = [cap for cap, value in caps.items()
+                      if value is not None and (now[cap] is None or now[cap] > value)]
             if not excess:
                 break
             newest = holding.pop()
-            detail = "%s holds more than %s = %d" % (name, excess[0], caps[excess[0]] or 0)
+            detail = "%s holds more than %s = %s" % (name, excess[0], _cap_text(excess[0], caps[excess[0]]))
             own = [process for process in processes if process.env is newest]
             found += [Violation("over-cap", process, detail) for process in own]
             if not own:
@@ -108,32 +123,84 @@ def _over_cap(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], ma
     return found
 
 
-def _conflicts(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machine: Any) -> List[Violation]:
+def _cap_text(name: str, value: Any) -> str:
+    if name == "max_gpu_memory":
+        from .sizes import format_size
+
+        return format_size(value) if value else "0"
+    return str(value)
+
+
+def _conflicts(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machine: Any,
+               seen: Optional[Dict[str, Any]], boot_id: Optional[str]) -> List[Violation]:
     from .environments import holdings
+    from .sightings import conflicts
 
     found = []
     for index, holders in holdings(users, machine).items():
         if len(holders) < 2 or all(reserved.get("memory") is not None for _, _, reserved in holders):
             continue
-        ordered = sorted(holders, key=lambda holder: (holder[2]["attached"], holder[0], holder[1]["id"]))
-        first = ordered[0][1]
-        later = [env for _, env, _ in ordered[1:]]
-        detail = "GPU %d is also held by environment %s, which attached it first" % (index, first["id"])
-        for process in processes:
-            if process.gpu == index and any(process.env is env for env in later):
-                found.append(Violation("conflict", process, detail))
+        kept, lost, undecided = conflicts(holders, seen, boot_id)
+        for uid, env, _ in lost:
+            first = kept[0][1]["id"] if kept else "?"
+            detail = ("GPU %d is also held by environment %s, which a root-run genv saw hold it first"
+                      % (index, first))
+            own = [process for process in processes if process.gpu == index and process.env is env]
+            found += [Violation("conflict", process, detail) for process in own]
+            if not own:
+                found.append(Violation("conflict", None, detail, uid, env, index))
+        if undecided:
+            ids = ", ".join(env["id"] for _, env, _ in undecided)
+            detail = ("GPU %d is held by environments %s, which cannot all have it, and no root-run genv saw "
+                      "which came first: an admin must decide (genv detach in one of them)" % (index, ids))
+            found += [Violation("conflict", None, detail, uid, env, index, decided=False)
+                      for uid, env, _ in undecided]
+    return found
+
+
+def _idle(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], policy: Policy, user: Callable[[int], str],
+          seen: Optional[Dict[str, Any]], boot_id: Optional[str], boot: float) -> List[Violation]:
+    from .environments import gpu_words
+    from .sightings import busy, find, idle_since
+    from .sizes import format_duration
+
+    found = []
+    in_use = busy(processes)
+    for uid in sorted(users):
+        if uid == 0:
+            continue  # root is not capped
+        name = user(uid)
+        limit = policy.cap(name, "max_idle")
+        if limit is None or name in policy.exempt_users:
+            continue
+        for env in users[uid]["envs"]:
+            record = find(seen, boot_id, uid, env) if env["devices"] else None
+            if record is None or id(env) in in_use:
+                continue
+            idle = boot - idle_since(record)
+            if idle > limit:
+                detail = "%s held %s with no process of the environment on them (max_idle = %s)" % (
+                    gpu_words(env), format_duration(idle), format_duration(limit))
+                violation = Violation("idle", None, detail, uid, env)
+                violation.idle = idle
+                found.append(violation)
     return found
 
 
 def decide(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machine: Any, policy: Policy,
-           user: Callable[[int], str], places: Sequence[Tuple[int, Dict[str, Any], str]] = ()) -> List[Violation]:
-    """The violations, one per process (its first rule in RULES order).
-    ``places``: ``environments.places`` (uid, env, whether it counts or why not)."""
+           user: Callable[[int], str], seen: Optional[Dict[str, Any]] = None,
+           boot_id: Optional[str] = None, boot: Optional[float] = None,
+           places: Sequence[Tuple[int, Dict[str, Any], str]] = ()) -> List[Violation]:
+    """The violations, one per process (its first rule in RULES order), and
+    those of environments with no process to act on. ``seen``: root's record
+    of what root-run commands saw (``genv.sightings``), taken in ``boot_id``;
+    ``boot``: now, on the boot clock (the idle rule needs both); ``places``:
+    ``environments.places`` (uid, env, whether it counts or why not)."""
     from .environments import STOPPED, WAITING
 
     safe = [p for p in processes
             if p.known and p.uid is not None and p.pid != 1 and p.token is not None
-            and not policy.exempt(user(p.uid), p.program)]
+            and not policy.exempt(user(p.uid), p.program, p.system)]
     found: List[Violation] = []
     for process in safe:
         if process.env is None:
@@ -141,24 +208,27 @@ def decide(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machi
         elif process.misplaced:
             found.append(Violation("misplaced", process, "on GPU %s, which environment %s does not hold"
                                    % (_gpu(process), process.env["id"])))
-    found += _conflicts(safe, users, machine)
+    found += [v for v in _conflicts(safe, users, machine, seen, boot_id)
+              if v.uid is None or user(v.uid) not in policy.exempt_users]
     found += [v for v in _over_cap(safe, users, machine, policy, user)
               if v.uid is None or user(v.uid) not in policy.exempt_users]
     found += _over_share(safe)
+    if boot is not None:
+        found += _idle(processes, users, policy, user, seen, boot_id, boot)
     for uid, env, why in places:
         if why not in (WAITING, STOPPED) and user(uid) not in policy.exempt_users:
             found.append(Violation("line", None, "a place in line for %s that does not count: %s"
                                    % (_asked(env["waiting"]), why), uid, env))
-    seen = set()
+    done = set()
     result = []
     for violation in found:
         p = violation.process
-        key: Tuple[Any, ...] = (p.pid, p.gpu) if p is not None else (violation.rule, id(violation.env))
-        if key not in seen:
-            seen.add(key)
+        key = (p.pid, p.gpu) if p is not None else (violation.rule, id(violation.env), violation.gpu)
+        if key not in done:
+            done.add(key)
             result.append(violation)
-    result.sort(key=lambda v: (RULES.index(v.rule), (v.process.gpu if v.process.gpu is not None else -1)
-                               if v.process else -2, v.process.pid if v.process else -1))
+    result.sort(key=lambda v: (RULES.index(v.rule), -1 if v.gpu is None else v.gpu,
+                               v.process.pid if v.process else -1, v.env["id"] if v.env else ""))
     return result
 
 

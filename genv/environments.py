@@ -317,3 +317,70 @@ def reconcile(state: Dict[str, Any], record: Dict[str, Any]) -> None:
                 )
             kept.append({**reserved, "index": match["index"], "uuid": match.get("uuid")})
         env["devices"] = kept
+
+
+# --- what an environment's terminals follow, and what they are told --------------
+
+NOTES_KEPT = 8
+"""Notes an environment keeps for its terminals (the latest)."""
+
+
+def terminal_view(env: Env) -> Tuple[Any, ...]:
+    """What the terminals of an environment follow: its GPUs and shares, its
+    end, its latest note. (A change makes the shell look again.)"""
+    devices = tuple(sorted((d["index"], d.get("memory")) for d in env["devices"]))
+    return devices, env.get("until"), last_note(env)
+
+
+def last_note(env: Env) -> int:
+    notes = env.get("notes") or ()
+    return int(notes[-1]["id"]) if notes else 0
+
+
+def add_note(env: Env, text: str) -> None:
+    """A message for each of the environment's terminals, told once to each
+    (at its next genv command or prompt)."""
+    notes = list(env.get("notes") or ())
+    notes.append({"id": last_note(env) + 1, "text": text})
+    env["notes"] = notes[-NOTES_KEPT:]
+
+
+def notes_after(env: Env, seen: int) -> List[str]:
+    """The notes a terminal that was told up to note ``seen`` has not seen."""
+    return [note["text"] for note in env.get("notes") or () if note["id"] > seen]
+
+
+def gpu_words(env: Env) -> str:
+    """``GPU 3`` or ``GPUs 0,1``, for messages."""
+    held = indices(env)
+    return "GPU%s %s" % ("" if len(held) == 1 else "s", ",".join(map(str, held)))
+
+
+def release(env: Env, why: str) -> None:
+    """Detach the environment, its terminals to be told ``GPUs 0,1 were
+    released WHY`` (a reclaim, a reservation that ended)."""
+    if env["devices"]:
+        add_note(env, "%s %s released %s" % (gpu_words(env), "was" if len(env["devices"]) == 1 else "were", why))
+    env["devices"] = []
+    env.pop("until", None)
+
+
+def expire(users: Users, boot: float, ends: Dict[Tuple[int, str], Tuple[float, str]]) -> Set[int]:
+    """Release the GPUs of every environment whose reservation ended by
+    ``boot`` (the boot clock): its own ``until``, or an earlier end in
+    ``ends`` ((uid, id) -> (end, why): the policy's limit counted from what
+    root saw). Returns the uids changed."""
+    changed = set()
+    for uid, state in users.items():
+        for env in state["envs"]:
+            if not env["devices"]:
+                continue
+            until = env.get("until")
+            end, why = (until, "at the end of its reservation") if until is not None else (None, "")
+            other = ends.get((uid, env["id"]))
+            if other is not None and (end is None or other[0] < end):
+                end, why = other
+            if end is not None and end <= boot:
+                release(env, why)
+                changed.add(uid)
+    return changed

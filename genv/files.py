@@ -38,6 +38,10 @@ def fault(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _no_fault(point: str) -> None:
+    """(A write that is only a hint is not a point the tests kill at.)"""
+
+
 def read_regular(dir_fd: int, name: str, max_bytes: int) -> Tuple[os.stat_result, bytes]:
     """The status and content of a regular file. Raises FileNotFoundError,
     OSError (ELOOP for a link), NotRegular or TooLarge."""
@@ -70,26 +74,30 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def write_atomic(dir_fd: int, name: str, payload: bytes, tmp: str, mode: int = 0o644,
-                 owner: Optional[int] = None) -> None:
+                 owner: Optional[int] = None, durable: bool = True) -> None:
     """Replace ``name`` in the folder ``dir_fd`` with ``payload``, through the
     temporary name ``tmp``. ``owner``: give the file to this uid (root
-    writing a user's file). Raises OSError; the temporary file is removed."""
+    writing a user's file). ``durable``: fsync the file and the folder (a
+    hint that a crash may lose does without). Raises OSError; the temporary
+    file is removed."""
+    fault_at = fault if durable else _no_fault
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
     try:
         try:
             os.fchmod(fd, mode)  # whatever the umask
             if owner is not None:
                 os.fchown(fd, owner, -1)
-            fault("before-write")
+            fault_at("before-write")
             half = len(payload) // 2
             write_all(fd, payload[:half])
-            fault("mid-write")
+            fault_at("mid-write")
             write_all(fd, payload[half:])
-            fault("before-fsync")
-            os.fsync(fd)
+            fault_at("before-fsync")
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
-        fault("before-rename")
+        fault_at("before-rename")
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         try:
@@ -97,8 +105,9 @@ def write_atomic(dir_fd: int, name: str, payload: bytes, tmp: str, mode: int = 0
         except OSError:
             pass
         raise
-    fault("after-rename")
-    os.fsync(dir_fd)
+    fault_at("after-rename")
+    if durable:
+        os.fsync(dir_fd)
 
 
 def temp_name(prefix: str) -> str:

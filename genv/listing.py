@@ -10,7 +10,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Callable, Dict, List, Optional, Sequence
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
     from .attribution import Process
 
@@ -23,8 +23,72 @@ def mib(value: Optional[int]) -> Optional[int]:
     return None if value is None else value >> 20
 
 
-def env_doc(uid: int, env: Env, user: Callable[[int], str], facts: Any) -> Doc:
-    """One environment; ``facts`` (``procs``) says whether its waiter is stopped."""
+class Times:
+    """What a listing needs to say how long an environment has been idle and
+    when its reservation ends: the command's two clocks (``genv.clock``),
+    root's record (``genv.sightings``) and the ends the policy sets."""
+
+    def __init__(self, wall: float, boot: float, seen: Optional[Dict[str, Any]] = None, boot_id: Optional[str] = None,
+                 ends: Optional[Dict[Any, Any]] = None, processes: Optional[Sequence[Process]] = None) -> None:
+        self.wall, self.boot, self.seen, self.boot_id, self.ends = wall, boot, seen, boot_id, ends or {}
+        self.in_use: Optional[Set[int]] = None
+        if processes is not None:
+            from .sightings import busy
+
+            self.in_use = busy(processes)
+
+    @classmethod
+    def of(cls, session: Any) -> "Times":
+        """The times of a session (and the processes it saw, if it asked)."""
+        processes = session.attributed() if session.snapshot is not None else None
+        return cls(session.now, session.boot, session.seen(), session.boot_id(), session.ends(), processes)
+
+    def idle(self, uid: int, env: Env) -> Optional[float]:
+        """Whole seconds since a genv command last saw one of the
+        environment's own processes on its GPUs, or since it attached; None
+        while in use (the last look saw one), holding nothing, or idle less
+        than a minute (idle time is known to the minute). For people: what
+        root saw, and what the owner's own commands wrote (decisions read
+        root's record only)."""
+        if not env["devices"]:
+            return None
+        from .clock import boot_from_wall
+        from .sightings import RESOLUTION, find, idle_since
+
+        if self.in_use is not None and id(env) in self.in_use:
+            return None  # seen in use just now
+        record = find(self.seen, self.boot_id, uid, env)
+        recent = 2 * RESOLUTION
+        active = env.get("active")
+        if env.get("busy") and active is not None and self.boot - active < recent:
+            return None
+        if record is not None and record["busy"] and record["active"] is not None \
+                and self.boot - record["active"] < recent:
+            return None
+        if record is not None:
+            since = idle_since(record)
+        else:
+            since = max(boot_from_wall(float(d["attached"]), self.wall, self.boot) for d in env["devices"])
+        if active is not None:
+            since = max(since, active)
+        idle = self.boot - since
+        return float(int(idle)) if idle >= RESOLUTION else None
+
+    def until(self, uid: int, env: Env) -> Optional[float]:
+        """When the reservation ends (Unix time), None: no end."""
+        if not env["devices"]:
+            return None
+        from .clock import wall_from_boot
+
+        ends = [env["until"]] if env.get("until") is not None else []
+        if (uid, env["id"]) in self.ends:
+            ends.append(self.ends[(uid, env["id"])][0])
+        return wall_from_boot(min(ends), self.wall, self.boot) if ends else None
+
+
+def env_doc(uid: int, env: Env, user: Callable[[int], str], facts: Any, times: Optional[Times] = None) -> Doc:
+    """One environment; ``facts`` (``procs``) says whether its waiter is
+    stopped, ``times`` how long it has been idle and when it ends."""
     from .environments import indices
 
     config = env["config"]
@@ -39,6 +103,8 @@ def env_doc(uid: int, env: Env, user: Callable[[int], str], facts: Any) -> Doc:
         "pids": [terminal["pid"] for terminal in env["terminals"]],
         "devices": indices(env),
         "waiting": waiting_doc(env.get("waiting"), facts),
+        "idle_seconds": times.idle(uid, env) if times is not None else None,
+        "until": times.until(uid, env) if times is not None else None,
     }
 
 
@@ -69,10 +135,10 @@ def process_doc(process: Process, user: Callable[[int], str]) -> Doc:
     }
 
 
-def envs_docs(users: Users, user: Callable[[int], str], facts: Any) -> List[Doc]:
+def envs_docs(users: Users, user: Callable[[int], str], facts: Any, times: Optional[Times] = None) -> List[Doc]:
     rows = [(uid, env) for uid in sorted(users) for env in users[uid]["envs"]]
     rows.sort(key=lambda row: (row[1]["created"], row[1]["id"]))
-    return [env_doc(uid, env, user, facts) for uid, env in rows]
+    return [env_doc(uid, env, user, facts, times) for uid, env in rows]
 
 
 def devices_docs(users: Users, machine: Sequence[Dict[str, Any]], used: Dict[int, Optional[int]],
@@ -115,8 +181,9 @@ def ps_docs(processes: Sequence[Process], user: Callable[[int], str]) -> List[Do
     return [process_doc(process, user) for process in ordered]
 
 
-def status_doc(uid: int, env: Env, processes: Sequence[Process], user: Callable[[int], str], facts: Any) -> Doc:
-    doc = env_doc(uid, env, user, facts)
+def status_doc(uid: int, env: Env, processes: Sequence[Process], user: Callable[[int], str], facts: Any,
+               times: Optional[Times] = None) -> Doc:
+    doc = env_doc(uid, env, user, facts, times)
     doc["active"] = True
     doc["processes"] = [process_doc(p, user) for p in processes if p.env is env]
     return doc

@@ -109,6 +109,18 @@ def wait_text(value: Optional[str], option: str = "--wait") -> str:
     return FOREVER if seconds == float("inf") else str(value)
 
 
+FOR = "--for"
+"""``--for DURATION``: hold the GPUs until now + DURATION (attach, run, kernel)."""
+
+
+def reserve_seconds(value: str, option: str = FOR) -> float:
+    """``--for``'s value as seconds: ``90m``, ``2h``, ``1d`` or a number of
+    seconds (``sizes.parse_duration``)."""
+    from .sizes import parse_duration
+
+    return parse_duration(value, option, error=UsageError)
+
+
 def indices(text: str, option: str = "--index") -> List[int]:
     """``--index 0,2``: GPU indices, each once."""
     from .gpus import parse_count

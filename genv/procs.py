@@ -96,6 +96,7 @@ class ProcFS:
             pass
         self._stat: Dict[int, Optional[Tuple[str, int, float, str]]] = {}
         self._uid: Dict[int, Optional[int]] = {}
+        self._system_folders: Dict[str, bool] = {}
 
     def close(self) -> None:
         """Let go of the open /proc (also when the object is dropped: a
@@ -109,6 +110,10 @@ class ProcFS:
 
     def __del__(self) -> None:
         self.close()
+
+    def this_boot(self) -> Optional[str]:
+        """This boot, as tokens name it (8 hex digits of its id); None elsewhere."""
+        return self._boot
 
     # -- identity and liveness --
 
@@ -227,6 +232,38 @@ class ProcFS:
             return None
         return path[: -len(" (deleted)")] if path.endswith(" (deleted)") else path
 
+    def system_program(self, pid: int) -> bool:
+        """Whether the program the process runs is the system's: the very
+        file it runs (``/proc/<pid>/exe``) and every folder above its path
+        belong to root and are writable by nobody else (so no user can have
+        put it there, or copied one there). False when unknown."""
+        path = self.executable(pid)
+        if not path or not path.startswith("/"):
+            return False
+        try:
+            if self._proc_fd >= 0:
+                info = os.stat("%d/exe" % pid, dir_fd=self._proc_fd)  # the file it runs, even if renamed
+            else:
+                info = os.stat(path)
+        except OSError:
+            return False
+        return _root_only(info) and self._system_folder(os.path.dirname(path))
+
+    def _system_folder(self, folder: str) -> bool:
+        """The folder and every one above it: root's, writable by root only."""
+        if folder not in self._system_folders:
+            import stat
+
+            try:
+                info = os.lstat(folder)
+                ok = stat.S_ISDIR(info.st_mode) and _root_only(info)
+            except OSError:
+                ok = False
+            if ok and folder != "/":
+                ok = self._system_folder(os.path.dirname(folder))
+            self._system_folders[folder] = ok
+        return self._system_folders[folder]
+
     def command(self, pid: int) -> Optional[str]:
         """The command line, arguments joined by spaces; None if unreadable."""
         if pid <= 0 or self._proc_fd < 0:
@@ -247,6 +284,11 @@ class ProcFS:
         else:
             data = _read("/proc/%d/cgroup" % pid, 16384)
         return data.decode("utf-8", "replace") if data else None
+
+
+def _root_only(info: os.stat_result) -> bool:
+    """Owned by root and not writable by group or others."""
+    return info.st_uid == 0 and not info.st_mode & 0o022
 
 
 def _find_var(data: bytes, name: str) -> Optional[str]:
@@ -279,6 +321,7 @@ class Psutil(ProcFS):
         self._boot_time = self._psutil.boot_time()
         self._stat = {}
         self._uid = {}
+        self._system_folders = {}
         self._proc_fd = -1
         self._processes: Dict[int, Any] = {}
 

@@ -11,14 +11,14 @@ docs/state.md.
 from __future__ import annotations
 
 from .errors import GenvError
-from .limits import MAX_GPUS, MAX_PID, MAX_SIZE, MAX_TEXT, MAX_TIME, MAX_TOKEN
+from .limits import MAX_GPUS, MAX_PID, MAX_SIZE, MAX_TEXT, MAX_TIME, MAX_TOKEN, MIN_SIZE
 from .text import encodable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Any, Dict, List, Optional, Set, Tuple
 
-FORMAT = 3
+FORMAT = 4
 """The version of the user state files this genv writes."""
 
 
@@ -49,6 +49,11 @@ def _bytes_ok(value: Any, optional: bool) -> bool:
     return type(value) is int and 0 < value <= MAX_SIZE
 
 
+def _share_ok(value: Any) -> bool:
+    """A share of GPU memory (None: the whole GPU): at least 1 MiB."""
+    return value is None or (type(value) is int and MIN_SIZE <= value <= MAX_SIZE)
+
+
 def _pid_ok(value: Any) -> bool:
     return type(value) is int and 0 < value <= MAX_PID
 
@@ -75,7 +80,8 @@ def _waiting_ok(waiting: Any) -> bool:
         and (waiting.get("arrived") is None or _time_ok(waiting["arrived"]))
         and type(waiting.get("count")) is int
         and 0 <= waiting["count"] <= MAX_GPUS
-        and _bytes_ok(waiting.get("memory"), True)
+        and _share_ok(waiting.get("memory"))
+        and (waiting.get("for") is None or (type(waiting["for"]) in _NUM and 0 < waiting["for"] < MAX_TIME))
         and type(waiting.get("over_subscribe")) is bool
         and (indices is None or (type(indices) is list and len(indices) <= MAX_GPUS
                                  and all(type(i) is int and 0 <= i < MAX_GPUS for i in indices)
@@ -96,7 +102,7 @@ def env_problem(env: Any) -> Optional[str]:
         type(gpus) is not int
         or not 0 <= gpus <= MAX_GPUS
         or ("name" in config and not _text_ok(config["name"]))
-        or not _bytes_ok(config.get("gpu_memory"), True)
+        or not _share_ok(config.get("gpu_memory"))
     ):
         return "environment %r has an invalid config" % eid
     waiting = env.get("waiting")
@@ -113,7 +119,7 @@ def env_problem(env: Any) -> Optional[str]:
     for device in reserved:
         if (
             not _device_ok(device, "attached")
-            or not _bytes_ok(device.get("memory"), True)
+            or not _share_ok(device.get("memory"))
             or not _bytes_ok(device.get("total"), True)
             or device["index"] in seen
         ):
@@ -122,6 +128,23 @@ def env_problem(env: Any) -> Optional[str]:
     for warning in warnings:
         if not _text_ok(warning, 4096):
             return "environment %r has an invalid warning" % eid
+    # Format 4: the reservation's end and what the owner's commands saw (boot
+    # clock), and the notes for its terminals.
+    if (
+        (env.get("until") is not None and not _time_ok(env["until"]))
+        or (env.get("active") is not None and not _time_ok(env["active"]))
+        or type(env.get("busy", False)) is not bool
+    ):
+        return "environment %r has an invalid time" % eid
+    notes = env.get("notes", [])
+    if type(notes) is not list or len(notes) > 64:
+        return "environment %r has invalid notes" % eid
+    last = 0
+    for note in notes:
+        if type(note) is not dict or type(note.get("id")) is not int or not last < note["id"] < 1 << 62 \
+                or not _text_ok(note.get("text"), 4096):
+            return "environment %r has invalid notes" % eid
+        last = note["id"]
     return None
 
 
@@ -158,7 +181,40 @@ def _file_problem(data: Any, uid: int) -> Optional[str]:
             or not _text_ok(join.get("token"), MAX_TOKEN)
         ):
             return "a join is invalid"
+    seen = data.get("seen")
+    if seen is not None and (uid != 0 or not _seen_ok(seen)):
+        return "seen is invalid"
     return None
+
+
+def _seen_ok(seen: Any) -> bool:
+    """Root's record of what root-run commands saw (genv.sightings)."""
+    if type(seen) is not dict or not _text_ok(seen.get("boot"), MAX_TOKEN) or type(seen.get("envs")) is not list:
+        return False
+    for record in seen["envs"]:
+        if (
+            type(record) is not dict
+            or type(record.get("uid")) is not int
+            or not 0 <= record["uid"] <= MAX_PID
+            or not _text_ok(record.get("env"))
+            or type(record.get("claims")) is not list
+            or not _time_ok(record.get("since"))
+            or (record.get("active") is not None and not _time_ok(record["active"]))
+            or type(record.get("busy")) is not bool
+            or type(record.get("until")) is not dict
+            or not _time_ok(record["until"].get("first"))
+            or (record["until"].get("value") is not None and not _time_ok(record["until"]["value"]))
+        ):
+            return False
+        for claim in record["claims"]:
+            gpu = claim.get("gpu") if type(claim) is dict else None
+            if (
+                not (_text_ok(gpu) or (type(gpu) is int and 0 <= gpu < MAX_GPUS))
+                or type(claim.get("whole")) is not bool
+                or not _time_ok(claim.get("first"))
+            ):
+                return False
+    return True
 
 
 def check(data: Any, uid: int) -> Tuple[Dict[str, Any], List[str]]:
@@ -244,7 +300,29 @@ def _migrate_2(data: Any, uid: int) -> Dict[str, Any]:
     return {**data, "format": 3}
 
 
-_MIGRATIONS = {1: _migrate_1, 2: _migrate_2}
+def _migrate_3(data: Any, uid: int) -> Dict[str, Any]:
+    """Format 4 refuses shares below 1 MiB (nvidia-smi's unit: a smaller
+    one showed as 0 everywhere and counted as no GPU against the caps): a
+    format 3 file's smaller shares become 1 MiB. (Format 4 also added what
+    root-run genv commands saw, reservation ends and the notes for an
+    environment's terminals: a format 3 file has none of them.)"""
+    _check(isinstance(data, dict), "not an object")
+
+    def at_least(record: Any, key: str) -> None:
+        if isinstance(record, dict) and type(record.get(key)) is int and 0 < record[key] < MIN_SIZE:
+            record[key] = MIN_SIZE
+
+    for env in data.get("envs") or ():
+        if isinstance(env, dict):
+            at_least(env.get("config"), "gpu_memory")
+            at_least(env.get("waiting"), "memory")
+            devices = env.get("devices")
+            for device in devices if isinstance(devices, list) else ():
+                at_least(device, "memory")
+    return {**data, "format": 4}
+
+
+_MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
 
 
 class NewerFormat(GenvError):

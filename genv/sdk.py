@@ -119,7 +119,7 @@ def _text(value: Any, what: str) -> str:
 
 
 def _settings(gpus: Any, gpu_memory: Any, name: Any, wait: Any, index: Any, over_subscribe: Any,
-              join: Any) -> Settings:
+              join: Any, for_: Any = None) -> Settings:
     from .core.operations import Settings
     from .environments import check_text
     from .gpus import parse_count
@@ -149,8 +149,9 @@ def _settings(gpus: Any, gpu_memory: Any, name: Any, wait: Any, index: Any, over
     if wait is not None:
         import math
 
-        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or (isinstance(wait, float) and math.isnan(wait)) \
-                or wait < 0 or (wait > MAX_SECONDS and wait != float("inf")):
+        number = not isinstance(wait, bool) and isinstance(wait, (int, float))
+        if not number or (isinstance(wait, float) and math.isnan(wait)) or wait < 0 \
+                or (wait > MAX_SECONDS and wait != float("inf")):
             raise Error("invalid wait %r: expected a number of seconds up to %d (float('inf'): as long as it "
                         "takes)" % (wait, MAX_SECONDS))
         seconds = float(wait)
@@ -161,7 +162,18 @@ def _settings(gpus: Any, gpu_memory: Any, name: Any, wait: Any, index: Any, over
         if not isinstance(join, str):
             raise Error("invalid join %r: expected an environment id" % (join,))
         joined = check_text(join, "environment id")
-    return Settings(config, indices, over_subscribe, seconds, joined)
+    reserve: Optional[float] = None
+    if for_ is not None:
+        from .sizes import parse_duration
+
+        if isinstance(for_, str):
+            reserve = parse_duration(for_, "for_")
+        elif isinstance(for_, bool) or not isinstance(for_, (int, float)) or not 0 < for_ <= MAX_SECONDS:
+            raise Error("invalid for_ %r: expected a duration such as \"2h\" or a number of seconds above 0 and up "
+                        "to %d" % (for_, MAX_SECONDS))
+        else:
+            reserve = float(for_)
+    return Settings(config, indices, over_subscribe, seconds, joined, reserve)
 
 
 # --- the blocks open in this process -------------------------------------------------
@@ -269,13 +281,17 @@ class environment:
     own) with ``gpus`` GPUs, whole or a share of ``gpu_memory`` (bytes, or a
     size such as "8g") of each, or exactly the GPUs ``index``. ``wait``:
     seconds to wait in line for them (``float("inf")``: as long as it
-    takes); without it, Error when they cannot be had now. See the module's
-    doc. Use it in a ``with`` statement."""
+    takes); without it, Error when they cannot be had now. ``for_``: hold
+    the GPUs for at most this long (a duration such as ``"2h"``, or seconds;
+    as ``genv attach --for``): then they are released, and the work still
+    running on them is misplaced. See the module's doc. Use it in a ``with``
+    statement."""
 
     def __init__(self, gpus: Optional[int] = None, gpu_memory: Union[str, int, None] = None,
                  name: Optional[str] = None, wait: Optional[float] = None, index: Optional[Sequence[int]] = None,
-                 over_subscribe: bool = False, join: Optional[str] = None) -> None:
-        self._settings = _settings(gpus, gpu_memory, name, wait, index, over_subscribe, join)
+                 over_subscribe: bool = False, join: Optional[str] = None,
+                 for_: Union[str, float, None] = None) -> None:
+        self._settings = _settings(gpus, gpu_memory, name, wait, index, over_subscribe, join, for_)
         self._entered: Optional[Entered] = None
         self._undo: Any = None
         self._guard: Optional[_Guard] = None
@@ -404,24 +420,24 @@ def lock(timeout: Optional[float] = None) -> Iterator[None]:
 def status() -> Dict[str, Any]:
     """The document of ``genv status --format json`` for this process."""
     from .core.session import Session
-    from .listing import status_doc
+    from .listing import Times, status_doc
 
     ctx = _context()
     if ctx.eid is None:
         return {"active": False}
     with _quiet(), Session(ctx, listing=True, observe=True, details=True) as session:
         owner, env = session.env(ctx.eid)
-        return status_doc(owner, env, session.attributed(), ctx.user, session.processes)
+        return status_doc(owner, env, session.attributed(), ctx.user, session.processes, Times.of(session))
 
 
 def envs() -> List[Dict[str, Any]]:
     """The document of ``genv envs --format json``."""
     from .core.session import Session
-    from .listing import envs_docs
+    from .listing import Times, envs_docs
 
     ctx = _context()
     with _quiet(), Session(ctx, listing=True) as session:
-        return envs_docs(session.users, ctx.user, session.processes)
+        return envs_docs(session.users, ctx.user, session.processes, Times.of(session))
 
 
 def devices() -> List[Dict[str, Any]]:

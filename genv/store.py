@@ -6,6 +6,10 @@ Layout of ``$GENV_TMPDIR`` (default ``/var/tmp/genv``), see docs/state.md:
   can use genv and nobody can remove or rename another user's files;
 - ``user-<uid>.json``: the environments (and device cache) of one user,
   owned by that user, mode 0644, replaced only by that user (or root);
+- ``user-<uid>.sync``: a marker the shell reads at each prompt (builtins
+  only): a new random token whenever one of that user's environments
+  changes what its terminals must follow (its GPUs, its end, a note for
+  them), written with the state file, owned by that user;
 - ``.tmp-<uid>-<pid>-<8 hex digits>``: a write in progress; a leftover one
   is from a killed writer.
 
@@ -37,6 +41,7 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
 DEFAULT_DIR = "/var/tmp/genv"
 _PREFIX = "user-"
 _SUFFIX = ".json"
+_MARKER = ".sync"
 _TMP = ".tmp-"
 _MAX_BYTES = 64 << 20
 
@@ -139,6 +144,9 @@ class StateDir:
     def file_name(self, uid: int) -> str:
         return "%s%d%s" % (_PREFIX, uid, _SUFFIX)
 
+    def marker_name(self, uid: int) -> str:
+        return "%s%d%s" % (_PREFIX, uid, _MARKER)
+
     def display(self, name: str) -> str:
         return os.path.join(self.path, name)
 
@@ -223,6 +231,19 @@ class StateDir:
         return found.data
 
 
+def _views(state: Dict[str, Any]) -> Dict[str, Any]:
+    """What each environment's terminals follow (``environments.terminal_view``)."""
+    from .environments import terminal_view
+
+    return {env["id"]: terminal_view(env) for env in state["envs"]}
+
+
+def _changed(before: Dict[str, Any], now: Dict[str, Any]) -> bool:
+    """Whether an environment changed for its terminals (one that ended has
+    no terminals left to tell, a new one's were told by its command)."""
+    return any(eid in before and before[eid] != view for eid, view in now.items())
+
+
 def _tmp_owner(name: str) -> Optional[int]:
     """The uid in a temporary name genv writes (``.tmp-<uid>-<pid>-<8 hex>``),
     None if the name is not exactly of that form."""
@@ -253,6 +274,9 @@ class Transaction:
         self.users: Dict[int, Dict[str, Any]] = {}
         self._dirty: Set[int] = set()
         self._foreign: Set[int] = set()
+        self._views: Dict[int, Dict[str, Any]] = {}  # what terminals follow, as read
+        self._markers: Dict[int, str] = {}  # the markers as read
+        self._fresh: Dict[int, str] = {}  # the new token of a marker to write
         self._dir_fd = -1
         self.user_name: Callable[[int], str] = str
 
@@ -325,6 +349,7 @@ class Transaction:
                 for why in found.dropped:
                     self._dropped(name, uid, why)
                 self.users[uid] = found.data
+                self._views[uid] = _views(found.data)
         if euid not in self.users:
             self.users[euid] = empty_user(euid)
 
@@ -396,6 +421,51 @@ class Transaction:
             raise GenvError("cannot change the state of uid %d" % uid)
         self._dirty.add(uid)
 
+    # -- the marker the shell reads --
+
+    def marker(self, uid: int) -> str:
+        """The token ``uid``'s marker holds once this transaction is written:
+        a new one if the user's file is written and what the terminals of
+        one of their environments follow changed, else the one it holds now
+        ("" when there is none, or it is not that user's)."""
+        if uid not in self._markers:
+            self._markers[uid] = self._read_marker(uid)
+        if uid in self._dirty and uid in self.users and _changed(self._views.get(uid, {}), _views(self.users[uid])):
+            if uid not in self._fresh:
+                self._fresh[uid] = os.urandom(8).hex()
+            return self._fresh[uid]
+        return self._markers[uid]
+
+    def marker_path(self, uid: int) -> str:
+        return self.folder.display(self.folder.marker_name(uid))
+
+    def _read_marker(self, uid: int) -> str:
+        if self.missing:
+            return ""
+        try:
+            info, raw = files.read_regular(self._dir_fd, self.folder.marker_name(uid), 64)
+        except OSError:
+            return ""
+        if info.st_uid != uid:
+            return ""
+        return raw.decode("ascii", "replace").strip()
+
+    def _write_marker(self, uid: int) -> None:
+        token = self.marker(uid)
+        if token == self._markers.get(uid):
+            return
+        name = self.folder.marker_name(uid)
+        owner = uid if uid != self.folder.euid else None
+        try:
+            files.write_atomic(self._dir_fd, name, token.encode("ascii") + b"\n", files.temp_name("%s%d-" % (_TMP, uid)),
+                               0o644, owner, durable=False)
+        except OSError as error:
+            warn("cannot write %s (%s): terminals of this user's environments follow changes at their next genv "
+                 "command%s" % (self.folder.display(name), error.strerror or error,
+                                "; a file of another user is in the way: ask an administrator to remove it"
+                                if error.errno in (errno.EPERM, errno.EACCES) else ""))
+        self._markers[uid] = token
+
     def _write(self, uid: int) -> None:
         name = self.folder.file_name(uid)
         if self.missing:
@@ -411,6 +481,9 @@ class Transaction:
             raise GenvError("internal error: refusing to write %s: %s" % (self.folder.display(name), problem)) \
                 from None
         payload = jsonio.dumps(self.users[uid]).encode("ascii") + b"\n"
+        # The marker first: a writer killed in between leaves terminals a
+        # look that finds nothing new, never a change they miss.
+        self._write_marker(uid)
         tmp = files.temp_name("%s%d-" % (_TMP, uid))
         owner = uid if uid != self.folder.euid else None
         try:

@@ -169,3 +169,10 @@ def test_bench_smoke_hosts_and_slurm(tmp_path):
         for command in ("devices", "ps", "attach"):
             assert medians["slurm_%s_%s" % (mode, command)] > 0
     assert 0 < medians["slurm_import"] < 50
+
+
+def test_bench_smoke_record(tmp_path):
+    """Issue 19: what a listing pays to record what it saw."""
+    _, summary = bench(tmp_path, "--only", "record", "--record", "5")
+    assert [facts["count"] for facts in summary["record"]] == [5] and summary["record"][0]["same"]
+    assert 0 <= summary["record"][0]["again"] < 1000

@@ -36,7 +36,7 @@ def test_flags_fields_and_ids(genv):
     assert candidates(genv, "devices", "--host") == ["gpu1", "gpu2"]
     assert candidates(genv, "ssh", "-H") == ["gpu1", "gpu2"]
     assert set(candidates(genv, "ssh")) >= {"--gpus", "--gpu-memory", "--name", "--host", "--all-hosts"}
-    assert set(candidates(genv, "attach")) == {"--count", "--index", "--over-subscribe", "-o", "--wait"}
+    assert set(candidates(genv, "attach")) == {"--count", "--index", "--over-subscribe", "-o", "--wait", "--for"}
     assert candidates(genv, "init") == ["-"]
     assert candidates(genv, "no-such-command") == []
 

@@ -251,6 +251,10 @@ BAD_POLICIES = [
     # (data, words the message must hold)
     ([], "not a JSON object"),
     ("max_gpus", "not a JSON object"),
+]
+
+BAD_KEYS = [
+    # (data, the field left out): the rest of the policy still applies
     ({"defaults": {"max_gpus": 1}}, "defaults"),
     ({"default": {"max_gpu": 1}}, "default.max_gpu"),
     ({"users": {"alice": {"max_gpu": 4}}}, "users.alice.max_gpu"),
@@ -261,6 +265,17 @@ BAD_POLICIES = [
     ({"default": {"max_gpus": True}}, "default.max_gpus"),
     ({"default": {"max_gpus": "2"}}, "default.max_gpus"),
     ({"default": {"max_gpus": None}}, "default.max_gpus"),
+    ({"default": {"max_gpu_memory": "1b"}}, "default.max_gpu_memory"),
+    ({"default": {"max_gpu_memory": "16 g"}}, "default.max_gpu_memory"),
+    ({"default": {"max_gpu_memory": -1}}, "default.max_gpu_memory"),
+    ({"default": {"max_gpu_memory": 1.5}}, "default.max_gpu_memory"),
+    ({"default": {"max_idle": "soon"}}, "default.max_idle"),
+    ({"default": {"max_idle": 0}}, "default.max_idle"),
+    ({"default": {"max_idle": True}}, "default.max_idle"),
+    ({"default": {"max_idle": "2 h"}}, "default.max_idle"),
+    ({"users": {"alice": {"max_reservation": -60}}}, "users.alice.max_reservation"),
+    ({"default": {"max_reservation": "1w"}}, "default.max_reservation"),
+    ({"default": {"max_reservation": float("inf")}}, "default.max_reservation"),
     ({"users": {"alice": {"max_gpus": -3}}}, "users.alice.max_gpus"),
     ({"users": {"alice": 4}}, "users.alice"),
     ({"users": ["alice"]}, "users"),
@@ -270,33 +285,75 @@ BAD_POLICIES = [
     ({"exempt_users": [""]}, "exempt_users"),
     ({"exempt_process_names": [1]}, "exempt_process_names"),
     ({"exempt_process_names": None}, "exempt_process_names"),
+    ({"exempt_process_names": ["bin/mps"]}, "exempt_process_names"),
+    ({"exempt_process_names": ["/usr/bin/"]}, "exempt_process_names"),
 ]
 
 
 @pytest.mark.parametrize("data, field", BAD_POLICIES, ids=[json.dumps(case[0])[:40] for case in BAD_POLICIES])
-def test_check_names_the_bad_field(data, field):
+def test_check_names_the_bad_file(data, field):
     with pytest.raises(policy.Invalid) as caught:
         policy.check(data)
     assert field in str(caught.value), caught.value
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("data, field", BAD_KEYS, ids=[json.dumps(case[0])[:40] for case in BAD_KEYS])
+def test_a_bad_key_is_left_out_alone(data, field):
+    """Issue 16, item 5: a bad value in one key voids that key alone."""
+    good = {"default": {"max_environments": 3}, "users": {"bob": {"max_gpus": 1}}, "exempt_users": ["ops"]}
+    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in good.items()}
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key].update(value)
+        else:
+            merged[key] = value
+    kept, problems = policy.check(merged)
+    assert len(problems) == 1 and problems[0].startswith(field + ": "), problems
+    assert "\n" not in problems[0]
+    rules = policy.Policy(kept, "/p")
+    # The others still apply.
+    if not field.startswith("default"):
+        assert rules.cap("carol", "max_environments") == 3
+    if not field.startswith("users"):
+        assert rules.cap("bob", "max_gpus") == 1
+    if not field.startswith("exempt_users"):
+        assert rules.exempt("ops", None)
+    name = field.split(".")[-1]
+    if name in policy.CAPS:
+        owner = field.split(".")[1] if field.startswith("users.") else "carol"
+        assert rules.cap(owner, name) is None or (owner == "alice" and name == "max_gpus"), kept
+
+
 def test_check_accepts_every_documented_shape():
-    full = {"default": {"max_gpus": 2, "max_environments": 4}, "users": {"alice": {"max_gpus": 4}},
+    full = {"default": {"max_gpus": 2, "max_environments": 4, "max_gpu_memory": "80g", "max_idle": "2h",
+                        "max_reservation": 86400},
+            "users": {"alice": {"max_gpus": 4, "max_gpu_memory": 17179869184, "max_idle": "90m"}},
             "exempt_users": ["prometheus"], "exempt_process_names": ["nvidia-cuda-mps-server"]}
     for data in ({}, full, {"default": {}}, {"users": {}}, {"exempt_users": []},
-                 {"default": {"max_gpus": 0, "max_environments": 0}}, {"users": {"bob": {"max_gpus": 10 ** 6}}}):
-        assert policy.check(data) is data
-    rules = policy.Policy(full, "/p")
+                 {"default": {"max_gpus": 0, "max_environments": 0, "max_gpu_memory": 0}},
+                 {"users": {"bob": {"max_gpus": 10 ** 6}}}):
+        assert policy.check(data)[1] == [], data
+    rules = policy.Policy(policy.check(full)[0], "/p")
     assert rules.cap("alice", "max_gpus") == 4
     assert rules.cap("alice", "max_environments") == 4  # an own entry replaces only what it names
     assert rules.cap("bob", "max_gpus") == 2
+    assert rules.cap("bob", "max_gpu_memory") == 80 * GIB and rules.cap("alice", "max_gpu_memory") == 16 * GIB
+    assert rules.cap("bob", "max_idle") == 7200 and rules.cap("alice", "max_idle") == 5400
+    assert rules.cap("alice", "max_reservation") == 86400
     assert policy.Policy().cap("bob", "max_gpus") is None
     assert rules.exempt("prometheus", "/bin/sleep") and not rules.exempt("alice", "/bin/sleep")
-    assert rules.exempt("alice", "/usr/bin/nvidia-cuda-mps-server")
-    assert rules.exempt("alice", "/opt/a dir/nvidia-cuda-mps-server")
-    assert not rules.exempt("alice", "/usr/bin/python3")
-    assert not rules.exempt(None, None) and not rules.exempt("alice", "")
+    # By name: only a system program (root's file in root's folders).
+    assert rules.exempt("alice", "/usr/bin/nvidia-cuda-mps-server", True)
+    assert rules.exempt("alice", "/opt/a dir/nvidia-cuda-mps-server", True)
+    assert not rules.exempt("alice", "/home/alice/nvidia-cuda-mps-server", False)
+    assert not rules.exempt("alice", "/usr/bin/python3", True)
+    assert not rules.exempt(None, None) and not rules.exempt("alice", "", True)
+    # By absolute path: that program, wherever it is.
+    by_path = policy.Policy({"exempt_process_names": ["/home/ops/mps", "/bin/sleep"]})
+    assert by_path.exempt("alice", "/home/ops/mps", False)
+    assert by_path.exempt("alice", os.path.realpath("/bin/sleep"), False)  # as /proc names it
+    assert not by_path.exempt("alice", "/home/alice/mps", True) and not by_path.exempt("alice", "/tmp/sleep", True)
 
 
 def enforce_sees_root_exempt(genv, world):
@@ -400,21 +457,38 @@ def test_a_policy_that_is_not_a_small_regular_file_is_ignored(genv, world, kind)
     (b"{", "JSON"),
     (b'{"default": {"max_gpus": 1}} trailing', "JSON"),
     (b'{"exempt_users": ["root"], "default": {"max_gpus": NaN}}', "JSON"),
-    (b'{"exempt_users": ["root"], "users": {"alice": {"max_gpu": 1}}}', "users.alice.max_gpu"),
-    (b'{"exempt_users": ["root"], "default": {"max_gpus": -1}}', "default.max_gpus"),
-    (b'{"exempt_users": ["root"], "default": {"max_gpus": 1.5}}', "default.max_gpus"),
-    (b'{"exempt_users": ["root"], "default": {"max_environments": true}}', "default.max_environments"),
-    (b'{"exempt_users": ["root"], "colour": "blue"}', "colour"),
     (b'{"exempt_users": ["root"], "default": {"max_gpus": 1' + b"0" * 5000 + b"}}", "JSON"),  # too many digits
     (b"[" * 100000, "JSON"),  # too deep
     (b'\xef\xbb\xbf{"exempt_users": ["root"]}', "JSON"),  # a byte order mark
+    (b'["exempt_users", "root"]', "not a JSON object"),
 ])
-def test_a_bad_policy_is_one_line_naming_file_and_field_and_no_policy(genv, world, raw, field):
+def test_a_bad_policy_file_is_one_line_naming_it_and_no_policy(genv, world, raw, field):
     need("root")
     path = write_policy(genv, raw=raw)
     honoured, err = enforce_sees_root_exempt(genv, world)
     assert not honoured  # the exempt_users of a bad file are not used either
     assert field in warning(err, path), err
+
+
+@pytest.mark.parametrize("raw, field", [
+    (b'{"exempt_users": ["root"], "users": {"alice": {"max_gpu": 1}}}', "users.alice.max_gpu"),
+    (b'{"exempt_users": ["root"], "default": {"max_gpus": -1}}', "default.max_gpus"),
+    (b'{"exempt_users": ["root"], "default": {"max_gpus": 1.5}}', "default.max_gpus"),
+    (b'{"exempt_users": ["root"], "default": {"max_environments": true}}', "default.max_environments"),
+    (b'{"exempt_users": ["root"], "default": {"max_gpu_memory": "lots"}}', "default.max_gpu_memory"),
+    (b'{"exempt_users": ["root"], "colour": "blue"}', "colour"),
+    (b'{"exempt_users": ["root"], "users": "alice"}', "users"),
+])
+def test_a_bad_key_is_one_line_naming_it_and_the_rest_applies(genv, world, raw, field):
+    """Issue 16, item 5: a typo must not lift every cap. The file's other
+    keys (here exempt_users) are honoured; the bad one is named once."""
+    need("root")
+    path = write_policy(genv, raw=raw)
+    honoured, err = enforce_sees_root_exempt(genv, world)
+    assert honoured, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("genv: ignoring %s in the policy %s: " % (field, path)), err
 
 
 # === 2. caps at attach ===========================================================
@@ -472,38 +546,86 @@ def test_max_gpus_with_whole_gpus(genv, sh, capped, other_user):
     assert gpu_of(second) == "3"
 
 
-def test_max_gpus_counts_a_share_as_its_fraction(genv, capped, other_user):
+def test_max_gpus_counts_every_gpu_held_any_part_of_as_one(genv, capped, other_user):
+    """Issue 16, item 5: a share counts as the whole GPU it keeps from those
+    who need one whole. (``gpu-memory 1b`` under ``max_gpus: 0`` attached 4
+    GPUs before: 1 byte was 0 GPUs.)"""
+    path = capped({"default": {"max_gpus": 0}})
+    tiny = genv.shell("bash", user=other_user)
+    tiny.ok("genv activate")
+    result = tiny.run("genv config gpu-memory 1b")
+    assert result.rc == 1 and "less than 1 MiB" in result.err, result
+    tiny.ok("genv config gpu-memory 1m")
+    result = tiny.run("genv attach --count 4")
+    assert result.rc == 1 and "would hold 4 GPUs" in refusal(result.err, path, "max_gpus", 0), result
+    assert env_state(genv, other_user.pw_uid)[0]["devices"] == []
+    root = genv.shell("bash")
+    root.ok("genv activate --gpus 4")  # every GPU is still free to attach whole
+    root.ok("genv deactivate")
+
     path = capped({"default": {"max_gpus": 1}})
     shares = genv.shell("bash", user=other_user)
     shares.ok("genv activate && genv config gpu-memory 10g")
-    shares.ok("genv attach --count 4")  # 4 x 10g of 40g GPUs: 1.0 GPU
-    assert gpu_of(shares) == "0,1,2,3"
+    result = shares.run("genv attach --count 2")
+    assert result.rc == 1 and "would hold 2 GPUs" in refusal(result.err, path, "max_gpus", 1), result
+    shares.ok("genv attach --count 1")
+    assert gpu_of(shares) == "0"
+    # A second share on the same GPU: still one GPU.
     more = genv.shell("bash", user=other_user)
     more.ok("genv activate && genv config gpu-memory 4g")
-    before = env_state(genv, other_user.pw_uid)
-    result = more.run("genv attach --count 1")
-    assert result.rc == 1
-    line = refusal(result.err, path, "max_gpus", 1)
-    assert "would hold 1.1 GPUs" in line, line
-    assert env_state(genv, other_user.pw_uid) == before
-    # Give back some: 3 x 10g + 4g = 0.85 GPU.
-    shares.ok("genv attach --count 3")
     more.ok("genv attach --count 1")
-    # A whole GPU counts 1, whatever else is held.
+    assert gpu_of(more) == "0"
+    before = env_state(genv, other_user.pw_uid)
+    result = more.run("genv attach --index 1")
+    assert result.rc == 1 and "would hold 2 GPUs" in refusal(result.err, path, "max_gpus", 1), result
+    assert env_state(genv, other_user.pw_uid) == before
     whole = genv.shell("bash", user=other_user)
     result = whole.run("genv activate --gpus 1")
-    assert result.rc == 1 and "would hold 1.85 GPUs" in result.err, result
+    assert result.rc == 1 and "would hold 2 GPUs" in result.err, result
 
 
-def test_max_gpus_with_mock_gpus_of_a_given_size(genv, capped, other_user):
-    path = capped({"default": {"max_gpus": 1}})
+def test_max_gpu_memory(genv, capped, other_user):
+    """Issue 16, item 5: memory held over all of a user's environments, a
+    whole GPU counting all its memory; a size string or a number of bytes,
+    and per user."""
+    path = capped({"default": {"max_gpu_memory": "16g"}, "users": {"alice": {"max_gpu_memory": 0}}})
+    first = genv.shell("bash", user=other_user)
+    first.ok("genv activate && genv config gpu-memory 10g && genv attach --count 1")
+    second = genv.shell("bash", user=other_user)
+    second.ok("genv activate && genv config gpu-memory 8g")
+    before = env_state(genv, other_user.pw_uid)
+    result = second.run("genv attach --count 1")
+    assert result.rc == 1, result
+    line = result.err.strip().splitlines()[-1]
+    assert ("genv: cannot attach: genvtest would hold 18g of GPU memory, over the cap max_gpu_memory = 16g for them "
+            "in %s" % path) == line, result
+    assert env_state(genv, other_user.pw_uid) == before
+    second.ok("genv config gpu-memory 6g && genv attach --count 1")  # 16g: at the cap
+    whole = genv.shell("bash", user=other_user)
+    result = whole.run("genv activate --gpus 1")
+    assert result.rc == 1 and "would hold 56g of GPU memory" in result.err, result  # 16g + a 40g GPU
+    # A number of bytes, for this user: two whole 40g GPUs fit in 100g.
+    capped({"default": {"max_gpu_memory": "16g"}, "users": {"genvtest": {"max_gpu_memory": 100 * GIB}}})
+    first.ok("genv detach")
+    second.ok("genv detach")
+    whole.ok("genv attach --count 2")
+    result = whole.run("genv attach --count 3")
+    assert result.rc == 1 and "would hold 120g of GPU memory, over the cap max_gpu_memory = 100g" in result.err
+    # root is not capped.
+    root = genv.shell("bash")
+    root.ok("genv activate --gpus 2")
+
+
+def test_max_gpu_memory_with_mock_gpus_of_a_given_size(genv, capped, other_user):
+    path = capped({"default": {"max_gpu_memory": "16g"}})
     shell = genv.shell("bash", user=other_user, GENV_DEVICES="2", GENV_DEVICES_MEMORY="16g")
     shell.ok("genv activate && genv config gpu-memory 8g")
-    shell.ok("genv attach --count 2")  # 2 x 8g of 16g: 1.0
+    shell.ok("genv attach --count 2")  # 2 x 8g
     other = genv.shell("bash", user=other_user, GENV_DEVICES="2", GENV_DEVICES_MEMORY="16g")
     other.ok("genv activate && genv config gpu-memory 4g")
     result = other.run("genv attach --count 1")
-    assert result.rc == 1 and "would hold 1.25 GPUs" in refusal(result.err, path, "max_gpus", 1), result
+    assert result.rc == 1 and ("would hold 20g of GPU memory, over the cap max_gpu_memory = 16g for them in %s"
+                               % path) in result.err, result
 
 
 def test_max_environments(genv, sh, capped, other_user):
@@ -668,13 +790,17 @@ def test_root_is_not_capped(genv, capped, other_user):
     assert gpu_of(again) == "3"
 
 
-def test_a_bad_policy_does_not_stop_attach(genv, capped, other_user):
+def test_a_typo_in_the_policy_does_not_lift_the_other_caps(genv, capped, other_user):
+    """Issue 16, item 5: before, any bad key voided the whole file (here the
+    typo max_gpu lifted max_gpus: 0)."""
     path = write_policy(genv, raw=b'{"default": {"max_gpus": 0, "max_gpu": 0}}')
     shell = genv.shell("bash", user=other_user)
     result = shell.run("genv activate --gpus 1")
-    assert result.rc == 0, result
-    assert "default.max_gpu" in warning(result.err, path)
-    assert gpu_of(shell) == "0"
+    assert result.rc == 1, result
+    lines = result.err.strip().splitlines()
+    assert lines[0] == "genv: ignoring default.max_gpu in the policy %s: unknown field" % path, result
+    refusal(result.err, path, "max_gpus", 0)
+    assert gpu_of(shell) in (None, "")
 
 
 def test_a_policy_the_user_owns_does_not_cap(genv, other_user):
@@ -994,16 +1120,25 @@ def test_a_user_stops_only_their_own(genv, world, other_user):
     assert sorted(row["OUTCOME"] for row in columns(out)) == ["not permitted", "not permitted"]
 
 
-def test_exempt_users_and_process_names_are_never_touched(genv, world, other_user):
-    """Exempt by user, or by the program a process runs (its executable);
-    the name a process gives itself (exec -a) does not make it exempt."""
-    write_policy(genv, {"exempt_users": ["genvtest"], "exempt_process_names": ["nvidia-cuda-mps-server", "dcgm"]})
-    folder = os.path.join(genv.base, "sbin")
-    os.makedirs(folder)
-    program = os.path.join(folder, "nvidia-cuda-mps-server")
+def copy_program(folder, name, owner=None):
+    """A copy of /bin/sleep under another name (owned by ``owner``)."""
+    os.makedirs(folder, exist_ok=True)
+    program = os.path.join(folder, name)
     with open("/bin/sleep", "rb") as source, open(program, "wb") as target:
         target.write(source.read())
     os.chmod(program, 0o755)
+    if owner is not None:
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+        os.chown(program, owner.pw_uid, owner.pw_gid)
+    return program
+
+
+def test_exempt_users_and_process_names_are_never_touched(genv, world, other_user):
+    """Exempt by user, or by the program a process runs (its executable,
+    named by its absolute path); the name a process gives itself (exec -a)
+    does not make it exempt."""
+    program = copy_program(os.path.join(genv.base, "sbin"), "nvidia-cuda-mps-server")
+    write_policy(genv, {"exempt_users": ["genvtest"], "exempt_process_names": [program, "dcgm"]})
     theirs = world.outside(gpu=0, user=other_user)
     mps = world.outside(gpu=1, argv=[program, "613"])
     faked = world.outside(gpu=1, argv=["bash", "-c", "exec -a nvidia-cuda-mps-server sleep 613"])
@@ -1018,18 +1153,223 @@ def test_exempt_users_and_process_names_are_never_touched(genv, world, other_use
 
 
 def test_an_exempt_program_in_a_folder_with_a_space_is_exempt(genv, world):
-    """The name is the program's base name, whatever folder it is in."""
+    """A program named by its absolute path is exempt, whatever folder it is
+    in (a space in it included)."""
     need("root")
-    folder = os.path.join(genv.base, "opt dir")
-    os.makedirs(folder)
-    program = os.path.join(folder, "nvidia-cuda-mps-server")
-    with open("/bin/sleep", "rb") as source, open(program, "wb") as target:
-        target.write(source.read())
-    os.chmod(program, 0o755)
-    write_policy(genv, {"exempt_process_names": ["nvidia-cuda-mps-server"]})
+    program = copy_program(os.path.join(genv.base, "opt dir"), "nvidia-cuda-mps-server")
+    write_policy(genv, {"exempt_process_names": [program]})
     mps = world.outside(gpu=0, argv=[program, "613"])
     rc, docs, err = enforce_json(genv)
     assert (rc, docs, err) == (0, {}, ""), "the exempt daemon %r is reported" % World.cmdline(mps)
+
+
+def test_an_exemption_by_name_cannot_be_borrowed(genv, world, other_user):
+    """Issue 16, item 2: ``cp /bin/sleep ~/nvidia-cuda-mps-server`` is not
+    exempt. By name, only a system program is: its file and every folder
+    above it root's and writable by root only. The real /usr/bin/sleep is,
+    under the name "sleep"; a user's copy named sleep is not, nor is root's
+    own copy in a folder under the world-writable /tmp."""
+    home = os.path.join(genv.base, "home-genvtest")
+    borrowed = copy_program(home, "nvidia-cuda-mps-server", owner=other_user)
+    users_sleep = copy_program(os.path.join(home, "bin"), "sleep", owner=other_user)
+    roots_copy = copy_program(os.path.join(genv.base, "root-only"), "sleep")
+    os.chmod(os.path.dirname(roots_copy), 0o755)
+    write_policy(genv, {"exempt_process_names": ["nvidia-cuda-mps-server", "sleep"]})
+    system = world.outside(gpu=0)  # sleep 613, from /usr/bin/sleep
+    theirs = world.outside(gpu=1, user=other_user, argv=[borrowed, "613"])
+    theirs_sleep = world.outside(gpu=2, user=other_user, argv=[users_sleep, "613"])
+    roots = world.outside(gpu=3, argv=[roots_copy, "613"])
+    rc, docs, err = enforce_json(genv)
+    assert rc == 1 and err == "", (rc, err)
+    assert sorted(docs) == sorted([theirs, theirs_sleep, roots]), docs
+    assert all(doc["rule"] == "unmanaged" for doc in docs.values())
+    rc, docs, err = enforce_json(genv, "--kill", "--grace", "1")
+    assert gone(theirs) and gone(theirs_sleep) and gone(roots)
+    assert alive(system)
+
+
+# --- conflicts: only what root saw decides (issue 16, item 1) ----------------------
+
+
+def forge(genv, owner, eid, devices):
+    """The owner of ``eid`` writes ``devices`` into their own state file by
+    hand (the file stays theirs, as if they had written it)."""
+    data = genv.state(owner.pw_uid)
+    for env in data["envs"]:
+        if env["id"] == eid:
+            env["devices"] = devices
+    tmp = os.path.join(genv.base, "forged.json")
+    with open(tmp, "w") as handle:
+        json.dump(data, handle)
+    os.chmod(tmp, 0o644)
+    os.chown(tmp, owner.pw_uid, owner.pw_gid)
+    os.rename(tmp, os.path.join(genv.tmpdir, "user-%d.json" % owner.pw_uid))
+
+
+def uuid_of(genv, index, owner):
+    """A GPU's UUID, from the device list in ``owner``'s state (not by
+    asking genv as root, which would record what it saw)."""
+    listed = genv.state(owner.pw_uid)["devices"] or genv.state(UID)["devices"]
+    return [d for d in listed["list"] if d["index"] == index][0]["uuid"]
+
+
+def child_of(pid, argv="sleep 613"):
+    """The child of ``pid`` running ``argv`` (a held command of genv run, once released)."""
+    found = []
+
+    def look():
+        try:
+            with open("/proc/%d/task/%d/children" % (pid, pid)) as handle:
+                children = [int(word) for word in handle.read().split()]
+        except OSError:
+            return False
+        found[:] = [child for child in children if World.cmdline(child) == argv]
+        return bool(found)
+
+    until(look, "the command of pid %d" % pid)
+    return found[0]
+
+
+def conflict_docs(genv, *args):
+    rc, out, err = run_enforce(genv, "--format", "json", *args)
+    assert err == "", err
+    return rc, [doc for doc in json.loads(out) if doc["rule"] == "conflict"]
+
+
+def test_a_forged_attach_time_never_wins_a_conflict(genv, world, other_user):
+    """The issue's repro: root runs a job with genv run; another user writes
+    GPU 0 into their own file with an attach time of 1.0. Before, enforce
+    --kill stopped the victim (the earlier attach time won); now root's own
+    record says the victim's claim came first, and the forger's process is
+    the one stopped."""
+    need("root")
+    root = genv.shell("bash")
+    supervisor = world.in_shell(root, command="command genv run --gpus 1 --name victim -- sleep 613")
+    victim = child_of(supervisor)
+    world.put(victim, 0)
+    assert [env["devices"][0]["index"] for env in genv.state(0)["envs"] if env["config"].get("name") == "victim"] \
+        == [0]
+    forger = genv.shell("bash", user=other_user)
+    forger.ok("genv activate")
+    forge(genv, other_user, forger.var("GENV_ENVIRONMENT_ID"), [{"index": 0, "uuid": uuid_of(genv, 0, other_user),
+                                                                    "attached": 1.0}])
+    theirs = world.in_shell(forger, gpu=0)
+    rc, docs, err = enforce_json(genv, "--kill", "--grace", "1")
+    assert (rc, err) == (0, ""), (rc, err, docs)
+    assert list(docs) == [theirs], docs
+    assert docs[theirs]["rule"] == "conflict" and docs[theirs]["outcome"] == "terminated (SIGTERM)", docs
+    assert "saw hold it first" in docs[theirs]["detail"]
+    assert gone(theirs) and alive(victim)
+
+
+def test_a_conflict_no_root_run_genv_can_order_stops_neither(genv, world, other_user):
+    """Two claims that no root-run genv saw come one after the other: both
+    environments are reported, nothing is stopped, an admin must decide;
+    still so at the next look (root first saw both at the same one)."""
+    need("root")
+    first = genv.shell("bash", user=other_user)
+    first.ok("genv activate --gpus 1")
+    second = genv.shell("bash", user=other_user)
+    second.ok("genv activate")
+    ids = sorted([first.var("GENV_ENVIRONMENT_ID"), second.var("GENV_ENVIRONMENT_ID")])
+    forge(genv, other_user, second.var("GENV_ENVIRONMENT_ID"), [{"index": 0, "uuid": uuid_of(genv, 0, other_user),
+                                                                   "attached": 1.0}])
+    pids = [world.in_shell(first, gpu=0), world.in_shell(second, gpu=0)]
+    for _ in range(2):
+        rc, docs = conflict_docs(genv, "--kill", "--grace", "1")
+        assert rc == 1 and sorted(doc["env_id"] for doc in docs) == ids, docs
+        for doc in docs:
+            assert (doc["pid"], doc["gpu"], doc["outcome"]) == (None, 0, "admin must decide"), doc
+            assert "an admin must decide" in doc["detail"], doc
+        assert all(alive(pid) for pid in pids)
+    rc, out, err = run_enforce(genv)
+    assert rc == 1 and [(row["RULE"], row["OUTCOME"]) for row in columns(out)] == [
+        ("conflict", "admin must decide")] * 2, out
+
+
+@pytest.mark.parametrize("first_share, second_share", [(None, None), (GIB, None), (None, GIB)],
+                         ids=["whole-whole", "share-whole", "whole-share"])
+def test_root_run_listings_record_who_held_a_gpu_first(genv, world, other_user, first_share, second_share):
+    """A root-run listing (here genv devices) records the claims it sees; a
+    claim written later loses to it, whatever its attach time says, be it a
+    whole GPU or a share that a whole GPU cannot go with."""
+    need("root")
+    first = genv.shell("bash", user=other_user)
+    first.ok("genv activate --gpus 1" if first_share is None
+             else "genv activate && genv config gpu-memory 1g && genv attach --count 1")
+    assert gpu_of(first) == "0"
+    assert genv.cli("devices").returncode == 0  # root looks
+    second = genv.shell("bash", user=other_user)
+    second.ok("genv activate")
+    claim = {"index": 0, "uuid": uuid_of(genv, 0, other_user), "attached": 1.0}
+    if second_share is not None:
+        claim.update(memory=second_share, total=GPU_MIB * MIB)
+    forge(genv, other_user, second.var("GENV_ENVIRONMENT_ID"), [claim])
+    keep = world.in_shell(first, gpu=0)
+    lose = world.in_shell(second, gpu=0)
+    rc, docs, err = enforce_json(genv, "--kill", "--grace", "1")
+    assert (rc, err) == (0, "") and list(docs) == [lose], docs
+    assert docs[lose]["rule"] == "conflict" and docs[lose]["env_id"] == second.var("GENV_ENVIRONMENT_ID")
+    assert gone(lose) and alive(keep)
+    # Root's record is root's own: it names what it saw, and users cannot write it.
+    seen = genv.state(0)["seen"]
+    assert {record["env"] for record in seen["envs"]} == {first.var("GENV_ENVIRONMENT_ID"),
+                                                          second.var("GENV_ENVIRONMENT_ID")}
+    assert os.stat(os.path.join(genv.tmpdir, "user-0.json")).st_uid == 0
+
+
+def test_a_share_beside_a_share_is_no_conflict(genv, world, other_user):
+    need("root")
+    first = genv.shell("bash", user=other_user)
+    first.ok("genv activate && genv config gpu-memory 1g && genv attach --count 1")
+    second = genv.shell("bash", user=other_user)
+    second.ok("genv activate")
+    forge(genv, other_user, second.var("GENV_ENVIRONMENT_ID"), [{"index": 0, "uuid": uuid_of(genv, 0, other_user),
+                                                                   "attached": 1.0, "memory": GIB}])
+    world.in_shell(first, gpu=0)
+    world.in_shell(second, gpu=0)
+    assert run_enforce(genv) == (0, "No process breaks the rules\n", "")
+
+
+def _holder(uid, eid, memory=None):
+    return (uid, {"id": eid}, {"index": 0, "uuid": "GPU-0", "attached": 1.0,
+                               **({"memory": memory} if memory else {})})
+
+
+def _seen(*records):
+    return {"boot": "b", "envs": [{"uid": uid, "env": eid, "claims": [{"gpu": "GPU-0", "whole": whole,
+                                                                          "first": first}],
+                                   "since": 0.0, "active": None, "busy": False, "until": {"value": None, "first": 0}}
+                                  for uid, eid, whole, first in records]}
+
+
+def test_sightings_order_the_claims_of_one_gpu():
+    from genv.sightings import conflicts
+
+    a, b, c, d = _holder(1, "a"), _holder(2, "b"), _holder(3, "c", GIB), _holder(4, "d", GIB)
+    names_of = lambda holders: sorted(h[1]["id"] for h in holders)  # noqa: E731
+    # Seen first wins; never seen loses to seen.
+    kept, lost, undecided = conflicts([a, b], _seen((1, "a", True, 5.0)), "b")
+    assert (names_of(kept), names_of(lost), undecided) == (["a"], ["b"], [])
+    kept, lost, undecided = conflicts([a, b], _seen((1, "a", True, 9.0), (2, "b", True, 5.0)), "b")
+    assert (names_of(kept), names_of(lost)) == (["b"], ["a"])
+    # The same look, or never: undecided. Another boot's record is no record.
+    for seen, boot in ((_seen((1, "a", True, 5.0), (2, "b", True, 5.0)), "b"), (None, "b"),
+                       (_seen((1, "a", True, 5.0)), "another boot")):
+        kept, lost, undecided = conflicts([a, b], seen, boot)
+        assert (kept, lost, names_of(undecided)) == ([], [], ["a", "b"])
+    # Shares go together; a whole GPU first seen after them loses.
+    kept, lost, undecided = conflicts([c, d, a], _seen((3, "c", False, 1.0), (4, "d", False, 2.0),
+                                                       (1, "a", True, 3.0)), "b")
+    assert (names_of(kept), names_of(lost), undecided) == (["c", "d"], ["a"], [])
+    # A share seen with a whole GPU at one look: undecided; a later share
+    # that would not fit with one of them: undecided too.
+    kept, lost, undecided = conflicts([a, c, d], _seen((1, "a", True, 1.0), (3, "c", False, 1.0),
+                                                       (4, "d", False, 2.0)), "b")
+    assert (kept, lost, names_of(undecided)) == ([], [], ["a", "c", "d"])
+    # A whole claim seen as a share before is a new claim.
+    kept, lost, undecided = conflicts([a, c], _seen((1, "a", False, 1.0), (3, "c", False, 2.0)), "b")
+    assert (names_of(kept), names_of(lost)) == (["c"], ["a"])
 
 
 def test_over_cap_after_the_policy_changed_stops_the_newest_environment(genv, world, other_user):
@@ -1095,9 +1435,10 @@ def test_pid_1_and_unknown_pids_are_never_chosen(genv, world):
 
 
 def _process(pid, gpu=0, uid=1000, env=None, memory=100 * MIB, command="python train.py", known=True,
-             token="linux:x:1", misplaced=False):
+             token="linux:x:1", misplaced=False, system=False):
     p = Process(gpu, pid, memory, command)
     p.program = command.split()[0]  # the executable
+    p.system = system  # root's file in root's folders
     p.known = known
     if known:
         p.uid, p.token, p.env, p.misplaced = uid, token, env, misplaced
@@ -1125,11 +1466,12 @@ def test_decide_never_chooses_pid_1_unknown_or_exempt_processes():
         _process(3, token=None),
         _process(4, uid=None),
         _process(5, uid=1002),
-        _process(6, command="/usr/sbin/dcgm --flag"),
+        _process(6, command="/usr/sbin/dcgm --flag", system=True),
         _process(7),
+        _process(8, command="/home/alice/dcgm --flag"),  # a user's copy: not exempt
     ]
     found = enforce.decide(processes, {}, MACHINE, rules, names)
-    assert [(v.rule, v.process.pid) for v in found] == [("unmanaged", 7)]
+    assert [(v.rule, v.process.pid) for v in found] == [("unmanaged", 7), ("unmanaged", 8)]
 
 
 def test_decide_over_cap_and_over_share_choose_the_right_processes():
@@ -1152,6 +1494,23 @@ def test_decide_over_cap_and_over_share_choose_the_right_processes():
     found = enforce.decide(processes + [misplaced], users, MACHINE, rules, names)
     assert [(v.rule, v.process.pid) for v in found].count(("misplaced", 14)) == 1
     assert len([v for v in found if v.process.pid == 14]) == 1
+
+
+def test_decide_over_cap_by_memory_and_by_gpus_any_part_of():
+    """Issue 16, item 5: enforce counts caps as attach does: a GPU held any
+    part of is one GPU; memory adds the shares and every GPU held whole."""
+    old = _env("old", [(0, None)], attached=10.0)  # 40g whole
+    new = _env("new", [(1, 1 * GIB), (2, 1 * GIB)], attached=20.0)
+    users = {1000: {"envs": [old, new]}}
+    processes = [_process(10, gpu=0, env=old), _process(11, gpu=1, env=new), _process(12, gpu=2, env=new)]
+    by_memory = policy.Policy(policy.check({"default": {"max_gpu_memory": "41g"}})[0])
+    found = enforce.decide(processes, users, MACHINE, by_memory, names)
+    assert [(v.rule, v.process.pid) for v in found] == [("over-cap", 11), ("over-cap", 12)]
+    assert "max_gpu_memory = 41g" in found[0].detail
+    by_gpus = policy.Policy({"default": {"max_gpus": 2}})
+    found = enforce.decide(processes, users, MACHINE, by_gpus, names)
+    assert [(v.rule, v.process.pid) for v in found] == [("over-cap", 11), ("over-cap", 12)]
+    assert enforce.decide(processes, users, MACHINE, policy.Policy({"default": {"max_gpus": 3}}), names) == []
 
 
 # === 5. signal(): the identity is checked before each signal ================================

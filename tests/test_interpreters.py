@@ -113,7 +113,7 @@ def test_state_parse_and_validate():
         me = os.getpid()
         token = "linux:boot:123"
         good = {
-            "format": 3, "uid": uid,
+            "format": 4, "uid": uid,
             "devices": {"key": "k", "checked": 1.5, "list": [
                 {"index": 0, "uuid": "GPU-a", "name": "A100", "total": 85899345920},
                 {"index": 1, "uuid": None, "name": None, "total": None}]},
@@ -164,13 +164,13 @@ def test_state_parse_and_validate():
         two = dict(good, format=2, envs=[dict(env, config={"gpus": 1}, devices=[dict(env["devices"][0])])])
         del two["envs"][0]["waiting"]
         del two["envs"][0]["devices"][0]["memory"]
-        assert schema.upgrade(jsonio.loads(jsonio.dumps(two)), uid, "f")[0]["format"] == 3
+        assert schema.upgrade(jsonio.loads(jsonio.dumps(two)), uid, "f")[0]["format"] == 4
 
         # Format 1: environments keyed by id, bare PIDs (dead ones dropped).
         old = {"format": 1, "envs": {"legacy": {"created": 5.0, "config": {"gpus": 1}, "pids": [me, 999999999],
                                                 "devices": [2]}}}
         new = schema.upgrade(jsonio.loads(jsonio.dumps(old)), uid, "f")[0]
-        assert new["format"] == 3 and new["uid"] == uid, new
+        assert new["format"] == 4 and new["uid"] == uid, new
         (legacy,) = new["envs"]
         assert legacy["id"] == "legacy" and [t["pid"] for t in legacy["terminals"]] == [me], legacy
         assert type(legacy["terminals"][0]["token"]) is str and legacy["terminals"][0]["token"], legacy

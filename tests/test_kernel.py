@@ -199,6 +199,20 @@ def test_the_wait_written_is_what_genv_run_accepts_exactly(genv, prefix, given, 
     assert run.returncode == 0, run
 
 
+def test_install_for_a_duration_writes_what_genv_run_accepts(genv, prefix):
+    """Issue 19: ``--for`` goes to genv run as given; each notebook's GPUs
+    are held that long."""
+    done = install(genv, prefix, "--name", "f", "--gpus", "1", "--for", "90m")
+    assert done.returncode == 0, done
+    with open(os.path.join(spec_dir(prefix, "f"), "kernel.json")) as handle:
+        spec = json.load(handle)
+    options = spec["argv"][2:spec["argv"].index("--")]
+    assert options[options.index("--for") + 1] == "90m" and spec["metadata"]["genv"]["for"] == "90m"
+    run = genv.cli("run", *options, "--", "sh", "-c", "genv status --json")
+    assert run.returncode == 0, run
+    assert json.loads(run.stdout)["until"] == pytest.approx(time.time() + 5400, abs=60)
+
+
 def test_install_goes_where_jupyter_looks_for_the_users_kernels(genv):
     """The default (--user): the folder jupyter_core names, with and without
     JUPYTER_DATA_DIR and XDG_DATA_HOME."""
@@ -237,6 +251,8 @@ BAD = [
     (["install", "--gpus", "x"], "GPU count"),
     (["install", "--gpus", "-1"], None),
     (["install", "--gpu-memory", "3q"], "invalid GPU memory '3q'"),
+    (["install", "--for", "0"], "invalid --for '0'"),
+    (["install", "--for", "soon"], "invalid --for 'soon'"),
     (["install", "--gpu-memory", "0"], "invalid GPU memory"),
     (["install", "--wait", "soon"], "invalid --wait"),
     (["install", "--user", "--prefix", "P"], "cannot be combined"),

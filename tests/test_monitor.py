@@ -1083,7 +1083,7 @@ def test_the_systemd_units_settings():
     # The address is named, not left to the default (docs/admin.md says how to open it to Prometheus elsewhere).
     assert monitor["ExecStart"] == ["/opt/genv/bin/genv monitor --address 127.0.0.1 --port 9759 --interval 5"]
     assert monitor["User"] == ["genv-monitor"] and monitor["CapabilityBoundingSet"] == [""]
-    assert enforce["ExecStart"] == ["/opt/genv/bin/genv enforce --interval 60 --kill"]
+    assert enforce["ExecStart"] == ["/opt/genv/bin/genv enforce --interval 60 --kill --reclaim"]  # (issue 19)
     assert enforce["User"] == ["root"]
 
 

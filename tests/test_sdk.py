@@ -366,6 +366,7 @@ ERRORS = [
     ("join='99999'", ["--id", "99999"]),
     ("index=[7]", ["--index", "7"]),
     ("gpus=1, gpu_memory='41g'", ["--gpus", "1", "--gpu-memory", "41g"]),
+    ("gpus=1, gpu_memory='1b'", ["--gpus", "1", "--gpu-memory", "1b"]),
 ]
 
 
@@ -976,6 +977,8 @@ def test_an_interrupt_anywhere_in_genvs_code_never_leaks(genv, seed):
     "gpu_memory=10**400", "name=5", "name=b'x'", "index=[3.0]", "index=[True]", "index='01'", "index=['0']",
     "index=[0, 0]", "index=3", "index=[-1]", "index=[10**400]", "wait=10**400", "wait='5'", "wait=True",
     "wait=float('nan')", "wait=-1", "over_subscribe=1", "join=5", "gpus=1, index=[0, 1]",
+    "gpus=1, for_=0", "gpus=1, for_=-60", "gpus=1, for_='soon'", "gpus=1, for_=True", "gpus=1, for_=float('nan')",
+    "gpus=1, for_=10**400", "gpus=1, for_=b'1h'", "gpus=1, for_='90 minutes'",
 ])
 def test_bad_input_is_genv_sdk_error_and_writes_nothing(genv, arguments):
     """B9: checked as the command line checks; nothing reaches the state."""

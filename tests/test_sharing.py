@@ -224,9 +224,10 @@ def pty_value(child, expression):
 VALID = [
     ("4g", "4g", 4 * GIB), ("4096m", "4g", 4 * GIB), ("4GiB", "4g", 4 * GIB), ("4.5g", "4608m", 4608 * MIB),
     ("4G", "4g", 4 * GIB), ("4gb", "4g", 4 * GIB), ("4GB", "4g", 4 * GIB), ("4gIB", "4g", 4 * GIB),
-    ("4kib", "4k", 4096), ("4KB", "4k", 4096), ("4k", "4k", 4096), ("1536", "1536b", 1536), ("1024", "1k", 1024),
-    ("2048b", "2k", 2048), ("7b", "7b", 7), ("7B", "7b", 7), ("1t", "1t", 1 << 40), ("0.5t", "512g", 512 * GIB),
-    ("1.25m", "1280k", 1280 * 1024), ("0.5k", "512b", 512), ("00012m", "12m", 12 * MIB), ("1mb", "1m", MIB),
+    ("1024kib", "1m", MIB), ("1024KB", "1m", MIB), ("1536k", "1536k", 1536 * 1024), ("1048576", "1m", MIB),
+    ("1048577", "1048577b", MIB + 1), ("2097152b", "2m", 2 * MIB), ("1048577B", "1048577b", MIB + 1),
+    ("1t", "1t", 1 << 40), ("0.5t", "512g", 512 * GIB),
+    ("1.25m", "1280k", 1280 * 1024), ("0.5g", "512m", 512 * MIB), ("00012m", "12m", 12 * MIB), ("1mb", "1m", MIB),
     ("1MiB", "1m", MIB), ("2.000g", "2g", 2 * GIB), ("1024t", "1024t", 1 << 50), ("1tb", "1t", 1 << 40),
     ("1TiB", "1t", 1 << 40), ("1073741824", "1g", GIB), ("80g", "80g", 80 * GIB),
 ]
@@ -234,7 +235,9 @@ VALID = [
 INVALID = ["0", "0g", "0.0g", "00", "-1g", "4x", "1e3", "g", "", " 4g", "4g ", "4 g", "4.", "4.g", ".5g", "1p",
            "1pib", "1025t", "1125899906842625", "1.5", "0.5b", "4gg", "4ib", "4bb", "\u0664g", "inf", "nan", "0x10",
            "+4g", "4,5g", "1_000", "4g\n", "4\u00a0g", "99999999999999999999999999", "1.0000000000000000000001k",
-           "--", "-", "4e", "4..5g", "1/2g", "'4g'", "4mbit"]
+           "--", "-", "4e", "4..5g", "1/2g", "'4g'", "4mbit",
+           # below 1 MiB, nvidia-smi's unit (issue 16, item 5): a bare number is bytes
+           "1b", "7b", "4k", "1536", "1024", "0.5k", "1023k", "1048575", "0.0009g"]
 
 
 @pytest.mark.parametrize("text,shown,value", VALID, ids=[case[0] for case in VALID])
@@ -1079,8 +1082,9 @@ def test_a_stopped_waiter_holds_up_nobody_until_it_runs_again(genv):
         row = [line for line in holder.ok("genv envs").splitlines() if line.startswith(eid(first) + " ")][0]
         assert re.search(r"for 1 GPU since (just now|\d+ seconds? ago), stopped$", row), row
         csv_rows = genv.cli("envs", "--format", "csv").stdout.decode().splitlines()
-        assert csv_rows[0].endswith(",waiting_stopped")
-        assert [r for r in csv_rows if r.startswith(eid(first) + ",")][0].endswith(",true")
+        header = csv_rows[0].split(",")
+        row = [r for r in csv_rows if r.startswith(eid(first) + ",")][0].split(",")
+        assert row[header.index("waiting_stopped")] == "true"
         # The one behind moves up (seen at its next look: no file changes when a process stops).
         s2.expect("no request ahead", timeout=10)
         holder.ok("genv deactivate")
@@ -1951,13 +1955,32 @@ def test_format_2_written_by_hand_is_migrated(genv, sleepers):
     assert [(d["id"], d["name"], d["devices"], d["gpu_memory"], d["waiting"]) for d in docs.values()] == [
         ("legacy", "old", [0], None, None)]
     migrated = genv.state()
-    assert migrated["format"] == 3 and migrated["envs"][0]["devices"][0]["index"] == 0
+    assert migrated["format"] == 4 and migrated["envs"][0]["devices"][0]["index"] == 0
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     # The old reservation is a whole GPU: a share goes elsewhere.
     share = term(genv, "bash", "share", 1, "1g", attach=True)
     assert share.var("CUDA_VISIBLE_DEVICES") == "1"
     assert held_shares(genv) == {0: [("legacy", None)], 1: [(eid(share), 1024)]}
     assert [d["memory_total"] for d in devices(genv)] == [16384, 16384]
+
+
+def test_format_3_shares_below_1_mib_become_1_mib(genv, sleepers):
+    """Issue 16, item 5: format 4 refuses shares below 1 MiB (they showed as
+    0 everywhere and counted as no GPU); a format 3 file's become 1 MiB."""
+    machine(genv, 2, "16g")
+    pid = sleepers()
+    now = time.time()
+    write_state(genv, UID, {"format": 3, "uid": UID, "devices": None, "envs": [
+        {"id": "tiny", "created": now - 60, "config": {"gpus": 1, "gpu_memory": 1},
+         "terminals": [{"pid": pid, "token": token_of(pid)}],
+         "devices": [{"index": 0, "uuid": None, "attached": now - 30, "memory": 7, "total": 16 * GIB}],
+         "warnings": []}]})
+    assert envs_by_id(genv)["tiny"]["gpu_memory"] == 1
+    migrated = genv.state()
+    assert migrated["format"] == 4
+    assert migrated["envs"][0]["config"]["gpu_memory"] == MIB
+    assert migrated["envs"][0]["devices"][0]["memory"] == MIB
+    assert held_shares(genv)[0] == [("tiny", 1)]
 
 
 def test_another_users_format_2_file(genv, other_user, sleepers):
@@ -1967,7 +1990,7 @@ def test_another_users_format_2_file(genv, other_user, sleepers):
     path = write_state(genv, uid, format_2(uid, pid, time.time()), owner=uid)
     # Read (and written back) by root, keeping its owner.
     assert envs_by_id(genv)["legacy"]["uid"] == uid
-    assert genv.state(uid)["format"] == 3
+    assert genv.state(uid)["format"] == 4
     info = os.stat(path)
     assert info.st_uid == uid and stat.S_IMODE(info.st_mode) == 0o644
 

@@ -89,7 +89,7 @@ def test_format_1_is_migrated(genv, sleepers):
     rows = json.loads(result.stdout)
     assert [(row["id"], row["name"], row["pids"], row["devices"]) for row in rows] == [("legacy", "old", [pid], [2])]
     state = genv.state()
-    assert state["format"] == 3 and state["envs"][0]["terminals"][0]["pid"] == pid
+    assert state["format"] == 4 and state["envs"][0]["terminals"][0]["pid"] == pid
 
 
 def test_format_2_is_migrated(genv, sleepers):
@@ -105,7 +105,7 @@ def test_format_2_is_migrated(genv, sleepers):
         json.dump(state, handle)
     rows = json.loads(genv.cli("envs", "--json", GENV_DEVICES="4").stdout)
     assert [(row["id"], row["devices"], row["waiting"]) for row in rows] == [(str(pid), [0, 1], None)]
-    assert genv.state()["format"] == 3
+    assert genv.state()["format"] == 4
     other = sleepers()
     result = sh_cli(genv, "sh-activate", "--gpus", "2", pid=other, GENV_DEVICES="4")
     assert result.returncode == 0 and b"CUDA_VISIBLE_DEVICES='2,3'" in result.stdout

@@ -169,7 +169,23 @@ def test_validate_rejects_bad_shapes():
         with pytest.raises(ValueError):
             validate(broken, 0)
     with pytest.raises(GenvError, match="newer genv"):
-        upgrade({"format": 4}, 0, "f")
+        upgrade({"format": 5}, 0, "f")
+
+
+def test_only_roots_file_holds_what_root_saw():
+    """Root's record (genv.sightings) is valid in user-0.json only: a user
+    who writes one into their own file has a damaged file."""
+    record = {"uid": 1000, "env": "e", "claims": [{"gpu": "GPU-1", "whole": True, "first": 5.0},
+                                                 {"gpu": 3, "whole": False, "first": 6.0}],
+              "since": 4.0, "active": None, "busy": False, "until": {"value": None, "first": 5.0}}
+    seen = {"boot": "0123abcd", "envs": [record]}
+    assert validate({"format": 4, "uid": 0, "devices": None, "envs": [], "seen": seen}, 0)
+    with pytest.raises(ValueError, match="seen"):
+        validate({"format": 4, "uid": 1000, "devices": None, "envs": [], "seen": seen}, 1000)
+    for bad in ({**record, "since": -1.0}, {**record, "claims": [{"gpu": None, "whole": True, "first": 1.0}]},
+                {**record, "busy": 1}, {**record, "until": {"value": "x", "first": 1.0}}, {**record, "uid": -1}):
+        with pytest.raises(ValueError, match="seen"):
+            validate({"format": 4, "uid": 0, "devices": None, "envs": [], "seen": {"boot": "b", "envs": [bad]}}, 0)
 
 
 @pytest.mark.parametrize("value", ["", "plain", "it's", "'", "''", "a\\", "$(x)", "`x`", "\n", "!x", "\udcff"])

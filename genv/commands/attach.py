@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import List
 
 OPTIONS: options.Spec = {"--count": options.VALUE, "--index": options.VALUE, "--over-subscribe": options.FLAG,
-           "-o": "--over-subscribe", "--wait": options.WAIT}
+                         "-o": "--over-subscribe", "--wait": options.WAIT, options.FOR: options.VALUE}
 
 
 def complete(words: List[str]) -> List[str]:
@@ -44,7 +44,8 @@ def request(argv: List[str]) -> operations.AttachRequest:
     if count is not None and indices is not None and count != len(indices):
         raise UsageError("--count %d and --index %s disagree" % (count, opts["--index"]))
     wait = options.wait_seconds(opts["--wait"]) if "--wait" in opts else None
-    return operations.AttachRequest(count, indices, "--over-subscribe" in opts, wait)
+    reserve = options.reserve_seconds(opts[options.FOR]) if options.FOR in opts else None
+    return operations.AttachRequest(count, indices, "--over-subscribe" in opts, wait, reserve)
 
 
 def main(argv: List[str]) -> int:

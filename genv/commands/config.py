@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from .. import environments, options, project
-from ..core import activation
+from ..core import activation, operations
 from ..core.context import Context
 from ..core.session import Session
 from ..errors import GenvError, UsageError
@@ -147,11 +147,13 @@ def main(argv: List[str]) -> int:
             _query(script, env["config"], action.field)
         session.deliver_warnings(owner, env)
         current = dict(env["config"])
-        script.plan(activation.sync(env, os.environ))
+        plan = activation.sync(env, os.environ)
+        told = operations.tell(session, owner, env, os.environ, plan)
+        script.plan(plan)
     if action.save:
         assert home is not None
         project.save(home, current)
     emit(script.encode())
-    for message in session.messages:
+    for message in session.messages + told:
         warn(message)
     return 0

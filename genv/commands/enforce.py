@@ -18,7 +18,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Any, Dict, List, Optional
 
-OPTIONS = {"--kill": False, "--grace": True, "--interval": True, "--format": True, "--json": False}
+OPTIONS = {"--kill": False, "--grace": True, "--reclaim": False, "--interval": True, "--format": True,
+           "--json": False}
 HEADER = ("RULE", "GPU", "PID", "USER", "ENV ID", "MEMORY", "COMMAND", "OUTCOME")
 MIN_INTERVAL = 0.1
 ERROR = 2  # exit status when enforce cannot look (1: the rules are broken)
@@ -41,9 +42,13 @@ class Action:
         self.violation = violation
         self.user = user
         process = violation.process
-        if process is None:
+        if violation.rule == "idle":
+            self.permitted = euid in (0, violation.uid)  # a user reclaims only their own
+            self.outcome = "would reclaim" if self.permitted else "not permitted"
+            self.failed = True  # until reclaimed
+        elif process is None:
             self.permitted = False
-            self.outcome = "no process to stop"
+            self.outcome = "no process to stop" if violation.decided else "admin must decide"
             self.failed = True  # the rule stays broken whatever --kill does
         elif spared is not None:  # Slurm: a job's process (or maybe one) is Slurm's to stop
             self.permitted = False
@@ -57,22 +62,48 @@ class Action:
     def cells(self) -> Dict[str, Any]:
         v = self.violation
         p = v.process
-        return {"rule": v.rule, "detail": v.detail, "gpu": p.gpu if p else None, "pid": p.pid if p else None,
+        return {"rule": v.rule, "detail": v.detail, "gpu": v.gpu, "pid": p.pid if p else None,
                 "uid": v.uid, "user": self.user, "env_id": v.env["id"] if v.env else None,
                 "memory": None if p is None or p.memory is None else p.memory >> 20,
                 "command": p.command if p else None, "outcome": self.outcome}
 
 
-def find(ctx: Context) -> List[Action]:
-    """The violations now (one look at the GPUs, one at the state)."""
-    from ..environments import places
+def find(ctx: Context, reclaim: bool = False) -> List[Action]:
+    """The violations now (one look at the GPUs, one at the state); with
+    ``reclaim``, the idle environments the caller may reclaim are detached
+    (under the lock, their terminals told), and the other rules are judged
+    on what is held then."""
+    from ..environments import places, release
+    from ..sizes import format_duration
 
     with Session(ctx, listing=True, observe=True, details=True) as session:
-        found = enforce.decide(session.attributed(), session.users, session.machine, session.policy(), ctx.user,
-                               places(session.users, session.processes, session.judge))
-        view = session.slurm
-    return [Action(v, ctx.user(v.uid) if v.uid is not None else "?", ctx.euid,
-                   view.spare(v.process) if view is not None and v.process is not None else None) for v in found]
+        session.witness()  # run by root: what it sees now counts, its claims first seen now
+
+        def judge() -> List[Action]:
+            found = enforce.decide(session.attributed(), session.users, session.machine, session.policy(), ctx.user,
+                                   session.seen(), session.boot_id(), session.boot,
+                                   places(session.users, session.processes, session.judge))
+            view = session.slurm
+            return [Action(v, ctx.user(v.uid) if v.uid is not None else "?", ctx.euid,
+                           view.spare(v.process) if view is not None and v.process is not None else None)
+                    for v in found]
+
+        actions = judge()
+        if not reclaim:
+            return actions
+        reclaimed = []
+        for action in actions:
+            v = action.violation
+            if v.rule == "idle" and action.permitted and v.env is not None and v.uid is not None:
+                release(v.env, "after %s idle" % format_duration(v.idle))
+                session.tx.changed(v.uid)
+                action.outcome, action.failed = "reclaimed", False
+                reclaimed.append(action)
+        if not reclaimed:
+            return actions
+        session.reattribute()  # their processes, if any, are misplaced now
+        return reclaimed + [action for action in judge() if action.violation.rule != "idle"] + [
+            action for action in actions if action.violation.rule == "idle" and action not in reclaimed]
 
 
 def stop(actions: List[Action], grace: float) -> None:
@@ -142,9 +173,9 @@ def log(action: Action) -> None:
     sys.stdout.flush()
 
 
-def _round(ctx: Context, kill: bool, grace: float) -> List[Action]:
+def _round(ctx: Context, kill: bool, grace: float, reclaim: bool) -> List[Action]:
     try:
-        actions = find(ctx)
+        actions = find(ctx, reclaim)
     except GenvError as error:
         raise GenvError(str(error), ERROR) from None
     if kill:
@@ -158,6 +189,7 @@ def main(argv: List[str]) -> int:
         raise UsageError("invalid --format 'csv' for enforce (formats: table, json)")
     form = output_format(opts)
     kill = "--kill" in opts
+    reclaim = "--reclaim" in opts
     if "--grace" in opts and not kill:
         raise UsageError("--grace goes with --kill")
     grace = _seconds(opts["--grace"], "--grace", 0) if "--grace" in opts else 10.0
@@ -168,16 +200,17 @@ def main(argv: List[str]) -> int:
             raise UsageError("--interval logs one line per action; --format is for a single run")
     ctx = Context()
     if interval is None:
-        actions = _round(ctx, kill, grace)
+        actions = _round(ctx, kill, grace, reclaim)
         report(actions, form)
-        broke = any(a.failed for a in actions) if kill else bool(actions)
+        # Broken: what was not (or could not be) set right.
+        broke = any(a.failed or a.outcome == "would stop" for a in actions)
         return 1 if broke else 0
     # A service: one line per action (or, without --kill, per new finding);
     # a round that cannot look is logged, and the next one tries again.
     seen = set()
     while True:
         try:
-            actions = _round(ctx, kill, grace)
+            actions = _round(ctx, kill, grace, reclaim)
         except GenvError as error:
             from ..report import warn
 
@@ -186,11 +219,10 @@ def main(argv: List[str]) -> int:
         keys = set()
         for action in actions:
             p = action.violation.process
-            env = action.violation.env
-            key = (action.violation.rule, p.pid if p else -1,
-                   p.token if p else (action.violation.uid, env["id"] if env else None))
+            v = action.violation
+            key = (v.rule, p.pid if p else -1, p.token if p else None, None if p else (v.env or {}).get("id"), v.gpu)
             keys.add(key)
-            if kill or key not in seen:
+            if kill or key not in seen or action.outcome == "reclaimed":
                 log(action)
         seen = keys
         time.sleep(interval)

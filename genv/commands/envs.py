@@ -6,7 +6,7 @@ from .. import options
 from ..cli import FORMAT_OPTIONS, out, output_format, print_json
 from ..core.context import Context
 from ..core.session import Session
-from ..listing import envs_docs
+from ..listing import Times, envs_docs
 from ..table import ago, csv, render
 
 TYPE_CHECKING = False
@@ -31,7 +31,8 @@ def _waiting(waiting: Optional[Dict[str, Any]], now: float) -> str:
             else "%d GPU%s" % (waiting["count"], "" if waiting["count"] == 1 else "s"))
     if waiting["memory"]:
         what += " (%s each)" % format_size(waiting["memory"] << 20)
-    return "for %s since %s%s" % (what, ago(now - waiting["since"]), ", stopped" if waiting.get("stopped") is True else "")
+    stopped = ", stopped" if waiting.get("stopped") is True else ""
+    return "for %s since %s%s" % (what, ago(now - waiting["since"]), stopped)
 
 
 def _csv(docs: List[Dict[str, Any]], hosts: Optional[List[str]] = None) -> str:
@@ -39,26 +40,50 @@ def _csv(docs: List[Dict[str, Any]], hosts: Optional[List[str]] = None) -> str:
     lead = (lambda position: (hosts[position],)) if hosts is not None else (lambda position: ())
     return csv(("host",) * (hosts is not None)
                + ("id", "uid", "user", "name", "gpus", "gpu_memory", "created", "pids", "devices", "waiting_since",
-                  "waiting_for", "waiting_stopped"),
+                  "waiting_for", "waiting_stopped", "idle_seconds", "until"),
                [lead(position)
                 + (d["id"], d["uid"], d["user"], d["name"], d["gpus"], d["gpu_memory"], d["created"],
                    " ".join(map(str, d["pids"])), " ".join(map(str, d["devices"])),
                    d["waiting"]["since"] if d["waiting"] else None,
                    d["waiting"]["count"] if d["waiting"] else None,
-                   (d["waiting"].get("stopped") is True) if d["waiting"] else None)
-                for position, d in enumerate(docs)])
+                   (d["waiting"].get("stopped") is True) if d["waiting"] else None, d.get("idle_seconds"),
+                   d.get("until")) for position, d in enumerate(docs)])
+
+
+def idle_text(seconds: Optional[float]) -> str:
+    """``3h``: idle for at least a minute (in its largest unit); empty while
+    in use, holding nothing, or just attached."""
+    from ..sizes import format_duration
+
+    if seconds is None or seconds < 60:
+        return ""
+    return format_duration(seconds).split(" ")[0]
+
+
+def until_text(until: Optional[float], now: float) -> str:
+    """``in 1h 59m``: when the reservation ends; empty without an end."""
+    from ..sizes import format_duration
+
+    if until is None:
+        return ""
+    return "in %s" % format_duration(until - now, up=True) if until > now else "now"
 
 
 def _table(docs: List[Dict[str, Any]], now: float, hosts: Optional[List[str]] = None) -> str:
-    """The table; with ``hosts`` (one per doc), a HOST column first."""
+    """The table; with ``hosts`` (one per doc), a HOST column first. IDLE,
+    UNTIL and WAITING only when some environment has one."""
     lead = (lambda position: (hosts[position],)) if hosts is not None else (lambda position: ())
     waiting = any(d["waiting"] for d in docs)
+    idle = any(idle_text(d.get("idle_seconds")) for d in docs)
+    until = any(d.get("until") is not None for d in docs)
     header = ("HOST",) * (hosts is not None) + ("ID", "USER", "NAME", "CREATED", "PID(S)") + (
-        ("WAITING",) if waiting else ())
+        ("IDLE",) if idle else ()) + (("UNTIL",) if until else ()) + (("WAITING",) if waiting else ())
     return render(header, [
         lead(position)
         + (d["id"], "%s(%d)" % (d["user"], d["uid"]), d["name"] or "", ago(now - d["created"]),
            " ".join(map(str, d["pids"])))
+        + ((idle_text(d.get("idle_seconds")),) if idle else ())
+        + ((until_text(d.get("until"), now),) if until else ())
         + ((_waiting(d["waiting"], now),) if waiting else ()) for position, d in enumerate(docs)])
 
 
@@ -73,7 +98,7 @@ def main(argv: List[str]) -> int:
     form = output_format(opts)
     ctx = Context()
     with Session(ctx, listing=True) as session:
-        docs = envs_docs(session.users, ctx.user, session.processes)
+        docs = envs_docs(session.users, ctx.user, session.processes, Times.of(session))
     if form == "json":
         print_json(docs)
     elif form == "csv":

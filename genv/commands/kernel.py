@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
 
 INSTALL: options.Spec = {"--name": options.VALUE, "--gpus": options.VALUE, "--gpu-memory": options.VALUE,
            "--wait": options.WAIT, "--user": options.FLAG, "--prefix": options.VALUE, "--python": options.VALUE,
-                         "--force": options.FLAG}
+                         "--force": options.FLAG, options.FOR: options.VALUE}
 WHERE: options.Spec = {"--user": options.FLAG, "--prefix": options.VALUE}
 DEFAULT_NAME = "genv"
 NATIVE = "python3"
@@ -176,6 +176,10 @@ def install(argv: List[str]) -> int:
         wait = options.wait_text(opts["--wait"])
         run_options += ["--wait", wait]
         meta["wait"] = wait
+    if options.FOR in opts:
+        options.reserve_seconds(opts[options.FOR])  # refused now, not when a notebook starts
+        run_options += [options.FOR, opts[options.FOR]]
+        meta["for"] = opts[options.FOR]
     python, python_prefix = _python(opts)
     check_unshadowed(name, folder, search_dirs(opts, (python_prefix,)), "--force" in opts)
     ctx = Context()

@@ -102,7 +102,7 @@ def _release(facts: Any) -> None:
 def read_documents() -> Tuple[List[Doc], List[Doc], List[Doc]]:
     """One reading: the documents of ``genv envs``, ``genv devices`` and
     ``genv ps``, from one session (one nvidia-smi query of each kind)."""
-    from ..listing import devices_docs, envs_docs, ps_docs
+    from ..listing import Times, devices_docs, envs_docs, ps_docs
     from ..core.session import Session
 
     ctx = Context()
@@ -113,7 +113,7 @@ def read_documents() -> Tuple[List[Doc], List[Doc], List[Doc]]:
             snapshot = session.snapshot
             assert snapshot is not None
             processes = session.attributed()
-            envs = envs_docs(session.users, ctx.user, session.processes)
+            envs = envs_docs(session.users, ctx.user, session.processes, Times.of(session))
             devices = devices_docs(session.holders, session.machine, snapshot.used, processes, ctx.user)
             procs = ps_docs(processes, ctx.user)
     finally:

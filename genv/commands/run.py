@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
 
 OPTIONS: options.Spec = {"--gpus": options.VALUE, "--gpu-memory": options.VALUE, "--name": options.VALUE,
            "--index": options.VALUE, "--over-subscribe": options.FLAG, "-o": "--over-subscribe",
-           "--wait": options.WAIT, "--id": options.VALUE, "--no-load": options.FLAG}
+           "--wait": options.WAIT, "--id": options.VALUE, "--no-load": options.FLAG, options.FOR: options.VALUE}
 
 
 def complete(words: List[str]) -> List[str]:
@@ -60,7 +60,8 @@ def settings(opts: Dict[str, Any]) -> operations.Settings:
         saved = project.load(home) if home is not None else None
         config = {**(saved or {}), **config}
     wait = options.wait_seconds(opts["--wait"]) if "--wait" in opts else None
-    return operations.Settings(config, indices, "--over-subscribe" in opts, wait, join)
+    reserve = options.reserve_seconds(opts[options.FOR]) if options.FOR in opts else None
+    return operations.Settings(config, indices, "--over-subscribe" in opts, wait, join, reserve)
 
 
 def main(argv: List[str]) -> int:

@@ -7,7 +7,7 @@ from ..cli import FORMAT_OPTIONS, out, output_format, print_json
 from ..core.context import Context
 from ..core.session import Session
 from ..report import warn
-from ..listing import status_doc
+from ..listing import Times, status_doc
 from ..table import ago, csv, size
 from ..text import printable
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
 
 OPTIONS = FORMAT_OPTIONS
 CSV_FIELDS = ("active", "id", "uid", "user", "name", "gpus", "gpu_memory", "devices", "pids", "created",
-              "processes", "memory")
+              "processes", "memory", "idle_seconds", "until")
 
 
 def complete(words: List[str]) -> List[str]:
@@ -25,7 +25,10 @@ def complete(words: List[str]) -> List[str]:
 
 
 def _lines(doc: Dict[str, Any], now: float) -> str:
+    import time
+
     from ..sizes import format_size
+    from .envs import idle_text, until_text
 
     processes = doc["processes"]
     known = [p["memory"] for p in processes if p["memory"] is not None]
@@ -36,6 +39,13 @@ def _lines(doc: Dict[str, Any], now: float) -> str:
         "gpus: %s" % (doc["gpus"] if doc["gpus"] is not None else "(not set)"),
         "gpu memory: %s" % (format_size(doc["gpu_memory"] << 20) if doc["gpu_memory"] else "(whole GPUs)"),
         "attached: %s" % (",".join(map(str, doc["devices"])) if doc["devices"] else "none"),
+    ]
+    if doc.get("until") is not None:
+        lines.append("ends: %s (%s)" % (until_text(doc["until"], now),
+                                       time.strftime("%Y-%m-%d %H:%M", time.localtime(doc["until"]))))
+    if idle_text(doc.get("idle_seconds")):
+        lines.append("idle: %s (no process of this environment on its GPUs)" % idle_text(doc["idle_seconds"]))
+    lines += [
         "terminals: %s" % " ".join(str(pid) for pid in doc["pids"]),
         "created: %s" % ago(now - doc["created"]),
         "processes: %d%s" % (len(processes), ", %s in use" % size(sum(known)) if known else ""),
@@ -62,7 +72,7 @@ def main(argv: List[str]) -> int:
     with Session(ctx, listing=True, observe=True, details=True) as session:
         owner, env = session.env(ctx.eid)
         session.deliver_warnings(owner, env)
-        doc = status_doc(owner, env, session.attributed(), ctx.user, session.processes)
+        doc = status_doc(owner, env, session.attributed(), ctx.user, session.processes, Times.of(session))
     for message in session.messages:
         warn(message)
     if form == "json":
@@ -71,7 +81,7 @@ def main(argv: List[str]) -> int:
         memory = sum(p["memory"] for p in doc["processes"] if p["memory"] is not None)
         out(csv(CSV_FIELDS, [(True, doc["id"], doc["uid"], doc["user"], doc["name"], doc["gpus"], doc["gpu_memory"],
                               " ".join(map(str, doc["devices"])), " ".join(map(str, doc["pids"])), doc["created"],
-                              len(doc["processes"]), memory)]))
+                              len(doc["processes"]), memory, doc["idle_seconds"], doc["until"])]))
     else:
         out(_lines(doc, session.now))
     return 0

@@ -36,6 +36,12 @@ HINTS_SET = "_GENV_HINTS"  # what genv exported: "NAME=VALUE,NAME=VALUE"
 # Variables genv sets in an active terminal and restores on deactivate.
 SAVED = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "GENV_ATTACHED_GPUS", "GENV_GPU_MEMORY") + FRACTIONS + (GROWTH,)
 ENV_ID = "GENV_ENVIRONMENT_ID"
+# What a shell keeps to follow its environment (``genv sync``, the prompt
+# check in libexec/init/common.sh): the owner's marker file and the token it
+# held at the last sync, the last note told, the end (boot clock, whole
+# seconds) and the end already warned about.
+SYNC_FILE, SYNC, NOTE, UNTIL, WARNED = "_GENV_SYNC_FILE", "_GENV_SYNC", "_GENV_NOTE", "_GENV_UNTIL", "_GENV_WARNED"
+SYNC_VARS = (SYNC_FILE, SYNC, NOTE, UNTIL, WARNED)
 
 
 def variable_name(name: str) -> str:
@@ -191,6 +197,8 @@ def restore(base: Mapping[str, str], shims: Optional[str]) -> Plan:
     plan.set(ENV_ID, None)
     plan.set(HINTS_SET, None)
     plan.set(SNAPSHOT, None)
+    for name in SYNC_VARS:
+        plan.set(name, None)
     plan.path_remove = shims
     plan.prompt = "clear"
     return plan

@@ -34,6 +34,8 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from .context import Context
 
 HELD = frozenset((signals.SIGINT, signals.SIGTERM, signals.SIGHUP))
+WARN_BEFORE = 600.0
+"""Seconds before a reservation's end when its terminals are told, once."""
 
 
 class Outcome:
@@ -96,6 +98,57 @@ def _open(session: Session, terminals: Sequence[Tuple[int, str]], join: Optional
     return owner, env, joined
 
 
+def tell(session: Session, owner: int, env: Dict[str, Any], base: Mapping[str, str], plan: activation.Plan,
+         newcomer: bool = False) -> List[str]:
+    """Bring a shell's bookkeeping in line with its environment (the marker
+    it compares at each prompt, the last note it was told, the end) and
+    return what it must be told: the notes it has not seen (none for a
+    ``newcomer``, which joins now) and, once, that the reservation ends
+    within ``WARN_BEFORE`` seconds."""
+    import math
+
+    from ..sizes import format_duration
+
+    plan.set(activation.SYNC_FILE, session.tx.marker_path(owner))
+    plan.set(activation.SYNC, session.tx.marker(owner))
+    told = base.get(activation.NOTE, "")
+    messages = [] if newcomer or not told.isdigit() or len(told) > 18 else environments.notes_after(env, int(told))
+    plan.set(activation.NOTE, str(environments.last_note(env)))
+    until = env.get("until") if env["devices"] else None
+    if until is None:
+        plan.set(activation.UNTIL, None)
+        plan.set(activation.WARNED, None)
+        return messages
+    end = str(math.ceil(until))
+    plan.set(activation.UNTIL, end)
+    left = until - session.boot
+    if left <= WARN_BEFORE and base.get(activation.WARNED) != end:
+        messages.append("the reservation of %s ends in %s ('genv attach --for DURATION' renews it)"
+                        % (environments.gpu_words(env), format_duration(left, up=True)))
+        plan.set(activation.WARNED, end)
+    return messages
+
+
+def sync(ctx: Context, eid: str, base: Mapping[str, str]) -> Outcome:
+    """Bring the shell in line with its environment as the state is now
+    (its GPUs were released, an end passed, another terminal detached): the
+    shell function runs it when the marker changed, an end came near, or
+    after any genv command (``genv sync``)."""
+    with Session(ctx) as session:
+        found = environments.find(session.users, eid)
+        if found is None:
+            plan = activation.sync(None, base)  # it holds no GPU
+            for name in activation.SYNC_VARS:
+                plan.set(name, None)
+            return Outcome(None, plan, None, [
+                "environment %s no longer exists: this terminal holds no GPUs ('genv deactivate' leaves it)" % eid])
+        owner, env = found
+        session.deliver_warnings(owner, env)
+        plan = activation.sync(env, base)
+        messages = session.messages + tell(session, owner, env, base, plan)
+        return Outcome(copy(env), plan, None, messages)
+
+
 # --- a shell ---------------------------------------------------------------------------
 
 
@@ -129,22 +182,23 @@ def activate(ctx: Context, base: Mapping[str, str], config: Dict[str, Any], join
                     failure = str(error)
         session.deliver_warnings(owner, env)
         plan = activation.open_plan(env, base, ctx.shims(), prompt)
+        told = tell(session, owner, env, base, plan, newcomer=True)
         result = copy(env)
-    return Outcome(result, plan, failure, session.messages)
+    return Outcome(result, plan, failure, session.messages + told)
 
 
 class AttachRequest:
     """What ``genv attach`` asks for: a count (None: the configured one),
-    exact GPUs, over-subscription, and how long to wait in line (None:
-    not at all)."""
+    exact GPUs, over-subscription, how long to wait in line (None: not at
+    all) and how long to hold the GPUs (``--for``; None: as before)."""
 
-    __slots__ = ("count", "indices", "over_subscribe", "wait")
+    __slots__ = ("count", "indices", "over_subscribe", "wait", "reserve")
 
     def __init__(self, count: Optional[int] = None, indices: Optional[Sequence[int]] = None,
-                 over_subscribe: bool = False, wait: Optional[float] = None) -> None:
+                 over_subscribe: bool = False, wait: Optional[float] = None, reserve: Optional[float] = None) -> None:
         self.count = len(indices) if indices is not None else count
         self.indices = list(indices) if indices is not None else None
-        self.over_subscribe, self.wait = over_subscribe, wait
+        self.over_subscribe, self.wait, self.reserve = over_subscribe, wait, reserve
 
     def request(self, env: Dict[str, Any]) -> Request:
         """The request, after storing the count it implies in the config."""
@@ -179,36 +233,44 @@ def attach(ctx: Context, eid: str, asked: AttachRequest, base: Mapping[str, str]
             if env["config"] != config:
                 session.tx.changed(owner)
             waiting = asked.wait is not None and asked.wait > 0
-            failure = session.attach(owner, env, request, detach=not waiting)
+            failure = session.attach(owner, env, request, detach=not waiting, reserve=asked.reserve)
             if failure is not None and waiting and session.final:
                 # No release could ever make it possible: fail now, as a plain attach.
-                failure = session.attach(owner, env, request)
+                failure = session.attach(owner, env, request, reserve=asked.reserve)
             waits = failure is not None and waiting and not session.final
             if waits:
                 waitline.join(session, env, request, name)
+                if asked.reserve is not None:
+                    env["waiting"]["for"] = asked.reserve  # the end counts from the attach
                 session.tx.changed(owner)
             session.deliver_warnings(owner, env)
             plan = activation.sync(env, base)
+            told = tell(session, owner, env, base, plan)
             result = copy(env)
         if waits:
             assert asked.wait is not None
+            # (The shell function's look after the command brings the marker
+            # and the end in line with what the wait attached.)
             done = waitline.wait(ctx, eid, asked.wait, request.count,
                                  lambda env: (copy(env), activation.sync(env, base)))
             (result, plan), failure = done[0] or (result, plan), done[1]
     finally:
         name.restore()
-    return Outcome(result, plan, failure, session.messages)
+    return Outcome(result, plan, failure, session.messages + told)
 
 
 def detach(ctx: Context, eid: str, base: Mapping[str, str]) -> Outcome:
     """Release the shell's environment's GPUs."""
     with Session(ctx) as session:
         owner, env = session.owned_env(eid)
-        if env["devices"]:
+        if env["devices"] or env.get("until") is not None:
             env["devices"] = []
+            env.pop("until", None)
             session.tx.changed(owner)
         session.deliver_warnings(owner, env)
-        return Outcome(copy(env), activation.sync(env, base), None, session.messages)
+        plan = activation.sync(env, base)
+        told = tell(session, owner, env, base, plan)
+        return Outcome(copy(env), plan, None, session.messages + told)
 
 
 def deactivate(ctx: Context, eid: str, base: Mapping[str, str]) -> Outcome:
@@ -241,17 +303,20 @@ def deactivate(ctx: Context, eid: str, base: Mapping[str, str]) -> Outcome:
 class Settings:
     """What a process asks for: the configuration (count, share, name),
     exact GPUs, over-subscription, how long to wait (None: not at all;
-    ``inf``: as long as it takes), or an environment to join."""
+    ``inf``: as long as it takes), an environment to join, and how long to
+    hold the GPUs (``--for``, ``for_=``; None: no end but the policy's)."""
 
-    __slots__ = ("config", "indices", "over_subscribe", "wait", "join")
+    __slots__ = ("config", "indices", "over_subscribe", "wait", "join", "reserve")
 
     def __init__(self, config: Optional[Dict[str, Any]] = None, indices: Optional[Sequence[int]] = None,
-                 over_subscribe: bool = False, wait: Optional[float] = None, join: Optional[str] = None) -> None:
+                 over_subscribe: bool = False, wait: Optional[float] = None, join: Optional[str] = None,
+                 reserve: Optional[float] = None) -> None:
         self.config = dict(config or {})
         self.indices = list(indices) if indices is not None else None
         self.over_subscribe = over_subscribe
         self.wait = wait
         self.join = join
+        self.reserve = reserve
         if self.indices is not None:
             self.config["gpus"] = len(self.indices)
 
@@ -304,12 +369,15 @@ def enter(ctx: Context, settings: Settings, base: Mapping[str, str], also: Seque
         with session:
             owner, env, joined = _open(session, terminals, settings.join, settings.config)
             request = settings.request(env["config"])
-            failure = session.attach(owner, env, request, detach=False) if request.count else None
+            failure = session.attach(owner, env, request, detach=False, reserve=settings.reserve) \
+                if request.count else None
             if failure is not None:
                 if not settings.wait or session.final:
                     # Leaving the block with an exception: nothing is written.
                     raise GenvError(failure)
                 waitline.join(session, env, request, name)
+                if settings.reserve is not None:
+                    env["waiting"]["for"] = settings.reserve  # the end counts from the attach
             result = copy(env)
             plan = activation.open_plan(env, base, ctx.shims(), prompt=False)
         entered = Entered(result, plan, [pid for pid in pids if joined is None or pid not in joined.already], joined)
@@ -357,6 +425,8 @@ def leave(ctx: Context, entered: Entered) -> None:
             if all(env["config"].get(key) == value for key, value in joined.set.items()):
                 env["config"] = dict(joined.config)
             env["devices"] = [d for d in env["devices"] if d["index"] in joined.indices]
+            if not env["devices"]:
+                env.pop("until", None)
         for pid in entered.pids:
             if any(t["pid"] == pid for t in env["terminals"]):
                 environments.remove_terminal(session.tx.user(owner), env, pid)

@@ -8,9 +8,7 @@ GPU facts are gathered before the lock (nvidia-smi never runs under it).
 
 from __future__ import annotations
 
-import time
-
-from .. import attribution, environments, gpus
+from .. import attribution, clock, environments, gpus
 from ..errors import GenvError
 from ..procs import processes
 from ..report import warn
@@ -43,7 +41,8 @@ class Session:
         self.holders_only = holders_only
         self.listing = listing
         self.details = details
-        self.now = time.time()
+        self.now = clock.wall()  # for people: created, attached
+        self.boot = clock.boot()  # for deadlines and idle times (genv.clock)
         self.folder = StateDir()
         self.processes = processes()
         self.record: Optional[Dict[str, Any]] = None
@@ -95,6 +94,11 @@ class Session:
                     self.slurm.attribute(self._attributed)
         return self._attributed
 
+    def reattribute(self) -> None:
+        """The state changed under the lock (GPUs reclaimed): attribute the
+        processes seen again (whose environment holds which GPU)."""
+        self._attributed = None
+
     @property
     def machine(self) -> List[Dict[str, Any]]:
         if self.record is None:
@@ -133,6 +137,12 @@ class Session:
                     if warning not in env["warnings"] and euid in (0, owner):
                         env["warnings"].append(warning)
                         self.tx.changed(owner)
+            # Reservations that ended release their GPUs, as dead terminals
+            # do: in the caller's file (root: in every file), in memory for
+            # the others (their owner's next command writes it).
+            for uid in environments.expire(self.tx.users, self.boot, self.ends()):
+                if uid == euid or euid == 0:
+                    self.tx.changed(uid)
         except BaseException as error:
             self.tx.__exit__(type(error), error, None)
             raise
@@ -140,9 +150,92 @@ class Session:
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
         try:
+            if kind is None:
+                self._note_activity()
+                self.witness()
             self.tx.__exit__(kind, value, traceback)
         finally:
             self.processes.close()
+
+    def ends(self) -> Dict[Tuple[int, str], Tuple[float, str]]:
+        """The ends the policy's ``max_reservation`` sets, counted from what
+        root-run commands saw (``genv.sightings.end``): they bind whatever a
+        user's own file says. Read only where root's record is of this boot."""
+        seen = self.seen()
+        if not seen or not seen["envs"] or seen.get("boot") != self.boot_id():
+            return {}
+        from ..sightings import end
+        from ..sizes import format_duration
+
+        policy = self.policy()
+        ends: Dict[Tuple[int, str], Tuple[float, str]] = {}
+        current = {(uid, env["id"]): env.get("until") for uid in self.users for env in self.users[uid]["envs"]}
+        for record in seen["envs"]:
+            key = (record["uid"], record["env"])
+            if record["uid"] == 0 or key not in current:
+                continue  # root is not capped
+            limit = policy.cap(self.ctx.user(record["uid"]), "max_reservation")
+            found = end(record, limit, current[key], self.boot)
+            if found is not None:
+                ends[(record["uid"], record["env"])] = (
+                    found, "at the end of the longest reservation the policy allows (max_reservation = %s)"
+                    % format_duration(limit))
+        return ends
+
+    def _note_activity(self) -> None:
+        """What this command saw of the caller's own environments' processes
+        (when it asked nvidia-smi), in the caller's own file, for display
+        (``genv envs``' IDLE): a claim like any other there; decisions read
+        root's record only."""
+        if self.snapshot is None or self.tx.missing:
+            return
+        from ..sightings import RESOLUTION, busy as in_use
+
+        euid = self.ctx.euid
+        used = in_use(self.attributed())
+        for env in self.tx.user(euid)["envs"]:
+            if not env["devices"]:
+                continue
+            busy = id(env) in used
+            active = env.get("active")
+            if busy and (active is None or self.boot - active >= RESOLUTION or not env.get("busy")):
+                env["active"] = self.boot
+                self.tx.changed(euid)
+            if bool(env.get("busy")) != busy:
+                env["busy"] = busy
+                self.tx.changed(euid)
+
+    def witness(self) -> None:
+        """Run by root: bring root's record of what it saw up to date
+        (``genv.sightings``): every environment's claims, and, when this
+        command asked nvidia-smi, whose processes it saw where. Others
+        cannot write it, and do nothing here."""
+        if self.ctx.euid != 0 or self.tx.missing:
+            return
+        from .. import sightings
+
+        root = self.tx.user(0)
+        processes = self.attributed() if self.snapshot is not None else None
+        new: Optional[Dict[str, Any]] = sightings.update(root.get("seen"), self.users, self.boot_id(), self.now,
+                                                         self.boot, processes)
+        if new is not None and not new["envs"]:
+            new = None
+        if new != root.get("seen"):
+            if new is None:
+                root.pop("seen", None)
+            else:
+                root["seen"] = new
+            self.tx.changed(0)
+
+    def boot_id(self) -> str:
+        """This boot, as root's record names it."""
+        return self.processes.this_boot() or "unknown"
+
+    def seen(self) -> Optional[Dict[str, Any]]:
+        """Root's record of what root-run commands saw (``genv.sightings``):
+        root's own file, which only root can write."""
+        root = self.users.get(0)
+        return root.get("seen") if root is not None else None
 
     @property
     def users(self) -> Dict[int, Dict[str, Any]]:
@@ -179,13 +272,15 @@ class Session:
                 found[index] = found.get(index, []) + who
         return found
 
-    def attach(self, owner: int, env: Dict[str, Any], request: Request, detach: bool = True) -> Optional[str]:
+    def attach(self, owner: int, env: Dict[str, Any], request: Request, detach: bool = True,
+               reserve: Optional[float] = None) -> Optional[str]:
         """Give ``env`` the GPUs ``allocate`` chooses, behind the requests
         waiting in line before it. If it refuses, return why, and (all or
         nothing) detach the environment unless ``detach`` is False (a request
         that goes on waiting keeps what it has). Raises CapExceeded (from
         ``policy``) if it would take the owner past a cap: waiting would
-        not help, and nothing changes."""
+        not help, and nothing changes. Once attached, the reservation ends
+        ``reserve`` seconds from now (see ``_reserve``)."""
         from ..allocate import Refused, Waiter, allocate
 
         before = env["devices"]
@@ -196,8 +291,8 @@ class Session:
             from ..policy import check_caps, least
 
             # Even the least this request could get: refused at once, waiting would not help.
-            check_caps(self.policy(), self.users, owner, self.ctx.user(owner), env, least(request, self.machine),
-                       self.machine)
+            check_caps(self.policy(), self.users, owner, self.ctx.user(owner), env,
+                       least(request, self.machine, self.users, owner, env), self.machine)
         try:
             chosen = allocate(self.users, env, self.machine, request, self.now, self.ctx.describe, self.busy(),
                               ahead)
@@ -213,12 +308,42 @@ class Session:
         if chosen != before:  # another terminal may just pick them up
             env["devices"] = chosen
             self.tx.changed(owner)
+        if failure is None:
+            self._reserve(owner, env, reserve, capped)
+        elif not env["devices"] and env.get("until") is not None:
+            env.pop("until")
+            self.tx.changed(owner)
         return failure
 
     def judge(self, uid: int, env: Dict[str, Any]) -> Optional[str]:
         """Why a place in line does not count for its request (None: it
         may); see ``judge``."""
         return judge(self.policy(), self.users, self.machine, self.ctx.user, uid, env)
+
+    def _reserve(self, owner: int, env: Dict[str, Any], reserve: Optional[float], capped: bool) -> None:
+        """The end of what ``env`` holds after an attach: ``reserve`` seconds
+        from now (``attach --for``; a request that waited in line asked for
+        it there), capped by the policy's ``max_reservation``, which also
+        gives an attach without ``--for`` its end; otherwise the end it had
+        (none: until detached). root is not capped."""
+        from ..sizes import format_duration
+
+        if not env["devices"]:
+            if env.pop("until", None) is not None:
+                self.tx.changed(owner)
+            return
+        if reserve is None:
+            reserve = (env.get("waiting") or {}).get("for")
+        limit = self.policy().cap(self.ctx.user(owner), "max_reservation") if capped else None
+        if reserve is not None and limit is not None and reserve > limit:
+            self.messages.append("the reservation ends in %s, the longest the policy allows (max_reservation in %s), "
+                                 "not in %s" % (format_duration(limit), self.policy().path, format_duration(reserve)))
+            reserve = limit
+        if reserve is None:
+            reserve = limit
+        if reserve is not None:
+            env["until"] = self.boot + reserve
+            self.tx.changed(owner)
 
     def deliver_warnings(self, owner: int, env: Dict[str, Any]) -> None:
         """Messages left for this environment (a GPU that disappeared) go to
@@ -261,7 +386,7 @@ def judge(policy: Any, users: Dict[int, Dict[str, Any]], machine: List[Dict[str,
     from ..policy import CapExceeded, check_caps, least
 
     try:
-        check_caps(policy, users, uid, user(uid), env, least(request, machine), machine)
+        check_caps(policy, users, uid, user(uid), env, least(request, machine, users, uid, env), machine)
     except CapExceeded as error:
         return "a cap refuses it (%s)" % error
     return None

@@ -3,7 +3,7 @@
 # @GENV_SH_COMMANDS@ is replaced by `genv init -` with the commands that
 # change the shell (one libexec/genv-sh-<command> file each).
 genv() {
-  local _genv_command _genv_arg _genv_out _genv_rc _genv_err _genv_sub _genv_wait='' _genv_int=''
+  local _genv_command _genv_arg _genv_rc _genv_sub _genv_wait='' _genv_int=''
   if [ "$#" -eq 0 ]; then
     command genv
     return
@@ -40,14 +40,8 @@ genv() {
       fi
       trap : INT
     fi
-    _genv_out=$(GENV_SHELL_PID=$$ GENV_SUBSHELL=$_genv_sub command genv "sh-$_genv_command" "$@")
+    _genv_eval "$_genv_sub" "$_genv_command" "$@"
     _genv_rc=$?
-    if [ -n "$_genv_out" ]; then
-      eval "$_genv_out" || {
-        _genv_err=$?
-        [ "$_genv_rc" -ne 0 ] || _genv_rc=$_genv_err
-      }
-    fi
     if [ -n "$_genv_wait" ] && [ -z "${ZSH_VERSION-}" ]; then
       if [ -n "$_genv_int" ]; then
         eval "$_genv_int"
@@ -55,12 +49,75 @@ genv() {
         trap - INT
       fi
     fi
+    # (genv sync is what the look after a command runs)
+    [ "$_genv_command" = sync ] || _genv_sync_check
     return "$_genv_rc"
     ;;
   *)
     command genv "$_genv_command" "$@"
+    _genv_rc=$?
+    _genv_sync_check
+    return "$_genv_rc"
     ;;
   esac
+}
+
+# _genv_eval SUBSHELL COMMAND [ARGS...]: run `genv sh-COMMAND` for this shell
+# (SUBSHELL: 1 when run from a subshell) and evaluate the shell code it
+# prints; its exit status (or the code's, if only that failed).
+_genv_eval() {
+  # (Declared, then assigned: under `set -k` an assignment given to local
+  # would go to its environment.)
+  local _genv_out _genv_rc _genv_err _genv_in _genv_name
+  _genv_in=$1
+  _genv_name=$2
+  shift 2
+  _genv_out=$(GENV_SHELL_PID=$$ GENV_SUBSHELL=$_genv_in command genv "sh-$_genv_name" "$@")
+  _genv_rc=$?
+  if [ -n "$_genv_out" ]; then
+    eval "$_genv_out" || {
+      _genv_err=$?
+      [ "$_genv_rc" -ne 0 ] || _genv_rc=$_genv_err
+    }
+  fi
+  return "$_genv_rc"
+}
+
+# After each genv command and before each prompt: bring the terminal in line
+# with its environment (genv sync) when something changed, so that it never
+# keeps pointing at GPUs it no longer holds: the marker of the environment's
+# owner holds another token than at the last sync (its GPUs were released,
+# another terminal detached), or the reservation's end is near or past.
+# Builtins only: no Python runs unless one of these is true.
+_genv_sync_check() {
+  [ -n "${GENV_ENVIRONMENT_ID-}" ] && [ -n "${_GENV_SYNC_FILE-}" ] || return 0
+  ! _genv_in_subshell || return 0
+  local _genv_mark _genv_now _genv_rest
+  _genv_mark=''
+  # Only a regular file of this user (or, for root, of anyone): never a
+  # link, never a FIFO that would hold the prompt.
+  if [ -f "$_GENV_SYNC_FILE" ] && [ ! -L "$_GENV_SYNC_FILE" ] &&
+    { [ -O "$_GENV_SYNC_FILE" ] || [ "${EUID-}" = 0 ]; }; then
+    IFS= read -r _genv_mark <"$_GENV_SYNC_FILE" || _genv_mark=''
+  fi
+  if [ "$_genv_mark" = "${_GENV_SYNC-}" ]; then
+    case ${_GENV_UNTIL-} in
+    '' | *[!0-9]*) return 0 ;;
+    esac
+    [ -r /proc/uptime ] || return 0
+    # Seconds since boot (a wall-clock step moves nothing); GENV_TEST_CLOCK
+    # shifts it for tests, as it shifts genv's own clock (genv/clock.py).
+    IFS=' .' read -r _genv_now _genv_rest </proc/uptime || return 0
+    _genv_rest=${GENV_TEST_CLOCK-}
+    _genv_rest=${_genv_rest%%:*}
+    case ${_genv_rest#-} in
+    '' | *[!0-9]*) ;;
+    *) _genv_now=$((_genv_now + _genv_rest)) ;;
+    esac
+    [ "$_genv_now" -ge $((_GENV_UNTIL - 600)) ] || return 0
+    [ "$_genv_now" -ge "$_GENV_UNTIL" ] || [ "${_GENV_WARNED-}" != "$_GENV_UNTIL" ] || return 0
+  fi
+  _genv_eval '' sync
 }
 
 _genv_path_add() {
@@ -120,19 +177,25 @@ _genv_prompt_name() {
   fi
 }
 
-# Before each prompt: if the prompt option changed, rebuild the prefix.
+# Before each prompt: bring the terminal in line with its environment (see
+# _genv_sync_check); if the prompt option changed, rebuild the prefix. The
+# exit status of the last command is kept for what runs after this hook.
 _genv_prompt_refresh() {
-  [ -n "${_GENV_PS1_SET+x}" ] || return 0
-  local _genv_prefix
-  _genv_prompt_prefix
-  if [ "$_genv_prefix" != "${_GENV_PS1_PREFIX-}" ]; then
-    if [ -n "${_GENV_PROMPT_NAME+x}" ]; then
-      _genv_prompt_set "$_GENV_PROMPT_NAME"
-    else
-      _genv_prompt_set
+  set -- "$?"
+  local _genv_status _genv_prefix
+  _genv_status=$1
+  _genv_sync_check
+  if [ -n "${_GENV_PS1_SET+x}" ]; then
+    _genv_prompt_prefix
+    if [ "$_genv_prefix" != "${_GENV_PS1_PREFIX-}" ]; then
+      if [ -n "${_GENV_PROMPT_NAME+x}" ]; then
+        _genv_prompt_set "$_GENV_PROMPT_NAME"
+      else
+        _genv_prompt_set
+      fi
     fi
   fi
-  return 0
+  return "$_genv_status"
 }
 
 _genv_prompt_clear() {

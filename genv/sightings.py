@@ -1,0 +1,201 @@
+"""What root-run genv commands saw: the evidence for decisions against users.
+
+Every value in a user's state file is that user's claim: they can write
+anything there. A decision against another user (``genv enforce`` stopping
+a process over a conflict, reclaiming GPUs idle too long, ending a
+reservation at the policy's limit) therefore rests only on what users
+cannot write: the kernel (processes, their owners and start times), the
+admin's policy, and this record, which root-run genv commands keep in
+root's own state file (``"seen"``; only root can write it, and readers trust
+a state file only if the uid in its name owns it).
+
+Each root-run command that reads the state (``genv enforce``, a listing,
+an attach, the monitor when it runs as root) updates it under the lock,
+for every environment that holds GPUs:
+
+- **claims**: each reservation (GPU, whole or a share) and when a root-run
+  command first saw it (``first``). A claim that root no longer sees is
+  forgotten, so ``first`` is the first of root's looks since which the
+  claim was there at every look.
+- **since**: when the environment attached, for its idle time: at the first
+  sighting of each claim, the owner's own ``attached`` time counts, but
+  never later than that sighting; afterwards, editing one's own file moves
+  nothing.
+- **active** and **busy**: the last time a root-run command saw one of the
+  environment's own processes (its owner's, attributed by
+  ``genv.attribution``, which refuses users' claims on others' processes)
+  on one of its GPUs, to the minute (``RESOLUTION``), and whether the last
+  look saw one.
+- **until**: the reservation end the owner's file gave, and when root first
+  saw that value (``max_reservation`` counts from then).
+
+Times are on the boot clock (``genv.clock.boot``), and the record holds the
+boot it was taken in: a record of another boot is dropped whole.
+
+``update`` is pure; ``Session.witness`` applies it. ``first_seen``,
+``idle_since`` and ``end`` are what decisions read.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
+    from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+    from .attribution import Process
+
+    Env = Dict[str, Any]
+    Users = Dict[int, Dict[str, Any]]
+    Record = Dict[str, Any]
+
+RESOLUTION = 60.0
+"""Seconds: a sighting of an environment's process is recorded again only
+this long after the last one (idle times are known to the minute), so that
+a look that changes nothing writes nothing."""
+
+
+def claim_key(reserved: Dict[str, Any]) -> Any:
+    """What identifies a reservation's GPU: its UUID, else its index."""
+    return reserved.get("uuid") or reserved["index"]
+
+
+def busy(processes: Sequence[Process]) -> Set[int]:
+    """The environments (``id(env)``) one of whose own processes (its
+    owner's: another user's never makes it look busy) runs on one of its
+    GPUs: one pass over the processes."""
+    return {id(process.env) for process in processes
+            if process.env is not None and process.known and not process.misplaced and process.gpu is not None
+            and process.uid is not None and process.uid == process.owner}
+
+
+def _attached(reserved: Dict[str, Any], wall: float, boot: float) -> float:
+    """The owner's attach time on the boot clock (a claim: never in the
+    future, nor before the boot)."""
+    from .clock import boot_from_wall
+
+    return max(0.0, min(boot, boot_from_wall(float(reserved["attached"]), wall, boot)))
+
+
+def update(seen: Optional[Dict[str, Any]], users: Users, boot_id: str, wall: float, boot: float,
+           processes: Optional[Sequence[Process]]) -> Dict[str, Any]:
+    """Root's record after a look at ``users`` (and, when the command asked
+    nvidia-smi, at the attributed ``processes``). Pure: a new record."""
+    old: Dict[Tuple[int, str], Record] = {}
+    if seen is not None and seen.get("boot") == boot_id:
+        old = {(record["uid"], record["env"]): record for record in seen["envs"]}
+    records = []
+    in_use = busy(processes) if processes is not None else set()
+    for uid in sorted(users):
+        for env in users[uid]["envs"]:
+            if not env["devices"]:
+                continue
+            before = old.get((uid, env["id"]))
+            known = {(claim["gpu"], claim["whole"]): claim["first"] for claim in before["claims"]} if before else {}
+            since = before["since"] if before else None
+            claims = []
+            for reserved in env["devices"]:
+                key = (claim_key(reserved), reserved.get("memory") is None)
+                first = known.get(key)
+                if first is None:
+                    first = boot
+                    attached = _attached(reserved, wall, boot)
+                    since = attached if since is None else max(since, attached)
+                claims.append({"gpu": key[0], "whole": key[1], "first": first})
+            assert since is not None
+            value = env.get("until")
+            until = before["until"] if before and before["until"]["value"] == value else {"value": value, "first": boot}
+            active = before["active"] if before else None
+            used = before["busy"] if before else False
+            if processes is not None:
+                used = id(env) in in_use
+                if used and (active is None or boot - active >= RESOLUTION or not (before and before["busy"])):
+                    active = boot
+            records.append({"uid": uid, "env": env["id"], "claims": claims, "since": since, "active": active,
+                            "busy": used, "until": until})
+    return {"boot": boot_id, "envs": records}
+
+
+def find(seen: Optional[Dict[str, Any]], boot_id: Optional[str], uid: int, env: Env) -> Optional[Record]:
+    """Root's record of an environment (None: root never saw it hold GPUs,
+    or not in this boot)."""
+    if not seen or seen.get("boot") != boot_id:
+        return None
+    for record in seen["envs"]:
+        if record["uid"] == uid and record["env"] == env["id"]:
+            found: Record = record
+            return found
+    return None
+
+
+def first_seen(record: Optional[Record], reserved: Dict[str, Any]) -> Optional[float]:
+    """When a root-run command first saw this very claim (None: never)."""
+    if record is None:
+        return None
+    key = claim_key(reserved)
+    whole = reserved.get("memory") is None
+    for claim in record["claims"]:
+        if claim["gpu"] == key and claim["whole"] == whole:
+            return float(claim["first"])
+    return None
+
+
+def idle_since(record: Record) -> float:
+    """Since when root has seen none of the environment's processes on its
+    GPUs: its last sighting of one, or its attach (boot clock)."""
+    active = record.get("active")
+    return float(record["since"] if active is None else max(record["since"], active))
+
+
+def end(record: Optional[Record], limit: Optional[float], until: Optional[float], boot: float) -> Optional[float]:
+    """The latest end root allows a reservation whose owner's file says
+    ``until`` now, under ``max_reservation`` = ``limit`` seconds: never
+    later than ``limit`` after root first saw that very end (or its
+    absence); an end root has not seen yet (a renewal since its last look)
+    counts from now. None: no limit."""
+    if record is None or limit is None:
+        return None
+    first = float(record["until"]["first"]) if record["until"]["value"] == until else boot
+    return first + limit
+
+
+def conflicts(holders: Sequence[Tuple[int, Env, Dict[str, Any]]], seen: Optional[Dict[str, Any]],
+              boot_id: Optional[str]) -> Tuple[List[Tuple[int, Env, Dict[str, Any]]],
+                                                List[Tuple[int, Env, Dict[str, Any]]],
+                                                List[Tuple[int, Env, Dict[str, Any]]]]:
+    """The holders of one GPU, split by root's record into those that keep
+    it, those whose claim came after a claim it cannot share with (they
+    lose), and those root cannot order (an admin must decide): claims in
+    the order root first saw them, each kept if it fits with those kept so
+    far (shares fit with shares; a whole GPU with nothing); claims first
+    seen at the same look (or never) that do not fit together are
+    undecided, and so is a later claim that would not fit with them."""
+    timed = []
+    for holder in holders:
+        first = first_seen(find(seen, boot_id, holder[0], holder[1]), holder[2])
+        timed.append((float("inf") if first is None else first, holder))
+    timed.sort(key=lambda item: (item[0], item[1][0], item[1][1]["id"]))
+    kept: List[Tuple[int, Env, Dict[str, Any]]] = []
+    lost: List[Tuple[int, Env, Dict[str, Any]]] = []
+    undecided: List[Tuple[int, Env, Dict[str, Any]]] = []
+
+    def clash(holder: Tuple[int, Env, Dict[str, Any]], others: Sequence[Tuple[int, Env, Dict[str, Any]]]) -> bool:
+        whole = holder[2].get("memory") is None
+        return bool(others) and (whole or any(other[2].get("memory") is None for other in others))
+
+    at = 0
+    while at < len(timed):
+        group = [holder for first, holder in timed if first == timed[at][0]]
+        at += len(group)
+        candidates = []
+        for holder in group:
+            if clash(holder, kept):
+                lost.append(holder)
+            elif clash(holder, undecided):
+                undecided.append(holder)
+            else:
+                candidates.append(holder)
+        if any(clash(holder, [other for other in candidates if other is not holder]) for holder in candidates):
+            undecided += candidates
+        else:
+            kept += candidates
+    return kept, lost, undecided
