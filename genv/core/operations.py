@@ -219,10 +219,10 @@ def attach(ctx: Context, eid: str, asked: AttachRequest, base: Mapping[str, str]
     in line. All or nothing: a refusal leaves the environment detached.
     Once it waits, signals in ``HELD`` are held back from its last try on:
     the caller prints the plan, then restores its signal mask."""
-    from . import waitline
+    from .waitname import Name
 
     session = Session(ctx, observe=True)
-    name = waitline.Name()
+    name = Name()
     try:
         with session:
             owner, env = session.owned_env(eid)
@@ -239,6 +239,8 @@ def attach(ctx: Context, eid: str, asked: AttachRequest, base: Mapping[str, str]
                 failure = session.attach(owner, env, request, reserve=asked.reserve)
             waits = failure is not None and waiting and not session.final
             if waits:
+                from . import waitline
+
                 waitline.join(session, env, request, name)
                 if asked.reserve is not None:
                     env["waiting"]["for"] = asked.reserve  # the end counts from the attach
@@ -248,6 +250,8 @@ def attach(ctx: Context, eid: str, asked: AttachRequest, base: Mapping[str, str]
             told = tell(session, owner, env, base, plan)
             result = copy(env)
         if waits:
+            from . import waitline
+
             assert asked.wait is not None
             # (The shell function's look after the command brings the marker
             # and the end in line with what the wait attached.)
@@ -352,7 +356,7 @@ def enter(ctx: Context, settings: Settings, base: Mapping[str, str], also: Seque
     caller's own), and it returns with the mask it was called with.
     ``checkpoint`` is called between looks while it waits (it may raise
     KeyboardInterrupt: the line is left, nothing held)."""
-    from . import waitline
+    from .waitname import Name
 
     pids = [os.getpid(), *also]
     # The processes on the GPUs matter only to an attach.
@@ -364,7 +368,7 @@ def enter(ctx: Context, settings: Settings, base: Mapping[str, str], also: Seque
         if token is None:
             raise GenvError("cannot find the process %d" % pid)
         terminals.append((pid, token))
-    name = waitline.Name()
+    name = Name()
     try:
         with session:
             owner, env, joined = _open(session, terminals, settings.join, settings.config)
@@ -375,6 +379,8 @@ def enter(ctx: Context, settings: Settings, base: Mapping[str, str], also: Seque
                 if not settings.wait or session.final:
                     # Leaving the block with an exception: nothing is written.
                     raise GenvError(failure)
+                from . import waitline
+
                 waitline.join(session, env, request, name)
                 if settings.reserve is not None:
                     env["waiting"]["for"] = settings.reserve  # the end counts from the attach
@@ -384,6 +390,8 @@ def enter(ctx: Context, settings: Settings, base: Mapping[str, str], also: Seque
         if failure is None:
             return entered
         assert settings.wait is not None
+        from . import waitline
+
         mask = signals.pthread_sigmask(signals.SIG_BLOCK, set())  # the caller's (HELD blocked)
         try:
             signals.pthread_sigmask(signals.SIG_SETMASK, set(mask) - HELD if sleeping is None else sleeping)

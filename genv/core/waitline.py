@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, TypeVar
 
     from .context import Context
+    from .waitname import Name
 
     T = TypeVar("T")
 
@@ -58,40 +59,7 @@ changed, say)."""
 OBSERVE_EVERY = 2.0  # seconds between nvidia-smi process queries while waiting
 
 
-class Name:
-    """This process's name in the kernel while it waits in line:
-    ``environments.WAITING_NAME`` from ``waiting()`` (before its place is
-    written) to ``restore()`` (after it is gone), then the name it had (the
-    SDK waits in the user's own process). Nothing happens where the name
-    cannot be set."""
-
-    PATH = "/proc/self/comm"  # the whole process's (the thread group leader's), from any thread
-
-    def __init__(self) -> None:
-        self.before: Optional[bytes] = None
-
-    def waiting(self) -> None:
-        if self.before is None:
-            try:
-                with open(self.PATH, "rb") as handle:
-                    before = handle.read().rstrip(b"\n")
-                with open(self.PATH, "wb") as handle:
-                    handle.write(environments.WAITING_NAME.encode())
-            except OSError:
-                return
-            self.before = before
-
-    def restore(self) -> None:
-        if self.before is not None:
-            try:
-                with open(self.PATH, "wb") as handle:
-                    handle.write(self.before)
-            except OSError:
-                pass
-            self.before = None
-
-
-def join(session: Session, env: Dict[str, Any], request: Request, name: Name) -> None:
+def join(session: Session, env: Dict[str, Any], request: Request, name: "Name") -> None:
     """Put ``env`` in line for ``request``, with this process as the waiter
     (the caller marks the owner's state changed, and calls
     ``name.restore()`` once it no longer waits)."""
