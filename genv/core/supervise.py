@@ -310,6 +310,9 @@ def ended(status: int) -> int:
         pass
     try:
         signals.signal(died, signals.SIG_DFL)
+    except (OSError, ValueError):
+        pass  # SIGKILL: its action cannot be changed, nor blocked or ignored
+    try:
         signals.pthread_sigmask(signals.SIG_UNBLOCK, {died})
         os.kill(os.getpid(), died)
     except (OSError, ValueError):
