@@ -59,10 +59,16 @@ changed, say)."""
 OBSERVE_EVERY = 2.0  # seconds between nvidia-smi process queries while waiting
 
 
-def join(session: Session, env: Dict[str, Any], request: Request, name: "Name") -> None:
-    """Put ``env`` in line for ``request``, with this process as the waiter
-    (the caller marks the owner's state changed, and calls
-    ``name.restore()`` once it no longer waits)."""
+def join(session: Session, owner: int, env: Dict[str, Any], request: Request, name: "Name") -> None:
+    """Put ``env`` (``owner``'s) in line for ``request``, with this process
+    as the waiter (the caller marks the owner's state changed, and calls
+    ``name.restore()`` once it no longer waits). A place counts only with a
+    process of the environment's owner (``environments.waiter_ok``): root
+    waits in its own environments only, and is refused at once elsewhere."""
+    if owner != session.ctx.euid:
+        raise GenvError("cannot wait in line in environment %s: it is %s's, and a place in line counts only while "
+                        "a process of the environment's owner waits (root waits in its own environments only)"
+                        % (env["id"], session.ctx.describe(owner)))
     facts = session.processes
     token = facts.token(os.getpid())
     assert token is not None
