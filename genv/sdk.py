@@ -28,7 +28,7 @@ leaves never leaves the environment held: entering is undone, leaving
 completes, then ``KeyboardInterrupt`` is raised. One window is Python's own:
 an interrupt between ``__enter__`` returning and the block's first statement
 skips ``__exit__`` (CPython before 3.15; the environment then ends with the
-process, or with ``genv deactivate``-like cleanup at its next block).
+process).
 
 ``status()``, ``devices()``, ``envs()`` and ``ps()`` return the documents of
 ``genv status``, ``devices``, ``envs`` and ``ps`` (docs/formats.md) as Python
