@@ -708,6 +708,34 @@ report(gpus=env.gpus)
     assert env["devices"] == [0, 1], "genv.sdk.%s() inside a block detached another environment" % call
 
 
+@pytest.mark.parametrize("step", ["_note_activity", "witness"])
+def test_an_interrupt_as_the_lock_is_let_go_never_keeps_it(genv, step):
+    """What a session records as it ends (the caller's activity; root's
+    record) runs under the state lock: an interrupt landing there (raised
+    from that step here, as a Ctrl-C in a notebook would) must still let
+    the lock go, or the user's process holds every genv command up."""
+    seen = run(genv, "p", r'''
+import fcntl, genv.sdk
+from genv.core import session
+def interrupted(self):
+    raise KeyboardInterrupt
+setattr(session.Session, %r, interrupted)
+try:
+    genv.sdk.envs()
+    raised = False
+except KeyboardInterrupt:
+    raised = True
+fd = os.open(os.environ["GENV_TMPDIR"], os.O_RDONLY | os.O_DIRECTORY)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    free = True
+except OSError:
+    free = False
+report(raised=raised, free=free)
+''' % step)
+    assert seen == {"raised": True, "free": True}
+
+
 # === 6. the package ===================================================================
 
 FORBIDDEN = ["json", "typing", "subprocess", "logging", "threading", "socket", "argparse", "shutil",

@@ -151,8 +151,12 @@ class Session:
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
         try:
             if kind is None:
-                self._note_activity()
-                self.witness()
+                try:
+                    self._note_activity()
+                    self.witness()
+                except BaseException as error:  # (an interrupt, too): the lock is let go all the same
+                    self.tx.__exit__(type(error), error, error.__traceback__)
+                    raise
             self.tx.__exit__(kind, value, traceback)
         finally:
             self.processes.close()
