@@ -437,6 +437,39 @@ report(results=results)
     assert "no GPUs attached" in without
 
 
+def test_an_interrupt_while_lock_looks_at_a_gpu_leaks_no_descriptor(genv):
+    """lock() asks whether an ancestor holds each GPU's lock before it takes
+    it; an interrupt there (raised from that look here, as a Ctrl-C would)
+    must close the lock file it opened: a leaked one may even hold the lock."""
+    seen = run(genv, "p", r'''
+import genv.sdk, genv.locking
+def lock_files():
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.path.basename(os.readlink("/proc/self/fd/" + fd)).startswith("gpu-")
+        except OSError:
+            pass
+    return found
+def interrupted(fd):
+    raise KeyboardInterrupt
+with genv.sdk.environment(gpus=1):
+    with genv.sdk.lock():
+        inside = lock_files()
+        genv.locking.holder = interrupted
+        try:
+            with genv.sdk.lock(timeout=0):
+                pass
+            raised = False
+        except KeyboardInterrupt:
+            raised = True
+        during = lock_files()
+after = lock_files()
+report(inside=inside, raised=raised, during=during, after=after)
+''')
+    assert seen == {"inside": 1, "raised": True, "during": 1, "after": 0}
+
+
 def test_messages_go_to_the_logger_not_to_stderr(genv, programs):
     genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "1"
     hold_gpus(genv, 1)
