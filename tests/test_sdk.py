@@ -1024,6 +1024,33 @@ report(interrupted=interrupted, envs=genv.sdk.envs(), mine=os.environ.get("GENV_
 '''
 
 
+def test_a_handler_that_does_not_raise_gets_its_block_with_the_environment(genv):
+    """A program's own SIGINT handler that only takes note (a training loop's
+    "stop after this epoch") is called for an interrupt that lands while
+    genv enters; as it does not raise, the block runs: with the environment
+    it was given (the GPUs held, os.environ pointing at them), never with
+    os.environ restored and nothing held behind an Environment that says
+    otherwise."""
+    seen = run(genv, "p", r'''
+import signal
+import genv.sdk
+from genv.core import operations
+noted = []
+signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+real = operations.enter
+def enter(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)  # held back while genv enters
+    return real(*args, **kwargs)
+operations.enter = enter
+with genv.sdk.environment(gpus=1) as env:
+    inside = {"gpus": env.gpus, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "noted": len(noted),
+              "held": [doc["devices"] for doc in genv.sdk.envs() if os.getpid() in doc["pids"]]}
+report(inside=inside, after=genv.sdk.envs(), noted=len(noted))
+''')
+    assert seen["inside"] == {"gpus": [0], "cuda": "0", "noted": 1, "held": [[0]]}, seen
+    assert seen["after"] == [] and seen["noted"] == 1
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_an_interrupt_anywhere_in_genvs_code_never_leaks(genv, seed):
     """B7: 60 blocks, each interrupted at a random moment (entering, leaving,
