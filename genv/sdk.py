@@ -195,8 +195,9 @@ class _Guard:
     lands in genv's code:
 
     - while genv enters or leaves (``busy``): held, then delivered when the
-      state and ``os.environ`` agree again; while it waits in line, raised
-      between two looks (``checkpoint``), which leaves the line;
+      state and ``os.environ`` agree again; while it waits in line,
+      delivered between two looks (``checkpoint``): raised there, it leaves
+      the line;
     - while genv enters, or after entering is done but before ``__enter__``
       returns: delivered then, and, if the caller's handler raises (as
       Python's own does), entering is undone before the exception leaves
@@ -243,11 +244,15 @@ class _Guard:
         self.deliver(signum, frame)
 
     def checkpoint(self) -> None:
-        """Where waiting in line may be interrupted: a held interrupt is
-        raised here (the line is left, entering undone)."""
+        """Where waiting in line may be interrupted: a held interrupt goes
+        to the caller's handler here; if it raises (Python's own raises
+        KeyboardInterrupt), the line is left and entering undone, if not,
+        the wait goes on."""
         if self.pending:
+            from . import signals
+
             self.pending = False
-            raise KeyboardInterrupt
+            self.deliver(signals.SIGINT, None)
 
     def deliver(self, signum: int, frame: Any) -> None:
         from . import signals

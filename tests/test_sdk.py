@@ -593,6 +593,33 @@ report(result=result, same=dict(os.environ) == before, envs=genv.sdk.envs())
     assert env["pids"][0] == holder.pid and env["waiting"] is None
 
 
+def test_ctrl_c_while_waiting_reaches_the_programs_own_handler(genv, programs):
+    """SIGINT's handler while a block is open is genv's guard, which calls
+    the program's: a handler that only takes note is called, and the wait
+    goes on (only one that raises leaves the line)."""
+    genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "1"
+    hold_gpus(genv, 1)
+    program = programs("p", r'''
+import signal
+import genv.sdk
+noted = []
+def note(signum, frame):
+    noted.append(signum)
+    touch("noted")
+signal.signal(signal.SIGINT, note)
+with genv.sdk.environment(gpus=1, wait=float("inf")) as env:
+    result = env.gpus
+report(result=result, noted=len(noted))
+''')
+    until(lambda: any(env["waiting"] for env in envs(genv)), "the program to wait in line", 30)
+    os.kill(program.pid, signal.SIGINT)
+    until(lambda: exists(genv, "noted"), "the program's handler", 30)
+    assert program.proc.poll() is None and any(env["waiting"] for env in envs(genv)), "still in line"
+    touch(genv, "leave")  # the holder's command ends
+    seen = program.finish()
+    assert seen == {"result": [0], "noted": 1}
+
+
 LOCKER = r'''
 import genv.sdk
 with genv.sdk.environment(gpus=1, gpu_memory="10g") as env:

@@ -48,7 +48,7 @@ state and what the caller prints or sets disagreeing."""
 POLL = 0.25
 """Seconds between looks where the kernel cannot wake the waiter (no
 inotify, no pidfds: Python 3.8), and the longest sleep of a waiter given a
-``checkpoint`` (the SDK: a held interrupt is raised there)."""
+``checkpoint`` (the SDK: a held interrupt is delivered there)."""
 FALLBACK = 2.0
 """Seconds between checks, when nothing woke the waiter, of what no file or
 process end tells: whether a process waiting in line stopped, continued or
@@ -192,7 +192,7 @@ def wait(ctx: Context, eid: str, seconds: float, count: int, done: Callable[[Dic
     tries the caller's mask is in force). KeyboardInterrupt leaves the line.
     ``detach``: giving up detaches the environment, as a plain attach would
     (genv run and the SDK remove it instead). ``checkpoint`` is called
-    around each sleep (the SDK raises a held interrupt there); a sleep then
+    around each sleep (the SDK delivers a held interrupt there); a sleep then
     lasts at most ``POLL``."""
     from ..policy import load
     from ..store import StateDir
