@@ -35,8 +35,8 @@ class Session:
     command lines and executables are read (listings and enforce; an attach
     needs neither). Messages for the caller collect in ``messages``."""
 
-    def __init__(self, ctx: Context, need_devices: bool = False, holders_only: bool = False,
-                 listing: bool = False, observe: bool = False, usage: bool = False, details: bool = False) -> None:
+    def __init__(self, ctx: Context, holders_only: bool = False, listing: bool = False, observe: bool = False,
+                 usage: bool = False, details: bool = False) -> None:
         self.ctx = ctx
         self.holders_only = holders_only
         self.listing = listing
@@ -55,13 +55,6 @@ class Session:
         self._store_record = False
         if observe:
             self.observe(usage)
-        elif need_devices:
-            self.discover()
-
-    def discover(self) -> None:
-        """The GPU list (cached; nvidia-smi only when it may have changed)."""
-        cached = (self.folder.peek(self.ctx.euid) or {}).get("devices")
-        self.record, self._store_record = gpus.discover(cached, self.now)
 
     def observe(self, usage: bool = False) -> None:
         """The GPU list and the processes on the GPUs (and, with ``usage``,
