@@ -79,10 +79,11 @@ def hold(folder: Any, devices: Sequence[Dict[str, Any]], user: Callable[[int], s
         for device in sorted(devices, key=lambda d: d["index"]):
             name = file_name(device)
             fd = _open(dir_fd, name, folder.display(name))
+            held.append(fd)  # closed below if anything goes wrong, from now on
             if _covered(fd, covered):
+                held.pop()
                 os.close(fd)
                 continue
-            held.append(fd)
             locking.acquire(fd, "the lock on GPU %d" % device["index"], timeout, user, announce=True,
                             announce_after=0.0, timer=timer)
     except BaseException:

@@ -9,7 +9,9 @@ In a command's own process (main thread) the wait is a blocking ``flock``
 that a timer (SIGALRM) interrupts: the kernel hands the lock over the moment
 it is released, and nothing polls. Inside somebody else's process (the SDK,
 any thread) genv must not touch signal handlers or timers, so it polls,
-a few milliseconds apart at first, at most a tenth of a second later.
+a few milliseconds apart at first, at most a tenth of a second later; so it
+does where SIGALRM is blocked (``genv run``'s supervisor holds it back for
+its command), as no timer could interrupt the wait.
 """
 
 from __future__ import annotations
@@ -133,6 +135,10 @@ def _wait(fd: int, mode: int, seconds: float, timer: bool) -> bool:
         return _poll(fd, mode, seconds)
     import signal
 
+    if signal.SIGALRM in signal.pthread_sigmask(signal.SIG_BLOCK, ()):
+        # Held back (genv run's supervisor takes it for its command, with
+        # sigwaitinfo): a timer could never interrupt flock.
+        return _poll(fd, mode, seconds)
     waiting = [True]
 
     def tick(signum: int, frame: Any) -> None:

@@ -138,9 +138,15 @@ def indices(text: str, option: str = "--index") -> List[int]:
 
 
 def complete(words: List[str], spec: Spec, values: Dict[str, Any]) -> List[str]:
-    """Candidates after ``words``: an option's values, or the unused options."""
-    if words and words[-1] in spec and spec[words[-1]] is not FLAG:
-        supplier = values.get(words[-1])
+    """Candidates after ``words``: an option's values, or the unused options
+    (an option given under one spelling is used under every other)."""
+
+    def name(option: str) -> str:
+        kind = spec[option]
+        return kind if isinstance(kind, str) else option
+
+    if words and words[-1] in spec and spec[name(words[-1])] is not FLAG:
+        supplier = values.get(name(words[-1]))
         return supplier() if supplier else []
-    used = set(word.partition("=")[0] for word in words)
-    return [option for option in spec if option not in used]
+    used = set(name(word.partition("=")[0]) for word in words if word.partition("=")[0] in spec)
+    return [option for option in spec if name(option) not in used]

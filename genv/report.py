@@ -2,8 +2,8 @@
 
 A command prints ``genv: <message>`` on stderr; the SDK (a library prints
 nothing) sends the same text to the logger ``"genv"``, for the duration of
-a call (``to(sink)``). Modules below the command line call ``warn`` and
-never import the command line. Control characters in a message (from a
+a call (it sets ``SINK``). Modules below the command line call ``warn``
+and never import the command line. Control characters in a message (from a
 name or an id) are escaped so that they cannot act on the terminal.
 """
 

@@ -25,10 +25,12 @@ block in a second thread while one is open in another raises ``Error``.
 
 An interrupt (Ctrl-C, a Jupyter interrupt) that lands while genv enters or
 leaves never leaves the environment held: entering is undone, leaving
-completes, then ``KeyboardInterrupt`` is raised. One window is Python's own:
+completes, then ``KeyboardInterrupt`` is raised. (A SIGINT handler of the
+program's own that does not raise is called, and the block runs with its
+environment.) One window is Python's own:
 an interrupt between ``__enter__`` returning and the block's first statement
 skips ``__exit__`` (CPython before 3.15; the environment then ends with the
-process, or with ``genv deactivate``-like cleanup at its next block).
+process).
 
 ``status()``, ``devices()``, ``envs()`` and ``ps()`` return the documents of
 ``genv status``, ``devices``, ``envs`` and ``ps`` (docs/formats.md) as Python
@@ -193,11 +195,14 @@ class _Guard:
     lands in genv's code:
 
     - while genv enters or leaves (``busy``): held, then delivered when the
-      state and ``os.environ`` agree again (entering is undone first); while
-      it waits in line, raised between two looks (``checkpoint``), which
-      leaves the line;
-    - after entering is done, before ``__enter__`` returns: entering is
-      undone, then the interrupt is delivered;
+      state and ``os.environ`` agree again; while it waits in line,
+      delivered between two looks (``checkpoint``): raised there, it leaves
+      the line;
+    - while genv enters, or after entering is done but before ``__enter__``
+      returns: delivered then, and, if the caller's handler raises (as
+      Python's own does), entering is undone before the exception leaves
+      the ``with`` (a handler that does not raise gets its block, with the
+      environment);
     - as ``__exit__`` starts, before its first line: held until leaving is
       done.
 
@@ -231,18 +236,23 @@ class _Guard:
             self.pending = True
             return
         if self._ours(frame, environment.__enter__.__code__) and env._entered is not None:
-            env._undo_entering()  # the tail of __enter__: what it did is undone first
-        elif self._ours(frame, environment.__exit__.__code__) and not env._leaving:
+            env._deliver_entered(self, signum, frame)  # the tail of __enter__: undone if the handler raises
+            return
+        if self._ours(frame, environment.__exit__.__code__) and not env._leaving:
             self.pending = True  # __exit__'s first instruction: delivered once it has left
             return
         self.deliver(signum, frame)
 
     def checkpoint(self) -> None:
-        """Where waiting in line may be interrupted: a held interrupt is
-        raised here (the line is left, entering undone)."""
+        """Where waiting in line may be interrupted: a held interrupt goes
+        to the caller's handler here; if it raises (Python's own raises
+        KeyboardInterrupt), the line is left and entering undone, if not,
+        the wait goes on."""
         if self.pending:
+            from . import signals
+
             self.pending = False
-            raise KeyboardInterrupt
+            self.deliver(signals.SIGINT, None)
 
     def deliver(self, signum: int, frame: Any) -> None:
         from . import signals
@@ -337,12 +347,22 @@ class environment:
                 guard.release()
             raise
         signals.pthread_sigmask(signals.SIG_SETMASK, mask)
-        if guard.pending:  # an interrupt came while entering: undone, then delivered
-            self._undo_entering()
-            guard.pending = False
-            guard.deliver(signals.SIGINT, None)
         guard.busy = False
+        if guard.pending:  # an interrupt came while entering: the caller's handler has it now
+            guard.pending = False
+            self._deliver_entered(guard, signals.SIGINT, None)
         return result
+
+    def _deliver_entered(self, guard: _Guard, signum: int, frame: Any) -> None:
+        """An interrupt for the caller's handler, once entering is done: if
+        it raises (Python's own raises KeyboardInterrupt), entering is
+        undone before the exception goes on; if not, the block runs, with
+        its environment."""
+        try:
+            guard.deliver(signum, frame)
+        except BaseException:
+            self._undo_entering()
+            raise
 
     def _undo_entering(self) -> None:
         """Entering is undone (an interrupt came before the block started;

@@ -36,6 +36,16 @@ def _spawn(argv: Sequence[str], stdout: int, stderr: int, group: bool = False) -
     return os.posix_spawn(argv[0], list(argv), dict(os.environ), file_actions=actions)
 
 
+def waitpid(pid: int, flags: int) -> Tuple[int, int]:
+    """``os.waitpid``; a child the kernel reaped itself (this process was
+    started with SIGCHLD ignored, which survives exec: its status is lost)
+    counts as ended with 0, as Python's subprocess takes it."""
+    try:
+        return os.waitpid(pid, flags)
+    except ChildProcessError:
+        return pid, 0
+
+
 def status_of(wait_status: int) -> int:
     """A return code as subprocess gives it: negative for a signal."""
     if os.WIFSIGNALED(wait_status):
@@ -70,11 +80,8 @@ def run_all(argvs: Sequence[Sequence[str]], timeout: float = 60.0,
     unreaped: Dict[int, int] = {}  # position -> PID: started and not yet waited for
 
     def reap(position: int, flags: int) -> Tuple[int, int]:
-        try:
-            done, wait_status = os.waitpid(pids[position], flags)
-        except ChildProcessError:  # reaped by the system (SIGCHLD ignored): no longer ours to signal
-            unreaped.pop(position, None)
-            raise
+        # (Reaped by the system, SIGCHLD ignored: no longer ours to signal.)
+        done, wait_status = waitpid(pids[position], flags)
         if done:
             del unreaped[position]
         return done, wait_status
@@ -226,7 +233,7 @@ def run_each(argvs: Sequence[Sequence[str]], timeout: float,
                 os.kill(pid, 9)  # not reaped yet, so still this program
             except OSError:
                 pass
-        os.waitpid(pid, 0)
+        waitpid(pid, 0)
         forget(position)
         close_pipes(position)
         results[position] = error
@@ -280,7 +287,7 @@ def run_each(argvs: Sequence[Sequence[str]], timeout: float,
                 if sizes[position] > limit and position in pids:
                     stop(position, TooLong("wrote more than %d bytes" % limit))
             for position in list(pids):
-                done, wait_status = os.waitpid(pids[position], os.WNOHANG)
+                done, wait_status = waitpid(pids[position], os.WNOHANG)
                 if done:
                     finish(position, wait_status)
         return [result if result is not None else Timeout("not run") for result in results]
@@ -337,7 +344,7 @@ def stream(argv: Sequence[str]) -> Tuple[int, int]:
 
 def wait(pid: int) -> int:
     """The return code of a process started by ``stream``."""
-    return status_of(os.waitpid(pid, 0)[1])
+    return status_of(waitpid(pid, 0)[1])
 
 
 def lines(fd: int) -> Iterator[bytes]:

@@ -37,6 +37,11 @@ def test_flags_fields_and_ids(genv):
     assert candidates(genv, "ssh", "-H") == ["gpu1", "gpu2"]
     assert set(candidates(genv, "ssh")) >= {"--gpus", "--gpu-memory", "--name", "--host", "--all-hosts"}
     assert set(candidates(genv, "attach")) == {"--count", "--index", "--over-subscribe", "-o", "--wait", "--for"}
+    # -o is another spelling of the flag --over-subscribe: it takes no value,
+    # and once either is given neither is offered again.
+    for flag in ("-o", "--over-subscribe"):
+        assert set(candidates(genv, "attach", flag)) == {"--count", "--index", "--wait", "--for"}, flag
+    assert set(candidates(genv, "run", "-o")) >= {"--gpus", "--wait", "--"}
     assert candidates(genv, "init") == ["-"]
     assert candidates(genv, "no-such-command") == []
 

@@ -311,6 +311,26 @@ def test_a_held_lock_is_reported_and_given_up(genv):
     assert genv.cli("envs").returncode == 0
 
 
+def test_genv_run_gives_up_on_a_held_lock_too(genv):
+    # genv run holds SIGALRM back for its command (the supervisor takes it
+    # with sigwaitinfo) from before it takes the lock: the lock wait must not
+    # count on a timer's SIGALRM, or it waits forever, silently.
+    assert genv.cli("envs").returncode == 0
+    holder = Holder(genv.tmpdir)
+    marker = os.path.join(genv.work, "ran")
+    try:
+        result = genv.cli("run", "--", "touch", marker, GENV_LOCK_TIMEOUT="1.5")
+        assert result.returncode == 1, result
+        lines = result.stderr.decode().splitlines()
+        assert len(lines) == 2 and lines[0].startswith("genv: waiting for the state lock on %s, held by pid %d"
+                                                       % (genv.tmpdir, holder.proc.pid)), lines
+        assert lines[1].startswith("genv: gave up after 1.5 s waiting for the state lock"), lines
+    finally:
+        holder.release()
+    assert not os.path.exists(marker)  # the command never ran
+    assert genv.cli("run", "--", "touch", marker).returncode == 0 and os.path.exists(marker)
+
+
 def test_a_waiting_command_goes_on_when_the_lock_is_released(genv, other_user):
     assert genv.cli("envs").returncode == 0
     holder = Holder(genv.tmpdir, user=other_user)

@@ -227,6 +227,14 @@ def test_a_command_killed_by_a_signal_gives_128_plus_n(genv, kind):
     assert_free(genv)
 
 
+def test_genv_run_dies_of_the_signal_that_killed_the_command_sigkill_too(genv):
+    # A program (not a shell) tells "killed by SIGKILL" from "exit 137".
+    for number in (signal.SIGTERM, signal.SIGKILL):
+        done = genv.cli("run", "--gpus", "1", "--", "sh", "-c", "kill -%d $$" % number)
+        assert done.returncode == -number and done.stderr == b"", (number, done)
+    assert_free(genv)
+
+
 def test_stdin_stdout_and_arguments_pass_through(genv):
     weird = ["a b", "", "--gpus", "$(touch PWNED)", "é\u00a0", "-"]
     done = subprocess.run(
@@ -505,11 +513,11 @@ def test_kill_9_of_genv_run_the_command_keeps_its_gpus_until_it_ends(genv, jobs)
     assert_free(genv)
 
 
-def test_kill_9_of_the_command_ends_genv_run_with_137_and_frees(genv, jobs):
+def test_kill_9_of_the_command_kills_genv_run_with_sigkill_and_frees(genv, jobs):
     job = jobs("--gpus", "1")
     child, _ = job.ready()
     os.kill(child, signal.SIGKILL)
-    assert job.wait() == 137
+    assert job.wait() == -signal.SIGKILL  # (a shell shows 137)
     assert not alive(job.pid)
     assert_free(genv)
 

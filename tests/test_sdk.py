@@ -437,6 +437,39 @@ report(results=results)
     assert "no GPUs attached" in without
 
 
+def test_an_interrupt_while_lock_looks_at_a_gpu_leaks_no_descriptor(genv):
+    """lock() asks whether an ancestor holds each GPU's lock before it takes
+    it; an interrupt there (raised from that look here, as a Ctrl-C would)
+    must close the lock file it opened: a leaked one may even hold the lock."""
+    seen = run(genv, "p", r'''
+import genv.sdk, genv.locking
+def lock_files():
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.path.basename(os.readlink("/proc/self/fd/" + fd)).startswith("gpu-")
+        except OSError:
+            pass
+    return found
+def interrupted(fd):
+    raise KeyboardInterrupt
+with genv.sdk.environment(gpus=1):
+    with genv.sdk.lock():
+        inside = lock_files()
+        genv.locking.holder = interrupted
+        try:
+            with genv.sdk.lock(timeout=0):
+                pass
+            raised = False
+        except KeyboardInterrupt:
+            raised = True
+        during = lock_files()
+after = lock_files()
+report(inside=inside, raised=raised, during=during, after=after)
+''')
+    assert seen == {"inside": 1, "raised": True, "during": 1, "after": 0}
+
+
 def test_messages_go_to_the_logger_not_to_stderr(genv, programs):
     genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "1"
     hold_gpus(genv, 1)
@@ -558,6 +591,33 @@ report(result=result, same=dict(os.environ) == before, envs=genv.sdk.envs())
     assert env["pids"][0] == holder.pid and env["waiting"] is None
     [env] = envs(genv)
     assert env["pids"][0] == holder.pid and env["waiting"] is None
+
+
+def test_ctrl_c_while_waiting_reaches_the_programs_own_handler(genv, programs):
+    """SIGINT's handler while a block is open is genv's guard, which calls
+    the program's: a handler that only takes note is called, and the wait
+    goes on (only one that raises leaves the line)."""
+    genv.extra["FAKE_NVIDIA_SMI_GPUS"] = "1"
+    hold_gpus(genv, 1)
+    program = programs("p", r'''
+import signal
+import genv.sdk
+noted = []
+def note(signum, frame):
+    noted.append(signum)
+    touch("noted")
+signal.signal(signal.SIGINT, note)
+with genv.sdk.environment(gpus=1, wait=float("inf")) as env:
+    result = env.gpus
+report(result=result, noted=len(noted))
+''')
+    until(lambda: any(env["waiting"] for env in envs(genv)), "the program to wait in line", 30)
+    os.kill(program.pid, signal.SIGINT)
+    until(lambda: exists(genv, "noted"), "the program's handler", 30)
+    assert program.proc.poll() is None and any(env["waiting"] for env in envs(genv)), "still in line"
+    touch(genv, "leave")  # the holder's command ends
+    seen = program.finish()
+    assert seen == {"result": [0], "noted": 1}
 
 
 LOCKER = r'''
@@ -706,6 +766,34 @@ report(gpus=env.gpus)
     [env] = envs(genv)
     assert env["id"] == held["id"] and holder.pid in env["pids"]
     assert env["devices"] == [0, 1], "genv.sdk.%s() inside a block detached another environment" % call
+
+
+@pytest.mark.parametrize("step", ["_note_activity", "witness"])
+def test_an_interrupt_as_the_lock_is_let_go_never_keeps_it(genv, step):
+    """What a session records as it ends (the caller's activity; root's
+    record) runs under the state lock: an interrupt landing there (raised
+    from that step here, as a Ctrl-C in a notebook would) must still let
+    the lock go, or the user's process holds every genv command up."""
+    seen = run(genv, "p", r'''
+import fcntl, genv.sdk
+from genv.core import session
+def interrupted(self):
+    raise KeyboardInterrupt
+setattr(session.Session, %r, interrupted)
+try:
+    genv.sdk.envs()
+    raised = False
+except KeyboardInterrupt:
+    raised = True
+fd = os.open(os.environ["GENV_TMPDIR"], os.O_RDONLY | os.O_DIRECTORY)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    free = True
+except OSError:
+    free = False
+report(raised=raised, free=free)
+''' % step)
+    assert seen == {"raised": True, "free": True}
 
 
 # === 6. the package ===================================================================
@@ -961,6 +1049,33 @@ for n in range(60):
             interrupted += 1
 report(interrupted=interrupted, envs=genv.sdk.envs(), mine=os.environ.get("GENV_ENVIRONMENT_ID"))
 '''
+
+
+def test_a_handler_that_does_not_raise_gets_its_block_with_the_environment(genv):
+    """A program's own SIGINT handler that only takes note (a training loop's
+    "stop after this epoch") is called for an interrupt that lands while
+    genv enters; as it does not raise, the block runs: with the environment
+    it was given (the GPUs held, os.environ pointing at them), never with
+    os.environ restored and nothing held behind an Environment that says
+    otherwise."""
+    seen = run(genv, "p", r'''
+import signal
+import genv.sdk
+from genv.core import operations
+noted = []
+signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+real = operations.enter
+def enter(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)  # held back while genv enters
+    return real(*args, **kwargs)
+operations.enter = enter
+with genv.sdk.environment(gpus=1) as env:
+    inside = {"gpus": env.gpus, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "noted": len(noted),
+              "held": [doc["devices"] for doc in genv.sdk.envs() if os.getpid() in doc["pids"]]}
+report(inside=inside, after=genv.sdk.envs(), noted=len(noted))
+''')
+    assert seen["inside"] == {"gpus": [0], "cuda": "0", "noted": 1, "held": [[0]]}, seen
+    assert seen["after"] == [] and seen["noted"] == 1
 
 
 @pytest.mark.parametrize("seed", range(4))

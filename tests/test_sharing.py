@@ -1253,6 +1253,30 @@ def test_another_users_dead_waiter_is_dropped(genv, other_user):
     assert info.st_uid == other_user.pw_uid and stat.S_IMODE(info.st_mode) == 0o644
 
 
+def test_root_waits_in_line_in_its_own_environments_only(genv, other_user):
+    """A place counts only with a process of the environment's owner, so a
+    root waiter in a user's environment would lose its place at the next
+    look: it is refused at once, and nothing changes."""
+    machine(genv, 1)
+    holder = term(genv, "bash", "holder", 1, user=other_user, attach=True)
+    theirs = term(genv, "bash", "theirs", 1, user=other_user)
+    root = genv.shell("bash")
+    root.ok("genv activate --no-attach --id %s" % eid(theirs))
+    before = genv.state(other_user.pw_uid)
+    expected = ("cannot wait in line in environment %s: it is genvtest(%d)'s, and a place in line counts only while "
+                "a process of the environment's owner waits (root waits in its own environments only)"
+                % (eid(theirs), other_user.pw_uid))
+    assert one_line(root.run("genv attach --wait 30")) == "genv: " + expected
+    done = genv.cli("run", "--id", eid(theirs), "--wait", "30", "--", "true")
+    assert done.returncode == 1 and done.stderr.decode() == "genv: %s\n" % expected, done
+    after = genv.state(other_user.pw_uid)
+    assert after == before and all(env.get("waiting") is None for env in after["envs"])
+    # Without waiting it is an attach like any other.
+    holder.ok("genv deactivate")
+    root.ok("genv attach --wait 30")
+    assert root.var("CUDA_VISIBLE_DEVICES") == "0" and envs_by_id(genv)[eid(theirs)]["devices"] == [0]
+
+
 def rewrite_as(genv, uid, change):
     """Rewrite user ``uid``'s state file as that user could (theirs to write):
     atomically, keeping its owner."""

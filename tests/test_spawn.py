@@ -188,3 +188,23 @@ def test_run_each_reaps_every_program_once():
     """ % os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout == "none left\n", done
+
+
+def test_a_command_started_with_sigchld_ignored_still_asks_nvidia_smi(genv):
+    """A SIGCHLD ignored by whoever started genv (it survives exec) makes the
+    kernel reap nvidia-smi unseen: its output is still the answer (its status
+    taken as 0, as Python's subprocess takes it), not 'cannot run
+    nvidia-smi: No child processes'."""
+    import subprocess
+
+    from conftest import system_python
+
+    starter = ("import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+               "os.execv(sys.argv[1], sys.argv[1:])")
+    for command in ("devices", "ps"):
+        plain = genv.cli(command, "--format", "json")
+        assert plain.returncode == 0, plain
+        done = subprocess.run([system_python(), "-c", starter, os.path.join(genv.root, "bin", "genv"), command,
+                               "--format", "json"], env=genv.environ(), cwd=genv.work, capture_output=True,
+                              stdin=subprocess.DEVNULL, timeout=60)
+        assert (done.returncode, done.stdout, done.stderr) == (0, plain.stdout, b""), (command, done)

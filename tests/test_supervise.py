@@ -148,6 +148,31 @@ def test_an_ignored_signal_stays_ignored(genv, front):
     assert done.stdout.endswith(b"survived\n")
 
 
+@pytest.mark.parametrize("front", FRONTS)
+def test_started_with_sigchld_ignored_it_still_waits_for_its_command(genv, front):
+    """A parent that ignores SIGCHLD passes that on through exec: the kernel
+    then reaps children at once and sends no SIGCHLD. The supervisor must
+    still see its command end (it hung forever, and its environment with
+    it), and the command still starts with SIGCHLD ignored, as it would
+    have without genv."""
+    shell = genv.shell("bash")
+    shell.ok("genv activate --gpus 1")
+    env = genv.environ(GENV_ENVIRONMENT_ID=shell.var("GENV_ENVIRONMENT_ID"))
+    starter = ("import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+               "os.execv(sys.argv[1], sys.argv[1:])")
+
+    def started(*command):
+        return subprocess.run([system_python(), "-c", starter, os.path.join(genv.root, "bin", "genv")]
+                              + prefix(front)[1:] + list(command),
+                              env=env, cwd=genv.work, capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
+
+    done = started("sh", "-c", "exit 3")
+    assert (done.returncode, done.stderr) == (3, b""), done
+    done = started("grep", "SigIgn", "/proc/self/status")  # (not through sh, which resets SIGCHLD)
+    assert (done.returncode, done.stderr) == (0, b""), done
+    assert int(done.stdout.split()[1], 16) & (1 << (signal.SIGCHLD - 1)), done.stdout
+
+
 def _interactive(genv, kind="bash"):
     child = spawn(genv, kind)
     child.sendline("genv activate --gpus 1")

@@ -127,9 +127,11 @@ def _reap(pid: int, timeout: float) -> Optional[int]:
     running after ``timeout`` seconds."""
     import time
 
+    from .. import spawn
+
     deadline = time.monotonic() + timeout
     while True:
-        done, wait_status = os.waitpid(pid, os.WNOHANG)
+        done, wait_status = spawn.waitpid(pid, os.WNOHANG)
         if done:
             return wait_status
         if time.monotonic() >= deadline:
@@ -139,6 +141,8 @@ def _reap(pid: int, timeout: float) -> Optional[int]:
 
 def _kill(pid: int) -> None:
     """Kill a started, not yet reaped, ssh (its process group) and reap it."""
+    from .. import spawn
+
     try:
         os.killpg(pid, signal.SIGKILL)
     except OSError:
@@ -146,7 +150,7 @@ def _kill(pid: int) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-    os.waitpid(pid, 0)
+    spawn.waitpid(pid, 0)
 
 
 def _words(count: int, memory: Optional[int], name: Optional[str]) -> List[str]:

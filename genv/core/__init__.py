@@ -10,6 +10,9 @@ a command (``genv.commands``) or prints: messages go through
 - ``session``: the frame of a command that reads or changes state: the GPU
   facts before the lock, the lock, dead terminals dropped, the attach.
 - ``waitline``: the line of requests waiting for GPUs.
+- ``waitname``: a waiter's name in the kernel (``genv-waiting``) while it
+  waits, apart from the line so that a command that never waits imports
+  nothing of it.
 - ``activation``: the activation plan (variables to set, unset or restore,
   PATH and prompt changes) and its one non-shell renderer, ``apply``.
 - ``operations``: create or join an environment, attach (waiting in line),

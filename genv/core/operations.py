@@ -241,7 +241,7 @@ def attach(ctx: Context, eid: str, asked: AttachRequest, base: Mapping[str, str]
             if waits:
                 from . import waitline
 
-                waitline.join(session, env, request, name)
+                waitline.join(session, owner, env, request, name)
                 if asked.reserve is not None:
                     env["waiting"]["for"] = asked.reserve  # the end counts from the attach
                 session.tx.changed(owner)
@@ -381,7 +381,7 @@ def enter(ctx: Context, settings: Settings, base: Mapping[str, str], also: Seque
                     raise GenvError(failure)
                 from . import waitline
 
-                waitline.join(session, env, request, name)
+                waitline.join(session, owner, env, request, name)
                 if settings.reserve is not None:
                     env["waiting"]["for"] = settings.reserve  # the end counts from the attach
             result = copy(env)

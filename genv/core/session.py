@@ -35,8 +35,8 @@ class Session:
     command lines and executables are read (listings and enforce; an attach
     needs neither). Messages for the caller collect in ``messages``."""
 
-    def __init__(self, ctx: Context, need_devices: bool = False, holders_only: bool = False,
-                 listing: bool = False, observe: bool = False, usage: bool = False, details: bool = False) -> None:
+    def __init__(self, ctx: Context, holders_only: bool = False, listing: bool = False, observe: bool = False,
+                 usage: bool = False, details: bool = False) -> None:
         self.ctx = ctx
         self.holders_only = holders_only
         self.listing = listing
@@ -55,13 +55,6 @@ class Session:
         self._store_record = False
         if observe:
             self.observe(usage)
-        elif need_devices:
-            self.discover()
-
-    def discover(self) -> None:
-        """The GPU list (cached; nvidia-smi only when it may have changed)."""
-        cached = (self.folder.peek(self.ctx.euid) or {}).get("devices")
-        self.record, self._store_record = gpus.discover(cached, self.now)
 
     def observe(self, usage: bool = False) -> None:
         """The GPU list and the processes on the GPUs (and, with ``usage``,
@@ -151,8 +144,12 @@ class Session:
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
         try:
             if kind is None:
-                self._note_activity()
-                self.witness()
+                try:
+                    self._note_activity()
+                    self.witness()
+                except BaseException as error:  # (an interrupt, too): the lock is let go all the same
+                    self.tx.__exit__(type(error), error, error.__traceback__)
+                    raise
             self.tx.__exit__(kind, value, traceback)
         finally:
             self.processes.close()

@@ -25,7 +25,8 @@ The rules, for every supervised command:
   stops with the same signal, so the shell sees the job stopped; ``fg`` and
   ``bg`` continue both (``fg`` gives the terminal back to the command).
 - **Signals ignored when the supervisor started** (``nohup``) stay ignored,
-  in the supervisor and in the command. Other signals have their default
+  in the supervisor and in the command (SIGCHLD in the command only: the
+  supervisor must see its command end). Other signals have their default
   action in the command (SIGPIPE and SIGXFSZ included, which Python ignores).
 - **The supervisor ends as the command ended**: its exit status, or, killed
   by a signal, the supervisor dies of the same signal (without a core dump),
@@ -125,6 +126,12 @@ class Child:
                  hold: bool = False, keep_fds: Sequence[int] = ()) -> None:
         self.ignored: FrozenSet[int] = frozenset(
             int(signum) for signum in FORWARDED if signals.getsignal(signum) == signals.SIG_IGN)
+        # A SIGCHLD ignored by whoever started us (it survives exec) makes the
+        # kernel reap the command unseen: the supervisor takes it back (the
+        # command gets it ignored again at its exec, as without genv).
+        self.chld_ignored = signals.getsignal(signals.SIGCHLD) == signals.SIG_IGN
+        if self.chld_ignored:
+            signals.signal(signals.SIGCHLD, signals.SIG_DFL)
         self.tty = _terminal()
         leader = os.getpgrp() == os.getpid()
         self.own_group = leader  # a job of a shell, a service, a kernel: the command gets its own group
@@ -178,6 +185,8 @@ class Child:
                 environ = dict(item.split(b"=", 1) for item in data[3:].split(b"\0") if b"=" in item)
             for signum in FORWARDED + DEFAULTED:
                 signals.signal(signum, signals.SIG_IGN if signum in self.ignored else signals.SIG_DFL)
+            if self.chld_ignored:
+                signals.signal(signals.SIGCHLD, signals.SIG_IGN)
             for fd in keep_fds:
                 os.set_inheritable(fd, True)
             signals.pthread_sigmask(signals.SIG_SETMASK, self.mask)
@@ -310,6 +319,9 @@ def ended(status: int) -> int:
         pass
     try:
         signals.signal(died, signals.SIG_DFL)
+    except (OSError, ValueError):
+        pass  # SIGKILL: its action cannot be changed, nor blocked or ignored
+    try:
         signals.pthread_sigmask(signals.SIG_UNBLOCK, {died})
         os.kill(os.getpid(), died)
     except (OSError, ValueError):

@@ -48,7 +48,7 @@ state and what the caller prints or sets disagreeing."""
 POLL = 0.25
 """Seconds between looks where the kernel cannot wake the waiter (no
 inotify, no pidfds: Python 3.8), and the longest sleep of a waiter given a
-``checkpoint`` (the SDK: a held interrupt is raised there)."""
+``checkpoint`` (the SDK: a held interrupt is delivered there)."""
 FALLBACK = 2.0
 """Seconds between checks, when nothing woke the waiter, of what no file or
 process end tells: whether a process waiting in line stopped, continued or
@@ -59,10 +59,16 @@ changed, say)."""
 OBSERVE_EVERY = 2.0  # seconds between nvidia-smi process queries while waiting
 
 
-def join(session: Session, env: Dict[str, Any], request: Request, name: "Name") -> None:
-    """Put ``env`` in line for ``request``, with this process as the waiter
-    (the caller marks the owner's state changed, and calls
-    ``name.restore()`` once it no longer waits)."""
+def join(session: Session, owner: int, env: Dict[str, Any], request: Request, name: "Name") -> None:
+    """Put ``env`` (``owner``'s) in line for ``request``, with this process
+    as the waiter (the caller marks the owner's state changed, and calls
+    ``name.restore()`` once it no longer waits). A place counts only with a
+    process of the environment's owner (``environments.waiter_ok``): root
+    waits in its own environments only, and is refused at once elsewhere."""
+    if owner != session.ctx.euid:
+        raise GenvError("cannot wait in line in environment %s: it is %s's, and a place in line counts only while "
+                        "a process of the environment's owner waits (root waits in its own environments only)"
+                        % (env["id"], session.ctx.describe(owner)))
     facts = session.processes
     token = facts.token(os.getpid())
     assert token is not None
@@ -186,7 +192,7 @@ def wait(ctx: Context, eid: str, seconds: float, count: int, done: Callable[[Dic
     tries the caller's mask is in force). KeyboardInterrupt leaves the line.
     ``detach``: giving up detaches the environment, as a plain attach would
     (genv run and the SDK remove it instead). ``checkpoint`` is called
-    around each sleep (the SDK raises a held interrupt there); a sleep then
+    around each sleep (the SDK delivers a held interrupt there); a sleep then
     lasts at most ``POLL``."""
     from ..policy import load
     from ..store import StateDir
