@@ -55,6 +55,23 @@ def _signed(raw: bytes) -> bool:
 
 
 
+def _number(text: str) -> Optional[int]:
+    """A number as genv writes it in a name (ASCII digits, no leading zero),
+    None for anything else: a name of another user's choosing (``user-².json``,
+    whose digit ``int`` refuses) is not genv's."""
+    if not text.isascii() or not text.isdigit() or len(text) > 20 or text != str(int(text)):
+        return None
+    return int(text)
+
+
+def state_uid(name: str) -> Optional[int]:
+    """The uid in a state file's name (``user-<uid>.json``), None if the name
+    is not exactly of that form."""
+    if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
+        return None
+    return _number(name[len(_PREFIX) : -len(_SUFFIX)])
+
+
 def state_dir() -> str:
     """``GENV_TMPDIR`` (or, in a Slurm job, the job's own folder; or the
     default), normalised: absolute, no ``..``, no trailing slash, so that
@@ -196,10 +213,9 @@ class StateDir:
             return users
         try:
             for name in os.listdir(dir_fd):
-                digits = name[len(_PREFIX) : -len(_SUFFIX)]
-                if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX) and digits.isdigit()):
+                uid = state_uid(name)
+                if uid is None:
                     continue
-                uid = int(digits)
                 try:
                     found = read_user(dir_fd, name, uid, self._seen.get(uid) if reuse else None)
                 except (OSError, ValueError, GenvError):
@@ -248,13 +264,11 @@ def _tmp_owner(name: str) -> Optional[int]:
     """The uid in a temporary name genv writes (``.tmp-<uid>-<pid>-<8 hex>``),
     None if the name is not exactly of that form."""
     parts = name[len(_TMP) :].split("-")
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+    if len(parts) != 3 or _number(parts[1]) is None:
         return None
     if len(parts[2]) != 8 or not all(c in "0123456789abcdef" for c in parts[2]):
         return None
-    if parts[0] != str(int(parts[0])):
-        return None
-    return int(parts[0])
+    return _number(parts[0])
 
 
 class Transaction:
@@ -319,12 +333,9 @@ class Transaction:
             if name.startswith(_TMP):
                 self._sweep(name)
                 continue
-            if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
+            uid = state_uid(name)
+            if uid is None:
                 continue
-            digits = name[len(_PREFIX) : -len(_SUFFIX)]
-            if not digits.isdigit() or digits != str(int(digits)):
-                continue
-            uid = int(digits)
             try:
                 found = read_user(self._dir_fd, name, uid, self.folder.peeked.pop(uid, None))
             except Untrusted as problem:

@@ -1,0 +1,51 @@
+"""A hostile second user, and a careless one, on a shared machine.
+
+What genv promises (docs/state.md, "Threat model"): a decision against
+another user rests only on what the kernel, root or genv's own
+lock-protected allocation vouches for; a forged record can at most hurt its
+author; no user can make genv hang, crash or misbehave for others. Each
+test here is an attack that once worked: the attacker plants names in the
+state folder, forges their own state file, or runs programs in namespaces
+of their own, and the victim's genv (or root's enforcer) must not care.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import UID, as_user, envs, need, one_line
+
+
+def plant(genv, name, data=b"", user=None):
+    """A file the attacker makes in the state folder (as ``user``, when given)."""
+    assert genv.cli("envs").returncode == 0  # the folder exists
+    path = os.path.join(genv.tmpdir, name)
+    code = "import sys; open(sys.argv[1], 'wb').write(sys.argv[2].encode('utf-8', 'surrogateescape'))"
+    extra = as_user(user) if user is not None else {}
+    subprocess.run(["python3", "-c", code, path, data.decode("utf-8", "surrogateescape")], check=True, **extra)
+    return path
+
+
+# --- names in the state folder -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["user-\u00b2.json", "user-\u0663.json", "user-\U0001d7d9.json",
+                                  ".tmp-\u00b2-1-deadbeef", ".tmp-%d-\u00b2-deadbeef" % UID,
+                                  ".tmp-\u0660-1-deadbeef"])
+def test_a_name_with_other_digits_breaks_nobody(genv, sh, name):
+    """``str.isdigit`` says yes to superscripts and other scripts' digits,
+    which ``int`` refuses (``²``) or reads (``٣`` is 3): a file so named by
+    anyone once made every genv command of every user fail ("internal
+    error"). It is not genv's name: left alone, and nobody is bothered."""
+    path = plant(genv, name, b'{"format": 4, "uid": 3, "devices": null, "envs": []}')
+    shell = genv.shell(sh)
+    shell.ok("genv activate --gpus 1")
+    for command in ("envs", "devices", "ps", "status"):
+        result = genv.cli(command)
+        assert result.returncode == 0 and result.stderr == b"", (command, result)
+    result = genv.cli("run", "--gpus", "1", "--", "true")
+    assert result.returncode == 0 and result.stderr == b"", result
+    assert os.path.exists(path)
+    shell.ok("genv deactivate")
