@@ -326,7 +326,11 @@ _MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
 
 
 class NewerFormat(GenvError):
-    pass
+    """A file in a format this genv does not know (``version``)."""
+
+    def __init__(self, message: str, version: int) -> None:
+        super().__init__(message)
+        self.version = version
 
 
 def upgrade(data: Any, uid: int, name: str) -> Tuple[Dict[str, Any], List[str]]:
@@ -338,7 +342,7 @@ def upgrade(data: Any, uid: int, name: str) -> Tuple[Dict[str, Any], List[str]]:
     if version > FORMAT:
         raise NewerFormat(
             "state was written by a newer genv: %s has format %d, this genv reads formats up to %d; "
-            "upgrade genv" % (name, version, FORMAT)
+            "upgrade genv" % (name, version, FORMAT), version
         )
     while version < FORMAT:
         data = _MIGRATIONS[version](data, uid)

@@ -349,7 +349,15 @@ class Transaction:
                 if error.errno == errno.EACCES:
                     raise GenvError("cannot read %s: permission denied" % self.folder.display(name)) from None
                 raise
-            except NewerFormat:
+            except NewerFormat as newer:
+                if uid not in (euid, 0):
+                    # Another user's claim of a newer genv must not stop
+                    # everyone else's (root's enforcer included): unknown
+                    # to this genv, it counts for nothing here, as damage.
+                    warn("ignoring %s: it was written by a newer genv (format %d; this genv reads formats up to "
+                         "%d), so its environments are not seen here; upgrade genv"
+                         % (self.folder.display(name), newer.version, FORMAT))
+                    continue
                 raise
             except ValueError as problem:
                 self._damaged(name, uid, str(problem))

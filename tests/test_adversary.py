@@ -49,3 +49,29 @@ def test_a_name_with_other_digits_breaks_nobody(genv, sh, name):
     assert result.returncode == 0 and result.stderr == b"", result
     assert os.path.exists(path)
     shell.ok("genv deactivate")
+
+
+# --- a forged state file --------------------------------------------------------------
+
+
+def test_a_newer_format_in_another_users_file_stops_nobody(genv, sh, other_user):
+    """A user who writes ``"format": 99`` into their own file once stopped
+    every command of every user, root's ``genv enforce`` among them ("state
+    was written by a newer genv"). Now only its owner's commands stop; the
+    others ignore the file with one line, as a damaged one."""
+    path = plant(genv, "user-%d.json" % other_user.pw_uid, b'{"format": 99, "uid": %d}' % other_user.pw_uid,
+                 user=other_user)
+    warning = ("genv: ignoring %s: it was written by a newer genv (format 99; this genv reads formats up to 4), "
+               "so its environments are not seen here; upgrade genv" % path)
+    shell = genv.shell(sh)
+    result = shell.run("genv activate --gpus 1")
+    assert result.rc == 0 and result.err.splitlines() == [warning], result
+    for command in ("envs", "devices", "enforce"):
+        result = genv.cli(command)
+        assert result.returncode == 0 and result.stderr.decode().splitlines() == [warning], (command, result)
+    assert envs(genv)[0]["id"] == shell.var("GENV_ENVIRONMENT_ID")
+    # Its owner's genv cannot read it: that one stops, the file left alone.
+    line = one_line(genv.cli("envs", user=other_user))
+    assert line.startswith("genv: state was written by a newer genv")
+    with open(path) as handle:
+        assert json.load(handle)["format"] == 99
