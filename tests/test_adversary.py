@@ -12,10 +12,12 @@ of their own, and the victim's genv (or root's enforcer) must not care.
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
 from conftest import UID, as_user, envs, need, one_line
+from genv import procs
 
 
 def plant(genv, name, data=b"", user=None):
@@ -75,3 +77,51 @@ def test_a_newer_format_in_another_users_file_stops_nobody(genv, sh, other_user)
     assert line.startswith("genv: state was written by a newer genv")
     with open(path) as handle:
         assert json.load(handle)["format"] == 99
+
+
+def forged_state(uid, envs):
+    return json.dumps({"format": 4, "uid": uid, "devices": None, "envs": envs}).encode()
+
+
+def test_a_copied_environment_id_takes_nothing_from_its_owner(genv, sh, other_user, third_user):
+    """Environment ids are unique as genv makes them, but anyone can write
+    another user's id into their own file. genv looked an id up in the
+    files in uid order, so a user with a lower uid who copied the id of a
+    victim's environment made the victim's attach, detach and joins fail
+    ("environment X belongs to ...") and made the victim's terminal follow
+    the copy (its GPUs, its notes, its marker). A terminal now finds its
+    own user's environment; root, who may join anyone's, is refused an id
+    two users claim instead of joining a guess."""
+    attacker, victim = sorted((other_user, third_user), key=lambda user: user.pw_uid)
+    shell = genv.shell(sh, user=victim)
+    shell.ok("genv activate --gpus 1")
+    eid = shell.var("GENV_ENVIRONMENT_ID")
+    sleeper = subprocess.Popen(["sleep", "600"], **as_user(attacker))
+    try:
+        now = time.time()
+        copy = {"id": eid, "created": now, "config": {"gpus": 2},
+                "terminals": [{"pid": sleeper.pid, "token": procs.ProcFS().token(sleeper.pid)}],
+                "devices": [{"index": 2, "uuid": None, "attached": now}, {"index": 3, "uuid": None, "attached": now}],
+                "warnings": ["a warning of the attacker"], "notes": [{"id": 7, "text": "a note of the attacker"}]}
+        plant(genv, "user-%d.json" % attacker.pw_uid, forged_state(attacker.pw_uid, [copy]), user=attacker)
+        assert sorted(env["uid"] for env in envs(genv)) == sorted([attacker.pw_uid, victim.pw_uid])
+        said = []
+        for command in ("genv attach --count 2", "genv status", "genv sync", "nvidia-smi -L"):
+            result = shell.run(command)
+            assert result.rc == 0, (command, result)
+            said.append(result.out + result.err)
+        assert shell.var("CUDA_VISIBLE_DEVICES") == "0,1"
+        assert "GPU 2" not in said[-1] and len(said[-1].splitlines()) == 2, said[-1]
+        assert not any("attacker" in text for text in said), said
+        second = genv.shell(sh, user=victim)
+        second.ok("genv activate --id %s" % eid)
+        assert second.var("CUDA_VISIBLE_DEVICES") == "0,1"
+        line = one_line(genv.shell(sh).run("genv activate --id %s" % eid))
+        assert line.startswith("genv: there are environments %s of several users" % eid), line
+        for terminal in (second, shell):
+            terminal.ok("genv detach")
+            terminal.ok("genv deactivate")
+        assert [env["uid"] for env in envs(genv)] == [attacker.pw_uid]
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -242,7 +242,7 @@ class Session:
         return self.tx.users
 
     def env(self, eid: str) -> Tuple[int, Dict[str, Any]]:
-        found = environments.find(self.tx.users, eid)
+        found = environments.find(self.tx.users, eid, self.ctx.euid)
         if found is None:
             raise GenvError(
                 "environment %s no longer exists (this shell still carries its id); "
