@@ -125,3 +125,57 @@ def test_a_copied_environment_id_takes_nothing_from_its_owner(genv, sh, other_us
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+# --- programs in a mount namespace of the user's own -------------------------------------
+
+
+def copy_of_sleep(folder, name, owner=None):
+    os.makedirs(folder, exist_ok=True)
+    program = os.path.join(folder, name)
+    with open("/bin/sleep", "rb") as source, open(program, "wb") as target:
+        target.write(source.read())
+    os.chmod(program, 0o755)
+    if owner is not None:
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+        os.chown(program, owner.pw_uid, owner.pw_gid)
+    return program
+
+
+def test_an_exemption_cannot_be_borrowed_through_a_mount_namespace(genv, gpus, other_user):
+    """/proc/<pid>/exe names a program by its path in the process's own
+    mount namespace, and a user can make one (``unshare -Urm``, where
+    unprivileged user namespaces are allowed) in which their own copy of a
+    program is mounted at the exempt path, or a system program at a path
+    ending in an exempt name. Either once made the copy exempt from
+    ``genv enforce``. A path counts only where it names, here, the very
+    file the process runs. (Root makes the namespace here, so that the test
+    does not depend on user namespaces; what runs in it is the user's.)"""
+    need("root")
+    exempt = copy_of_sleep(os.path.join(genv.base, "sbin"), "nvidia-cuda-mps-server")
+    policy_folder = os.path.join(genv.base, "etc-genv")
+    os.makedirs(policy_folder)
+    policy_path = os.path.join(policy_folder, "policy.json")
+    with open(policy_path, "w") as handle:
+        json.dump({"exempt_process_names": [exempt, "nvidia-cuda-mps-server"]}, handle)
+    genv.extra["GENV_POLICY"] = policy_path
+    theirs = copy_of_sleep(os.path.join(genv.base, "home-genvtest"), "mine", owner=other_user)
+    as_them = "setpriv --reuid=%d --regid=%d --clear-groups" % (other_user.pw_uid, other_user.pw_gid)
+    # Their copy at the exempt path; /usr/bin/sleep at a path named as exempt.
+    by_path = gpus.outside(gpu=0, argv=["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                        'mount --bind "$1" "$2" && exec %s "$2" 613' % as_them, "sh", theirs, exempt])
+    by_name = gpus.outside(gpu=1, argv=["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                        "mount -t tmpfs none /usr/local/sbin && touch \"$1\" && "
+                                        "mount --bind /usr/bin/sleep \"$1\" && exec %s \"$1\" 613" % as_them,
+                                        "sh", "/usr/local/sbin/nvidia-cuda-mps-server"])
+    genuine = gpus.outside(gpu=2, argv=[exempt, "613"])
+    for pid, path in ((by_path, exempt), (by_name, "/usr/local/sbin/nvidia-cuda-mps-server")):
+        until_exec = time.monotonic() + 30
+        while os.readlink("/proc/%d/exe" % pid) != path and time.monotonic() < until_exec:
+            time.sleep(0.02)
+        assert os.readlink("/proc/%d/exe" % pid) == path
+        assert os.stat("/proc/%d/status" % pid).st_uid == other_user.pw_uid
+    result = genv.cli("enforce", "--format", "json")
+    assert result.stderr == b"", result
+    found = {doc["pid"]: doc["rule"] for doc in json.loads(result.stdout)}
+    assert found == {by_path: "unmanaged", by_name: "unmanaged"}, (found, genuine)
