@@ -179,3 +179,57 @@ def test_an_exemption_cannot_be_borrowed_through_a_mount_namespace(genv, gpus, o
     assert result.stderr == b"", result
     found = {doc["pid"]: doc["rule"] for doc in json.loads(result.stdout)}
     assert found == {by_path: "unmanaged", by_name: "unmanaged"}, (found, genuine)
+
+
+# --- the prompt of root in a user's environment -----------------------------------------
+
+SWAPPER = r'''
+import os, sys
+folder, name = sys.argv[1], sys.argv[2]
+os.chdir(folder)
+with open(name) as handle:
+    token = handle.read()
+print("ready", flush=True)
+n = 0
+while True:
+    n += 1
+    fifo, regular = ".swap-fifo-%d" % n, ".swap-file-%d" % n
+    os.mkfifo(fifo, 0o644)
+    os.rename(fifo, name)
+    with open(regular, "w") as handle:
+        handle.write(token)
+    os.rename(regular, name)
+'''
+
+
+@pytest.mark.both_shells
+def test_a_users_marker_cannot_hold_roots_prompt(genv, sh, other_user):
+    """At each prompt the shell reads the marker of its environment's owner
+    (``user-<uid>.sync``), after checking that it is a regular file. Root
+    may sit in another user's environment, and that user owns the marker's
+    name: swapping a FIFO and a regular file in a loop, they won the race
+    between root's check and its read, and root's prompt hung on the FIFO.
+    Root now reads another user's marker without blocking."""
+    theirs = genv.shell(sh, user=other_user)
+    theirs.ok("genv activate")
+    eid = theirs.var("GENV_ENVIRONMENT_ID")
+    root = genv.shell(sh)
+    root.ok("genv activate --id %s" % eid)
+    theirs.ok("genv attach --count 1")  # the marker is written
+    root.ok("genv envs")  # and root's terminal follows
+    assert root.var("CUDA_VISIBLE_DEVICES") == "0"
+    marker = root.var("_GENV_SYNC_FILE")
+    assert marker == os.path.join(genv.tmpdir, "user-%d.sync" % other_user.pw_uid) and os.path.exists(marker)
+    swapper = subprocess.Popen(["python3", "-c", SWAPPER, genv.tmpdir, os.path.basename(marker)],
+                               stdout=subprocess.PIPE, text=True, **as_user(other_user))
+    try:
+        assert swapper.stdout.readline() == "ready\n"
+        # What the prompt runs, for three seconds (but for genv sync itself,
+        # which a marker that reads as changed starts, and which reads it safely).
+        result = root.run("_genv_eval() { :; }; end=$((SECONDS + 3)); n=0; "
+                          "while [ \"$SECONDS\" -lt \"$end\" ]; do _genv_sync_check; n=$((n + 1)); done; echo \"$n\"",
+                          timeout=30)
+        assert result.rc == 0 and int(result.out) > 100, result
+    finally:
+        swapper.kill()
+        swapper.wait()
