@@ -9,7 +9,7 @@ environment gets is decided in ``allocate``.
 from __future__ import annotations
 
 from .errors import GenvError
-from .limits import MAX_TEXT
+from .limits import MAX_NOTE, MAX_TEXT
 from .text import encodable
 
 TYPE_CHECKING = False
@@ -359,7 +359,10 @@ def add_note(env: Env, text: str) -> None:
     """A message for each of the environment's terminals, told once to each
     (at its next genv command or prompt)."""
     notes = list(env.get("notes") or ())
-    notes.append({"id": last_note(env) + 1, "text": text})
+    number = last_note(env) + 1
+    if number >= MAX_NOTE:  # only a number written by hand comes this far: count again
+        notes, number = [], 1
+    notes.append({"id": number, "text": text})
     env["notes"] = notes[-NOTES_KEPT:]
 
 

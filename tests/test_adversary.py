@@ -233,3 +233,28 @@ def test_a_users_marker_cannot_hold_roots_prompt(genv, sh, other_user):
     finally:
         swapper.kill()
         swapper.wait()
+
+
+def test_a_note_number_at_its_limit_breaks_no_write_of_root(genv, other_user):
+    """Root's commands write every user's file whose reservation ended
+    (the GPUs released, a note for its terminals). A user whose file held
+    the largest note number allowed made that note's number one too many:
+    root refused to write the file ("internal error"), so every root-run
+    command that changes state failed (genv run, activate, the enforcer's
+    reclaims) and the user kept the GPU. Numbers now start again."""
+    sleeper = subprocess.Popen(["sleep", "600"], **as_user(other_user))
+    try:
+        env = {"id": "x1", "created": time.time(), "config": {"gpus": 1},
+               "terminals": [{"pid": sleeper.pid, "token": procs.ProcFS().token(sleeper.pid)}],
+               "devices": [{"index": 3, "uuid": None, "attached": time.time()}], "warnings": [],
+               "until": 1.0, "notes": [{"id": (1 << 62) - 1, "text": "the last number"}]}
+        path = plant(genv, "user-%d.json" % other_user.pw_uid, forged_state(other_user.pw_uid, [env]), user=other_user)
+        result = genv.cli("run", "--gpus", "1", "--", "true")
+        assert result.returncode == 0 and result.stderr == b"", result
+        with open(path) as handle:
+            (written,) = json.load(handle)["envs"]
+        assert written["devices"] == [] and written["notes"] == [
+            {"id": 1, "text": "GPU 3 was released at the end of its reservation"}], written
+    finally:
+        sleeper.kill()
+        sleeper.wait()
