@@ -287,6 +287,7 @@ class Transaction:
         self.missing = missing
         self.users: Dict[int, Dict[str, Any]] = {}
         self._dirty: Set[int] = set()
+        self._asked: Set[int] = set()  # the files a change was asked of (not only tidied)
         self._foreign: Set[int] = set()
         self._views: Dict[int, Dict[str, Any]] = {}  # what terminals follow, as read
         self._markers: Dict[int, str] = {}  # the markers as read
@@ -313,13 +314,22 @@ class Transaction:
             return
         try:
             if kind is None:
-                try:
-                    for uid in sorted(self._dirty):
+                for uid in sorted(self._dirty):
+                    try:
                         self._write(uid)
-                except GenvError as error:
-                    if not self.listing:
-                        raise
-                    warn("%s; the listing is correct, but the state folder was not updated" % error)
+                    except GenvError as error:
+                        if uid != self.folder.euid and (uid not in self._asked or self.listing):
+                            # Another user's file, which its owner may swap
+                            # for a folder under the lock (it binds genv
+                            # alone): only what every reader works out for
+                            # itself (an end that passed, an older format), or
+                            # what a listing (genv enforce) did, is lost.
+                            warn("%s; it is left as it was" % error)
+                            continue
+                        if not self.listing:
+                            raise
+                        warn("%s; the listing is correct, but the state folder was not updated" % error)
+                        break
                 if self._dirty:
                     files.fault("before-unlock")
         finally:
@@ -435,6 +445,16 @@ class Transaction:
         return self.users[uid]
 
     def changed(self, uid: int) -> None:
+        """``uid``'s state changed: written when the transaction ends, and
+        the command fails if it cannot be."""
+        self.tidied(uid)
+        self._asked.add(uid)
+
+    def tidied(self, uid: int) -> None:
+        """``uid``'s state changed only as every reader changes it for
+        itself (a reservation that ended): written when the transaction
+        ends, but another user's file that cannot be written is left as it
+        was, with a warning, and fails nothing."""
         euid = self.folder.euid
         if euid not in (0, uid):
             raise GenvError("cannot change the state of uid %d" % uid)

@@ -136,13 +136,13 @@ class Session:
                 for owner, env, warning in self.slurm.conflicts(self.tx.users):
                     if warning not in env["warnings"] and euid in (0, owner):
                         env["warnings"].append(warning)
-                        self.tx.changed(owner)
+                        self.tx.tidied(owner)
             # Reservations that ended release their GPUs, as dead terminals
             # do: in the caller's file (root: in every file), in memory for
             # the others (their owner's next command writes it).
             for uid in environments.expire(self.tx.users, self.boot, self.ends()):
                 if uid == euid or euid == 0:
-                    self.tx.changed(uid)
+                    self.tx.tidied(uid)
         except BaseException as error:
             self.tx.__exit__(type(error), error, None)
             raise
