@@ -183,10 +183,12 @@ class StateDir:
             raise GenvError("cannot open the state folder %s: %s" % (self.path, error.strerror)) from None
 
     def transaction(self, timeout: Optional[float] = None, listing: bool = False,
-                    timer: bool = True) -> "Transaction":
+                    timer: bool = True, fallback: bool = False) -> "Transaction":
         """The lock and every user's state. ``listing``: a command that only
         shows state; it works on a read-only or full folder, with a warning.
-        ``timer``: the lock wait may use SIGALRM (genv's own process)."""
+        ``timer``: the lock wait may use SIGALRM (genv's own process).
+        ``fallback``: when the lock cannot be had in time (anyone can hold
+        it), read the state without it and write nothing (``unlocked``)."""
         if listing:
             try:
                 self.ensure()
@@ -197,7 +199,7 @@ class StateDir:
                 raise
         else:
             self.ensure()
-        return Transaction(self, timeout, listing, timer=timer)
+        return Transaction(self, timeout, listing, timer=timer, fallback=fallback)
 
     def read_all(self, reuse: bool = False) -> Dict[int, Dict[str, Any]]:
         """Every user's state, read without the lock (each file is a
@@ -279,9 +281,11 @@ class Transaction:
     """
 
     def __init__(self, folder: StateDir, timeout: Optional[float] = None, listing: bool = False,
-                 missing: bool = False, timer: bool = True) -> None:
+                 missing: bool = False, timer: bool = True, fallback: bool = False) -> None:
         self.folder = folder
         self.timer = timer
+        self.fallback = fallback
+        self.unlocked: Optional[str] = None  # read without the lock: who held it
         self.timeout = locking.timeout_from_env() if timeout is None else timeout
         self.listing = listing
         self.missing = missing
@@ -301,8 +305,15 @@ class Transaction:
             return self
         self._dir_fd = self.folder.open_dir()
         try:
-            locking.acquire(self._dir_fd, "the state lock on %s" % self.folder.path, self.timeout,
-                            self.user_name, announce=self.timeout >= locking.ANNOUNCE_AFTER, timer=self.timer)
+            try:
+                locking.acquire(self._dir_fd, "the state lock on %s" % self.folder.path, self.timeout,
+                                self.user_name, announce=self.timeout >= locking.ANNOUNCE_AFTER, timer=self.timer)
+            except locking.LockTimeout:
+                if not self.fallback:
+                    raise
+                # Each file is a consistent snapshot (atomic renames): read,
+                # change nothing on disk.
+                self.unlocked = locking.describe_holder(self._dir_fd, self.user_name)
             self._sweep_and_load()
         except BaseException:
             os.close(self._dir_fd)
@@ -313,7 +324,7 @@ class Transaction:
         if self.missing:
             return
         try:
-            if kind is None:
+            if kind is None and self.unlocked is None:
                 for uid in sorted(self._dirty):
                     try:
                         self._write(uid)
@@ -388,7 +399,7 @@ class Transaction:
         names, and (but for root) only the caller's own files."""
         uid = _tmp_owner(name)
         euid = self.folder.euid
-        if uid is None or euid not in (0, uid):
+        if uid is None or euid not in (0, uid) or self.unlocked is not None:  # (a live writer's, without the lock)
             return
         try:
             info = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
@@ -397,9 +408,15 @@ class Transaction:
         except OSError:
             pass
 
+    def _tidies(self, uid: int) -> bool:
+        """Whether this transaction may tidy ``uid``'s file (remove a link
+        under its name, move damage aside): its owner's or root's, under
+        the lock."""
+        return self.folder.euid in (0, uid) and self.unlocked is None
+
     def _untrusted(self, name: str, uid: int, why: str) -> None:
         path = self.folder.display(name)
-        if self.folder.euid in (0, uid):
+        if self._tidies(uid):
             # In our place (or we are root): a link or FIFO under our own
             # name is removed, never followed.
             try:
@@ -419,7 +436,7 @@ class Transaction:
 
     def _damaged(self, name: str, uid: int, why: str) -> None:
         path = self.folder.display(name)
-        if self.folder.euid in (0, uid):
+        if self._tidies(uid):
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             aside = "%s.damaged-%s-%d" % (name, stamp, os.getpid())
             try:
@@ -432,7 +449,7 @@ class Transaction:
 
     def _dropped(self, name: str, uid: int, why: str) -> None:
         path = self.folder.display(name)
-        if self.folder.euid in (0, uid):
+        if self._tidies(uid):
             warn("dropped a damaged environment from %s (%s); the others are kept" % (path, why))
         else:
             warn("ignoring a damaged environment in %s (%s)" % (path, why))

@@ -309,3 +309,37 @@ def test_a_file_swapped_under_the_lock_fails_no_command_of_root(genv, other_user
             swapper.wait()
         sleeper.kill()
         sleeper.wait()
+
+
+# --- the state lock ------------------------------------------------------------------------
+
+HOLD = "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\nfcntl.flock(fd, fcntl.LOCK_EX)\n" \
+       "print('locked', flush=True)\nsys.stdin.readline()\n"
+
+
+def test_holding_the_state_lock_does_not_switch_enforcement_off(genv, gpus, other_user):
+    """Anyone can flock the state folder and keep it; genv waits at most
+    GENV_LOCK_TIMEOUT, then fails. For ``genv enforce`` that meant a user
+    who kept the lock had their processes on others' GPUs never stopped:
+    every round failed. Enforcement now goes on without the lock, on each
+    file's last state, with the rules that need no record of root's
+    (conflicts and idle time wait for a round that gets it), and says so."""
+    need("root")
+    assert genv.cli("envs").returncode == 0
+    theirs = gpus.outside(gpu=0, user=other_user)
+    holder = subprocess.Popen(["python3", "-c", HOLD, genv.tmpdir], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, **as_user(other_user))
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        result = genv.cli("enforce", "--kill", "--grace", "1", "--format", "json", GENV_LOCK_TIMEOUT="1")
+        err = result.stderr.decode()
+        assert "Traceback" not in err, result
+        assert err.splitlines()[-1] == (
+            "genv: the state lock on %s is held by pid %d (%s): judging without it, and leaving conflicts "
+            "and idle environments to a round that gets it" % (genv.tmpdir, holder.pid, other_user.pw_name)), err
+        assert [(doc["pid"], doc["rule"], doc["outcome"]) for doc in json.loads(result.stdout)] == [
+            (theirs, "unmanaged", "terminated (SIGTERM)")], result
+        assert result.returncode == 0
+    finally:
+        holder.kill()
+        holder.wait()

@@ -33,11 +33,16 @@ class Session:
     ``observe``: also ask nvidia-smi for the processes on the GPUs (and,
     with ``usage``, each GPU's memory in use). ``details``: the processes'
     command lines and executables are read (listings and enforce; an attach
-    needs neither). Messages for the caller collect in ``messages``."""
+    needs neither). ``fallback``: a lock held too long by someone else
+    (``Transaction.unlocked``) does not stop the command: it reads the
+    state without it and writes nothing. Messages for the caller collect
+    in ``messages``."""
 
     def __init__(self, ctx: Context, need_devices: bool = False, holders_only: bool = False,
-                 listing: bool = False, observe: bool = False, usage: bool = False, details: bool = False) -> None:
+                 listing: bool = False, observe: bool = False, usage: bool = False, details: bool = False,
+                 fallback: bool = False) -> None:
         self.ctx = ctx
+        self.fallback = fallback
         self.holders_only = holders_only
         self.listing = listing
         self.details = details
@@ -122,7 +127,7 @@ class Session:
         return pid, token
 
     def __enter__(self) -> "Session":
-        tx = self.folder.transaction(listing=self.listing, timer=not self.ctx.library)
+        tx = self.folder.transaction(listing=self.listing, timer=not self.ctx.library, fallback=self.fallback)
         tx.user_name = self.ctx.user
         self.tx: Transaction = tx.__enter__()
         try:
