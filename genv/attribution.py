@@ -149,7 +149,11 @@ def attribute(apps: Sequence[App], machine: Sequence[Dict[str, Any]], users: Use
             process.uid = facts.uid(app.pid)
             if details:
                 process.command = facts.command(app.pid) or app.name
-                process.program = facts.executable(app.pid) or app.name
+                # Exempt by path only where the path is that very file (a
+                # process may run in a mount namespace of its user's making);
+                # nvidia-smi's name only where /proc does not say.
+                readable = facts.executable(app.pid) is not None
+                process.program = facts.program(app.pid) if readable else app.name
                 process.system = facts.system_program(app.pid)
             found = _environment(app.pid, facts, users, terms)
             if found is not None:

@@ -9,7 +9,7 @@ environment gets is decided in ``allocate``.
 from __future__ import annotations
 
 from .errors import GenvError
-from .limits import MAX_TEXT
+from .limits import MAX_NOTE, MAX_TEXT
 from .text import encodable
 
 TYPE_CHECKING = False
@@ -122,12 +122,30 @@ def live_view(users: Users, processes: Any) -> Users:
     return view
 
 
-def find(users: Users, eid: str) -> Optional[Tuple[int, Env]]:
-    for uid in sorted(users):
-        for env in users[uid]["envs"]:
-            if env["id"] == eid:
-                return uid, env
-    return None
+def find(users: Users, eid: str, caller: Optional[int] = None) -> Optional[Tuple[int, Env]]:
+    """The environment ``eid`` and its owner. genv makes every id unique,
+    but any user can write another user's id into their own file: the
+    ``caller``'s own environment of that id comes first, then (for root)
+    one that root's record of its joins names, then the lowest uid's. So a
+    copied id can take nothing from anyone but root, who must tell them
+    apart (``claimants``)."""
+    found = [(uid, env) for uid in sorted(users) for env in users[uid]["envs"] if env["id"] == eid]
+    if len(found) > 1 and caller is not None:
+        own = [item for item in found if item[0] == caller]
+        if own:
+            return own[0]
+        if caller == 0:
+            joined = {join["uid"] for join in users.get(0, {}).get("joins", ()) if join["env"] == eid}
+            named = [item for item in found if item[0] in joined]
+            if len(named) == 1:
+                return named[0]
+    return found[0] if found else None
+
+
+def claimants(users: Users, eid: str) -> List[int]:
+    """The users whose files hold an environment ``eid`` (more than one:
+    somebody copied another's id into their own file)."""
+    return [uid for uid in sorted(users) if any(env["id"] == eid for env in users[uid]["envs"])]
 
 
 def check_owner(owner: int, euid: int, eid: str, describe: Callable[[int], str]) -> None:
@@ -341,7 +359,10 @@ def add_note(env: Env, text: str) -> None:
     """A message for each of the environment's terminals, told once to each
     (at its next genv command or prompt)."""
     notes = list(env.get("notes") or ())
-    notes.append({"id": last_note(env) + 1, "text": text})
+    number = last_note(env) + 1
+    if number >= MAX_NOTE:  # only a number written by hand comes this far: count again
+        notes, number = [], 1
+    notes.append({"id": number, "text": text})
     env["notes"] = notes[-NOTES_KEPT:]
 
 

@@ -22,3 +22,6 @@ MIN_SIZE = 1 << 20
 
 MAX_SECONDS = 1e9
 """A duration in seconds (31 years): ``--wait``, time-outs, intervals."""
+
+MAX_NOTE = 1 << 62
+"""Note numbers stay below this (``environments.add_note``)."""

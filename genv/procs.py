@@ -232,21 +232,45 @@ class ProcFS:
             return None
         return path[: -len(" (deleted)")] if path.endswith(" (deleted)") else path
 
-    def system_program(self, pid: int) -> bool:
-        """Whether the program the process runs is the system's: the very
-        file it runs (``/proc/<pid>/exe``) and every folder above its path
-        belong to root and are writable by nobody else (so no user can have
-        put it there, or copied one there). False when unknown."""
+    def _program(self, pid: int) -> Optional[Tuple[str, os.stat_result]]:
+        """The path of the file the process runs and that file's status,
+        only when the path names that very file here: /proc gives the path
+        as the process's own mount namespace has it, and a user may make
+        one of their own (``unshare -Urm``) where their copy of a program
+        is mounted at any path, /usr/bin/nvidia-cuda-mps-server included."""
         path = self.executable(pid)
         if not path or not path.startswith("/"):
-            return False
+            return None
         try:
             if self._proc_fd >= 0:
                 info = os.stat("%d/exe" % pid, dir_fd=self._proc_fd)  # the file it runs, even if renamed
-            else:
+            elif os.path.isdir("/proc/self"):  # the psutil backend on Linux
+                info = os.stat("/proc/%d/exe" % pid)
+            else:  # no /proc: the path is all there is
                 info = os.stat(path)
+            here = os.stat(path)
         except OSError:
+            return None
+        if (info.st_dev, info.st_ino) != (here.st_dev, here.st_ino):
+            return None
+        return path, info
+
+    def program(self, pid: int) -> Optional[str]:
+        """The path of the program the process runs, when it names that
+        very file here (see ``_program``); None otherwise or if unknown."""
+        found = self._program(pid)
+        return found[0] if found is not None else None
+
+    def system_program(self, pid: int) -> bool:
+        """Whether the program the process runs is the system's: the very
+        file it runs (``/proc/<pid>/exe``), under a path that names that
+        file here, and every folder above that path belong to root and are
+        writable by nobody else (so no user can have put it there, or
+        copied one there). False when unknown."""
+        found = self._program(pid)
+        if found is None:
             return False
+        path, info = found
         return _root_only(info) and self._system_folder(os.path.dirname(path))
 
     def _system_folder(self, folder: str) -> bool:

@@ -11,7 +11,7 @@ docs/state.md.
 from __future__ import annotations
 
 from .errors import GenvError
-from .limits import MAX_GPUS, MAX_PID, MAX_SIZE, MAX_TEXT, MAX_TIME, MAX_TOKEN, MIN_SIZE
+from .limits import MAX_GPUS, MAX_NOTE, MAX_PID, MAX_SIZE, MAX_TEXT, MAX_TIME, MAX_TOKEN, MIN_SIZE
 from .text import encodable
 
 TYPE_CHECKING = False
@@ -141,7 +141,7 @@ def env_problem(env: Any) -> Optional[str]:
         return "environment %r has invalid notes" % eid
     last = 0
     for note in notes:
-        if type(note) is not dict or type(note.get("id")) is not int or not last < note["id"] < 1 << 62 \
+        if type(note) is not dict or type(note.get("id")) is not int or not last < note["id"] < MAX_NOTE \
                 or not _text_ok(note.get("text"), 4096):
             return "environment %r has invalid notes" % eid
         last = note["id"]
@@ -326,7 +326,11 @@ _MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
 
 
 class NewerFormat(GenvError):
-    pass
+    """A file in a format this genv does not know (``version``)."""
+
+    def __init__(self, message: str, version: int) -> None:
+        super().__init__(message)
+        self.version = version
 
 
 def upgrade(data: Any, uid: int, name: str) -> Tuple[Dict[str, Any], List[str]]:
@@ -338,7 +342,7 @@ def upgrade(data: Any, uid: int, name: str) -> Tuple[Dict[str, Any], List[str]]:
     if version > FORMAT:
         raise NewerFormat(
             "state was written by a newer genv: %s has format %d, this genv reads formats up to %d; "
-            "upgrade genv" % (name, version, FORMAT)
+            "upgrade genv" % (name, version, FORMAT), version
         )
     while version < FORMAT:
         data = _MIGRATIONS[version](data, uid)

@@ -50,7 +50,7 @@ from .errors import GenvError as Error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Union
+    from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
     from .core.context import Context
     from .core.operations import Entered, Settings

@@ -35,7 +35,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+    from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 NO_PROCESSES = "  No running processes found"
 MIB = 1 << 20
@@ -94,10 +94,10 @@ def _test(facts: Any, mark: float) -> Callable[[int], bool]:
     eid = os.environ.get("GENV_ENVIRONMENT_ID", "")
     try:
         users = StateDir().read_all()
-        found = find(users, eid)
+        found = find(users, eid, os.geteuid())
     except Exception:  # a broken state folder hides processes; it never shows others'
         found = None
-    if found is None:
+    if found is None or os.geteuid() not in (0, found[0]):  # another user's id: none of this terminal's
         return lambda pid: False
     return attribution.member_test(users, found[1], facts, mark)  # type: ignore[no-any-return]
 

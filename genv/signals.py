@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from signal import pidfd_send_signal
 else:
     try:  # Python >= 3.9 on Linux; used only with a pidfd (os.pidfd_open), which 3.8 lacks too
-        from _signal import pidfd_send_signal
+        from _signal import pidfd_send_signal  # noqa: F401 (re-exported)
     except ImportError:  # pragma: no cover - Python 3.8
         pass
     try:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import time
 
 from . import files, jsonio, locking
@@ -53,6 +52,23 @@ def _signed(raw: bytes) -> bool:
     head = raw[:256].lstrip()
     return head[:1] == b"{" and head[1:].lstrip().startswith(b'"format"')
 
+
+
+def _number(text: str) -> Optional[int]:
+    """A number as genv writes it in a name (ASCII digits, no leading zero),
+    None for anything else: a name of another user's choosing (``user-².json``,
+    whose digit ``int`` refuses) is not genv's."""
+    if not text.isascii() or not text.isdigit() or len(text) > 20 or text != str(int(text)):
+        return None
+    return int(text)
+
+
+def state_uid(name: str) -> Optional[int]:
+    """The uid in a state file's name (``user-<uid>.json``), None if the name
+    is not exactly of that form."""
+    if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
+        return None
+    return _number(name[len(_PREFIX) : -len(_SUFFIX)])
 
 
 def state_dir() -> str:
@@ -166,10 +182,12 @@ class StateDir:
             raise GenvError("cannot open the state folder %s: %s" % (self.path, error.strerror)) from None
 
     def transaction(self, timeout: Optional[float] = None, listing: bool = False,
-                    timer: bool = True) -> "Transaction":
+                    timer: bool = True, fallback: bool = False) -> "Transaction":
         """The lock and every user's state. ``listing``: a command that only
         shows state; it works on a read-only or full folder, with a warning.
-        ``timer``: the lock wait may use SIGALRM (genv's own process)."""
+        ``timer``: the lock wait may use SIGALRM (genv's own process).
+        ``fallback``: when the lock cannot be had in time (anyone can hold
+        it), read the state without it and write nothing (``unlocked``)."""
         if listing:
             try:
                 self.ensure()
@@ -180,7 +198,7 @@ class StateDir:
                 raise
         else:
             self.ensure()
-        return Transaction(self, timeout, listing, timer=timer)
+        return Transaction(self, timeout, listing, timer=timer, fallback=fallback)
 
     def read_all(self, reuse: bool = False) -> Dict[int, Dict[str, Any]]:
         """Every user's state, read without the lock (each file is a
@@ -196,10 +214,9 @@ class StateDir:
             return users
         try:
             for name in os.listdir(dir_fd):
-                digits = name[len(_PREFIX) : -len(_SUFFIX)]
-                if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX) and digits.isdigit()):
+                uid = state_uid(name)
+                if uid is None:
                     continue
-                uid = int(digits)
                 try:
                     found = read_user(dir_fd, name, uid, self._seen.get(uid) if reuse else None)
                 except (OSError, ValueError, GenvError):
@@ -248,13 +265,11 @@ def _tmp_owner(name: str) -> Optional[int]:
     """The uid in a temporary name genv writes (``.tmp-<uid>-<pid>-<8 hex>``),
     None if the name is not exactly of that form."""
     parts = name[len(_TMP) :].split("-")
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+    if len(parts) != 3 or _number(parts[1]) is None:
         return None
     if len(parts[2]) != 8 or not all(c in "0123456789abcdef" for c in parts[2]):
         return None
-    if parts[0] != str(int(parts[0])):
-        return None
-    return int(parts[0])
+    return _number(parts[0])
 
 
 class Transaction:
@@ -265,14 +280,17 @@ class Transaction:
     """
 
     def __init__(self, folder: StateDir, timeout: Optional[float] = None, listing: bool = False,
-                 missing: bool = False, timer: bool = True) -> None:
+                 missing: bool = False, timer: bool = True, fallback: bool = False) -> None:
         self.folder = folder
         self.timer = timer
+        self.fallback = fallback
+        self.unlocked: Optional[str] = None  # read without the lock: who held it
         self.timeout = locking.timeout_from_env() if timeout is None else timeout
         self.listing = listing
         self.missing = missing
         self.users: Dict[int, Dict[str, Any]] = {}
         self._dirty: Set[int] = set()
+        self._asked: Set[int] = set()  # the files a change was asked of (not only tidied)
         self._foreign: Set[int] = set()
         self._views: Dict[int, Dict[str, Any]] = {}  # what terminals follow, as read
         self._markers: Dict[int, str] = {}  # the markers as read
@@ -286,8 +304,15 @@ class Transaction:
             return self
         self._dir_fd = self.folder.open_dir()
         try:
-            locking.acquire(self._dir_fd, "the state lock on %s" % self.folder.path, self.timeout,
-                            self.user_name, announce=self.timeout >= locking.ANNOUNCE_AFTER, timer=self.timer)
+            try:
+                locking.acquire(self._dir_fd, "the state lock on %s" % self.folder.path, self.timeout,
+                                self.user_name, announce=self.timeout >= locking.ANNOUNCE_AFTER, timer=self.timer)
+            except locking.LockTimeout:
+                if not self.fallback:
+                    raise
+                # Each file is a consistent snapshot (atomic renames): read,
+                # change nothing on disk.
+                self.unlocked = locking.describe_holder(self._dir_fd, self.user_name)
             self._sweep_and_load()
         except BaseException:
             os.close(self._dir_fd)
@@ -298,14 +323,23 @@ class Transaction:
         if self.missing:
             return
         try:
-            if kind is None:
-                try:
-                    for uid in sorted(self._dirty):
+            if kind is None and self.unlocked is None:
+                for uid in sorted(self._dirty):
+                    try:
                         self._write(uid)
-                except GenvError as error:
-                    if not self.listing:
-                        raise
-                    warn("%s; the listing is correct, but the state folder was not updated" % error)
+                    except GenvError as error:
+                        if uid != self.folder.euid and (uid not in self._asked or self.listing):
+                            # Another user's file, which its owner may swap
+                            # for a folder under the lock (it binds genv
+                            # alone): only what every reader works out for
+                            # itself (an end that passed, an older format), or
+                            # what a listing (genv enforce) did, is lost.
+                            warn("%s; it is left as it was" % error)
+                            continue
+                        if not self.listing:
+                            raise
+                        warn("%s; the listing is correct, but the state folder was not updated" % error)
+                        break
                 if self._dirty:
                     files.fault("before-unlock")
         finally:
@@ -319,12 +353,9 @@ class Transaction:
             if name.startswith(_TMP):
                 self._sweep(name)
                 continue
-            if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
+            uid = state_uid(name)
+            if uid is None:
                 continue
-            digits = name[len(_PREFIX) : -len(_SUFFIX)]
-            if not digits.isdigit() or digits != str(int(digits)):
-                continue
-            uid = int(digits)
             try:
                 found = read_user(self._dir_fd, name, uid, self.folder.peeked.pop(uid, None))
             except Untrusted as problem:
@@ -338,7 +369,15 @@ class Transaction:
                 if error.errno == errno.EACCES:
                     raise GenvError("cannot read %s: permission denied" % self.folder.display(name)) from None
                 raise
-            except NewerFormat:
+            except NewerFormat as newer:
+                if uid not in (euid, 0):
+                    # Another user's claim of a newer genv must not stop
+                    # everyone else's (root's enforcer included): unknown
+                    # to this genv, it counts for nothing here, as damage.
+                    warn("ignoring %s: it was written by a newer genv (format %d; this genv reads formats up to "
+                         "%d), so its environments are not seen here; upgrade genv"
+                         % (self.folder.display(name), newer.version, FORMAT))
+                    continue
                 raise
             except ValueError as problem:
                 self._damaged(name, uid, str(problem))
@@ -359,7 +398,7 @@ class Transaction:
         names, and (but for root) only the caller's own files."""
         uid = _tmp_owner(name)
         euid = self.folder.euid
-        if uid is None or euid not in (0, uid):
+        if uid is None or euid not in (0, uid) or self.unlocked is not None:  # (a live writer's, without the lock)
             return
         try:
             info = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
@@ -368,9 +407,15 @@ class Transaction:
         except OSError:
             pass
 
+    def _tidies(self, uid: int) -> bool:
+        """Whether this transaction may tidy ``uid``'s file (remove a link
+        under its name, move damage aside): its owner's or root's, under
+        the lock."""
+        return self.folder.euid in (0, uid) and self.unlocked is None
+
     def _untrusted(self, name: str, uid: int, why: str) -> None:
         path = self.folder.display(name)
-        if self.folder.euid in (0, uid):
+        if self._tidies(uid):
             # In our place (or we are root): a link or FIFO under our own
             # name is removed, never followed.
             try:
@@ -390,7 +435,7 @@ class Transaction:
 
     def _damaged(self, name: str, uid: int, why: str) -> None:
         path = self.folder.display(name)
-        if self.folder.euid in (0, uid):
+        if self._tidies(uid):
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             aside = "%s.damaged-%s-%d" % (name, stamp, os.getpid())
             try:
@@ -403,7 +448,7 @@ class Transaction:
 
     def _dropped(self, name: str, uid: int, why: str) -> None:
         path = self.folder.display(name)
-        if self.folder.euid in (0, uid):
+        if self._tidies(uid):
             warn("dropped a damaged environment from %s (%s); the others are kept" % (path, why))
         else:
             warn("ignoring a damaged environment in %s (%s)" % (path, why))
@@ -416,6 +461,16 @@ class Transaction:
         return self.users[uid]
 
     def changed(self, uid: int) -> None:
+        """``uid``'s state changed: written when the transaction ends, and
+        the command fails if it cannot be."""
+        self.tidied(uid)
+        self._asked.add(uid)
+
+    def tidied(self, uid: int) -> None:
+        """``uid``'s state changed only as every reader changes it for
+        itself (a reservation that ended): written when the transaction
+        ends, but another user's file that cannot be written is left as it
+        was, with a warning, and fails nothing."""
         euid = self.folder.euid
         if euid not in (0, uid):
             raise GenvError("cannot change the state of uid %d" % uid)

@@ -64,6 +64,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)  # the tests import genv's modules
 SHELLS = ["bash", "zsh"]
 OTHER_USER = "genvtest"
+THIRD_USER = "genvtest2"
 UID = os.geteuid()
 """The uid the tests run as: genv's state file is ``user-<UID>.json``."""
 ME = pwd.getpwuid(UID).pw_name
@@ -534,9 +535,8 @@ def sh(request):
     return request.param
 
 
-@pytest.fixture(scope="session")
-def other_user():
-    """A second real account (created when the tests run as root). Several
+def account(name: str) -> pwd.struct_passwd:
+    """A real account ``name``, created if missing (root only). Several
     workers (or runs) may create it at once: whoever loses the race finds it
     made (useradd exit 9: the name is taken) or waits for the account files'
     lock (exit 10)."""
@@ -544,16 +544,29 @@ def other_user():
     deadline = time.monotonic() + 60
     while True:
         try:
-            return pwd.getpwnam(OTHER_USER)
+            return pwd.getpwnam(name)
         except KeyError:
             pass
-        done = subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/bash", OTHER_USER],
+        done = subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/bash", name],
                               capture_output=True, text=True)
         if done.returncode == 0:
-            return pwd.getpwnam(OTHER_USER)
+            return pwd.getpwnam(name)
         if done.returncode not in (1, 9, 10) or time.monotonic() > deadline:
-            pytest.fail("useradd %s: exit %d: %s" % (OTHER_USER, done.returncode, done.stderr.strip()), pytrace=False)
+            pytest.fail("useradd %s: exit %d: %s" % (name, done.returncode, done.stderr.strip()), pytrace=False)
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def other_user():
+    """A second real account (created when the tests run as root)."""
+    return account(OTHER_USER)
+
+
+@pytest.fixture(scope="session")
+def third_user():
+    """A third real account, for what takes two users besides root (an
+    attacker and a victim whose uids are both not 0)."""
+    return account(THIRD_USER)
 
 
 

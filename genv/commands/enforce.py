@@ -76,13 +76,26 @@ def find(ctx: Context, reclaim: bool = False) -> List[Action]:
     from ..environments import places, release
     from ..sizes import format_duration
 
-    with Session(ctx, listing=True, observe=True, details=True) as session:
-        session.witness()  # run by root: what it sees now counts, its claims first seen now
+    with Session(ctx, listing=True, observe=True, details=True, fallback=True) as session:
+        # Anyone can hold the state lock: enforcement goes on without it, on
+        # each file's last state, with the rules that need no record of
+        # root's and change nothing (a round that gets the lock does the rest).
+        unlocked = session.tx.unlocked
+        if unlocked is not None:
+            from ..report import warn
+
+            warn("the state lock on %s is held by %s: judging without it, and leaving conflicts and idle "
+                 "environments to a round that gets it" % (session.folder.path, unlocked))
+            reclaim = False
+        else:
+            session.witness()  # run by root: what it sees now counts, its claims first seen now
 
         def judge() -> List[Action]:
             found = enforce.decide(session.attributed(), session.users, session.machine, session.policy(), ctx.user,
                                    session.seen(), session.boot_id(), session.boot,
                                    places(session.users, session.processes, session.judge))
+            if unlocked is not None:
+                found = [v for v in found if v.rule not in ("conflict", "idle")]
             view = session.slurm
             return [Action(v, ctx.user(v.uid) if v.uid is not None else "?", ctx.euid,
                            view.spare(v.process) if view is not None and v.process is not None else None)

@@ -77,11 +77,17 @@ def _open(session: Session, terminals: Sequence[Tuple[int, str]], join: Optional
     ctx = session.ctx
     joined: Optional[Joined] = None
     if join is not None:
-        found = environments.find(session.users, join)
+        found = environments.find(session.users, join, ctx.euid)
         if found is None:
             raise GenvError("there is no environment %s (it may have ended; 'genv envs' lists the live ones)" % join)
         owner, env = found
         environments.check_owner(owner, ctx.euid, join, ctx.describe)
+        claimants = environments.claimants(session.users, join)
+        if owner != ctx.euid and len(claimants) > 1 and not any(
+                j["uid"] == owner and j["env"] == join for j in session.users[ctx.euid].get("joins", ())):
+            raise GenvError("there are environments %s of several users (%s): one copied the other's id into their "
+                            "own state file, and genv cannot tell which one to join"
+                            % (join, ", ".join(map(ctx.describe, claimants))))
         joined = Joined(env, config, [pid for pid, _ in terminals])
         env["config"].update(config)
     else:
@@ -135,7 +141,9 @@ def sync(ctx: Context, eid: str, base: Mapping[str, str]) -> Outcome:
     shell function runs it when the marker changed, an end came near, or
     after any genv command (``genv sync``)."""
     with Session(ctx) as session:
-        found = environments.find(session.users, eid)
+        found = environments.find(session.users, eid, ctx.euid)
+        if found is not None and ctx.euid not in (0, found[0]):
+            found = None  # another user's id: never this terminal's to follow
         if found is None:
             plan = activation.sync(None, base)  # it holds no GPU
             for name in activation.SYNC_VARS:
@@ -287,7 +295,7 @@ def deactivate(ctx: Context, eid: str, base: Mapping[str, str]) -> Outcome:
         session = Session(ctx)
         pid = ctx.shell_pid()
         with session:
-            found = environments.find(session.users, eid)
+            found = environments.find(session.users, eid, ctx.euid)
             if found is not None:
                 owner, env = found
                 if any(terminal["pid"] == pid for terminal in env["terminals"]):
@@ -421,7 +429,7 @@ def leave(ctx: Context, entered: Entered) -> None:
     attached for the join. Call it with ``HELD`` signals blocked."""
     eid = entered.id
     with Session(ctx) as session:
-        found = environments.find(session.users, eid)
+        found = environments.find(session.users, eid, ctx.euid)
         if found is None:
             return
         owner, env = found

@@ -33,11 +33,15 @@ class Session:
     ``observe``: also ask nvidia-smi for the processes on the GPUs (and,
     with ``usage``, each GPU's memory in use). ``details``: the processes'
     command lines and executables are read (listings and enforce; an attach
-    needs neither). Messages for the caller collect in ``messages``."""
+    needs neither). ``fallback``: a lock held too long by someone else
+    (``Transaction.unlocked``) does not stop the command: it reads the
+    state without it and writes nothing. Messages for the caller collect
+    in ``messages``."""
 
     def __init__(self, ctx: Context, holders_only: bool = False, listing: bool = False, observe: bool = False,
-                 usage: bool = False, details: bool = False) -> None:
+                 usage: bool = False, details: bool = False, fallback: bool = False) -> None:
         self.ctx = ctx
+        self.fallback = fallback
         self.holders_only = holders_only
         self.listing = listing
         self.details = details
@@ -115,7 +119,7 @@ class Session:
         return pid, token
 
     def __enter__(self) -> "Session":
-        tx = self.folder.transaction(listing=self.listing, timer=not self.ctx.library)
+        tx = self.folder.transaction(listing=self.listing, timer=not self.ctx.library, fallback=self.fallback)
         tx.user_name = self.ctx.user
         self.tx: Transaction = tx.__enter__()
         try:
@@ -129,13 +133,13 @@ class Session:
                 for owner, env, warning in self.slurm.conflicts(self.tx.users):
                     if warning not in env["warnings"] and euid in (0, owner):
                         env["warnings"].append(warning)
-                        self.tx.changed(owner)
+                        self.tx.tidied(owner)
             # Reservations that ended release their GPUs, as dead terminals
             # do: in the caller's file (root: in every file), in memory for
             # the others (their owner's next command writes it).
             for uid in environments.expire(self.tx.users, self.boot, self.ends()):
                 if uid == euid or euid == 0:
-                    self.tx.changed(uid)
+                    self.tx.tidied(uid)
         except BaseException as error:
             self.tx.__exit__(type(error), error, None)
             raise
@@ -239,7 +243,7 @@ class Session:
         return self.tx.users
 
     def env(self, eid: str) -> Tuple[int, Dict[str, Any]]:
-        found = environments.find(self.tx.users, eid)
+        found = environments.find(self.tx.users, eid, self.ctx.euid)
         if found is None:
             raise GenvError(
                 "environment %s no longer exists (this shell still carries its id); "

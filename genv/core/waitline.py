@@ -123,7 +123,7 @@ def _estimate(folder: Any, eid: str, busy: Dict[int, List[str]],
                     if other.get("waiting"):
                         watched.add((other["waiting"]["pid"], other["waiting"]["token"]))
         wake.watch(watched, facts)
-        found = environments.find(users, eid)
+        found = environments.find(users, eid, os.geteuid())
         if found is None or not found[1].get("waiting"):
             return True, 0, {}  # something changed: look under the lock
         env = found[1]
@@ -176,7 +176,7 @@ def leave(ctx: Context, eid: str) -> None:
     """Leave the line (Ctrl-C): nothing more is held than before. (The
     caller holds back ``HELD`` signals meanwhile.)"""
     with Session(ctx) as session:
-        found = environments.find(session.users, eid)
+        found = environments.find(session.users, eid, ctx.euid)
         if found is not None and (found[1].get("waiting") or {}).get("pid") == os.getpid():
             found[1]["waiting"] = None
             session.tx.changed(found[0])

@@ -88,7 +88,8 @@ _genv_eval() {
 # keeps pointing at GPUs it no longer holds: the marker of the environment's
 # owner holds another token than at the last sync (its GPUs were released,
 # another terminal detached), or the reservation's end is near or past.
-# Builtins only: no Python runs unless one of these is true.
+# Builtins only (but for root's dd below): no Python runs unless one of these
+# is true.
 _genv_sync_check() {
   [ -n "${GENV_ENVIRONMENT_ID-}" ] && [ -n "${_GENV_SYNC_FILE-}" ] || return 0
   ! _genv_in_subshell || return 0
@@ -96,9 +97,17 @@ _genv_sync_check() {
   _genv_mark=''
   # Only a regular file of this user (or, for root, of anyone): never a
   # link, never a FIFO that would hold the prompt.
-  if [ -f "$_GENV_SYNC_FILE" ] && [ ! -L "$_GENV_SYNC_FILE" ] &&
-    { [ -O "$_GENV_SYNC_FILE" ] || [ "${EUID-}" = 0 ]; }; then
-    IFS= read -r _genv_mark <"$_GENV_SYNC_FILE" || _genv_mark=''
+  if [ -f "$_GENV_SYNC_FILE" ] && [ ! -L "$_GENV_SYNC_FILE" ]; then
+    if [ -O "$_GENV_SYNC_FILE" ]; then
+      IFS= read -r _genv_mark <"$_GENV_SYNC_FILE" || _genv_mark=''
+    elif [ "${EUID-}" = 0 ]; then
+      # Another user's (root in their environment): its owner may swap a
+      # FIFO or a huge file in after the tests above, so it is opened
+      # without blocking or following a link, and read no further than a
+      # token.
+      _genv_mark=$(command dd if="$_GENV_SYNC_FILE" iflag=nonblock,nofollow bs=64 count=1 status=none \
+        2>/dev/null) || _genv_mark=''
+    fi
   fi
   if [ "$_genv_mark" = "${_GENV_SYNC-}" ]; then
     case ${_GENV_UNTIL-} in
