@@ -306,6 +306,26 @@ class Shell:
             result = self.run('eval "$(genv init -)"')
             assert result.rc == 0, result
 
+    def background(self, command: str) -> int:
+        """Start ``command`` in the background (the terminal's child, or an
+        orphan when ``command`` is a subshell that starts it); its pid once
+        it has run its exec: ``$!`` is known at the fork, while the child
+        still runs the shell's own program (a listing that reads its command
+        line too soon sees the shell's)."""
+        pid = int(self.ok(command).strip())
+
+        def own_program() -> bool:
+            try:
+                with open("/proc/%d/cmdline" % pid, "rb") as handle:
+                    mine = handle.read()
+            except OSError:
+                return True  # ended already: nothing to wait for
+            with open("/proc/%d/cmdline" % self.pid, "rb") as handle:
+                return mine != handle.read()
+
+        until(own_program, "the exec of %r" % command)
+        return pid
+
     def run(self, command: str, timeout: float = 60) -> Result:
         marker = "__GENV_TEST_%s__" % uuid4().hex
         script = "%s\n__rc=$?; printf '\\n%s %%s\\n' \"$__rc\"; printf '\\n%s\\n' >&2\n" % (command, marker, marker)
@@ -598,6 +618,21 @@ def alive(pid: int) -> bool:
     return data[data.rfind(")") + 2] not in "ZX"
 
 
+def running(pid: int, program: bytes) -> None:
+    """Wait until ``pid`` runs ``program`` (its exec done: ``$!`` names a
+    fork that still runs the shell, with the shell's command line and
+    environment), or has ended."""
+
+    def done() -> bool:
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as handle:
+                return os.path.basename(handle.read().split(b"\0")[0]) == program
+        except OSError:
+            return True
+
+    until(done, "pid %d to run %s" % (pid, program.decode()))
+
+
 def until(condition: Callable[[], Any], what: str = "a condition", timeout: float = 30.0, step: float = 0.02) -> Any:
     """Wait for something the test cannot be told about (a process that
     dies, a file that appears, a state change): call ``condition`` until it
@@ -753,7 +788,7 @@ class Gpus:
     def in_shell(self, shell: Shell, gpu: Any = None, mib: int = 100, name: str = "python",
                  command: str = "sleep 600") -> int:
         """A process started by a terminal (its child)."""
-        pid = int(shell.ok("%s </dev/null >/dev/null 2>&1 & echo $!" % command).strip())
+        pid = shell.background("%s </dev/null >/dev/null 2>&1 & echo $!" % command)
         self.pids.append(pid)
         if gpu is not None:
             self.put(pid, gpu, mib, name)
@@ -762,7 +797,7 @@ class Gpus:
     def orphan(self, shell: Shell, gpu: Any = None, mib: int = 100, name: str = "python") -> int:
         """A process a terminal started in a subshell that exited at once: its
         parent is no longer the terminal (only its environment tells)."""
-        pid = int(shell.ok("(sleep 600 </dev/null >/dev/null 2>&1 & echo $!)").strip())
+        pid = shell.background("(sleep 600 </dev/null >/dev/null 2>&1 & echo $!)")
         self.pids.append(pid)
         if gpu is not None:
             self.put(pid, gpu, mib, name)
@@ -780,6 +815,7 @@ class Gpus:
             "</dev/null >/dev/null 2>&1 & read -r p <%s; echo \"$p $!\"" % (fifo, fifo))
         pid, parent = map(int, out.split())
         self.pids += [pid, parent]
+        running(pid, b"sleep")
         if gpu is not None:
             self.put(pid, gpu, mib, name)
         return pid
@@ -793,6 +829,7 @@ class Gpus:
         with open(fifo) as handle:
             child = int(handle.read())
         self.pids.append(child)
+        running(child, b"sleep")
         if gpu is not None:
             self.put(child, gpu, mib, name)
         return parent, child

@@ -114,7 +114,7 @@ class World:
 
     def in_shell(self, shell, gpu=None, mib=100, command="sleep 613"):
         """A child of a terminal."""
-        pid = int(shell.ok("%s </dev/null >/dev/null 2>&1 & echo $!" % command).strip())
+        pid = shell.background("%s </dev/null >/dev/null 2>&1 & echo $!" % command)
         self.pids.append(pid)
         if gpu is not None:
             self.put(pid, gpu, mib)

@@ -1034,8 +1034,8 @@ random.seed(SEED)
 interrupted = 0
 for n in range(60):
     timer = threading.Timer(random.random() * 0.1, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
     try:
+        timer.start()  # the interrupt may come before start() returns (a loaded machine)
         with genv.sdk.environment(gpus=1):
             pass
     except KeyboardInterrupt:
