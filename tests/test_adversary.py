@@ -343,3 +343,36 @@ def test_holding_the_state_lock_does_not_switch_enforcement_off(genv, gpus, othe
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_holding_the_state_lock_does_not_hold_others_prompts(genv, other_user):
+    """The prompt runs genv sync when something changed (an end within ten
+    minutes, or past). A user who kept the state lock made each such prompt
+    of everyone else wait GENV_LOCK_TIMEOUT (10 s) and fail, again at every
+    prompt, the terminal still pointing at GPUs whose reservation ended.
+    The prompt's sync waits a moment, then follows the state as its files
+    say, writing nothing; the terminal is told once."""
+    need("root")
+    shell = genv.shell("bash")
+    shell.ok("export GENV_TEST_CLOCK=0; genv activate --gpus 1 && genv attach --for 1h")
+    holder = subprocess.Popen(["python3", "-c", HOLD, genv.tmpdir], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, **as_user(other_user))
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        started = time.monotonic()
+        result = shell.run("export GENV_TEST_CLOCK=3300; _genv_sync_check")  # what the prompt runs
+        assert result.err == "genv: the reservation of GPU 0 ends in 5m ('genv attach --for DURATION' renews it)\n", \
+            result
+        assert shell.run("_genv_sync_check").err == ""
+        result = shell.run("export GENV_TEST_CLOCK=3610; _genv_sync_check")
+        assert result.err == "genv: GPU 0 was released at the end of its reservation\n", result
+        assert shell.var("CUDA_VISIBLE_DEVICES") == ""
+        assert shell.run("_genv_sync_check").err == ""
+        assert time.monotonic() - started < 8, "the prompts waited for the lock"
+    finally:
+        holder.kill()
+        holder.wait()
+    # Once the lock is free, the next command writes the release, told once.
+    result = shell.run("genv status >/dev/null")
+    assert result.rc == 0 and result.err == "", result
+    assert [env["devices"] for env in genv.state()["envs"]] == [[]]

@@ -126,7 +126,8 @@ _genv_sync_check() {
     [ "$_genv_now" -ge $((_GENV_UNTIL - 600)) ] || return 0
     [ "$_genv_now" -ge "$_GENV_UNTIL" ] || [ "${_GENV_WARNED-}" != "$_GENV_UNTIL" ] || return 0
   fi
-  _genv_eval '' sync
+  # (--no-wait: a state lock that another process keeps never holds the prompt)
+  _genv_eval '' sync --no-wait
 }
 
 _genv_path_add() {
