@@ -376,3 +376,23 @@ def test_holding_the_state_lock_does_not_hold_others_prompts(genv, other_user):
     result = shell.run("genv status >/dev/null")
     assert result.rc == 0 and result.err == "", result
     assert [env["devices"] for env in genv.state()["envs"]] == [[]]
+
+
+def test_a_null_byte_in_a_users_marker_is_no_warning_at_roots_prompts(genv, other_user, sh):
+    """root in a user's environment reads the owner's marker at each prompt
+    (dd, in $(...)). A NUL written into it made bash print 'ignored null
+    byte in input' at every one of root's prompts; now root's prompt runs
+    genv sync (the token differs) and says nothing."""
+    need("root")
+    user = genv.shell("bash", user=other_user)
+    user.ok("genv activate --gpus 1")
+    root = genv.shell(sh)
+    root.ok("genv activate --id %s" % user.var("GENV_ENVIRONMENT_ID"))
+    marker = root.var("_GENV_SYNC_FILE")
+    assert marker == os.path.join(genv.tmpdir, "user-%d.sync" % other_user.pw_uid)
+    subprocess.run(["python3", "-c", "import sys; open(sys.argv[1], 'wb').write(b'ab\\0cd\\n')", marker],
+                   check=True, **as_user(other_user))
+    for _ in range(2):
+        result = root.run("_genv_sync_check")  # what the prompt runs
+        assert (result.rc, result.err) == (0, ""), result
+    assert root.var("CUDA_VISIBLE_DEVICES") == "0"
