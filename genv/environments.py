@@ -390,7 +390,11 @@ def expire(users: Users, boot: float, ends: Dict[Tuple[int, str], Tuple[float, s
     """Release the GPUs of every environment whose reservation ended by
     ``boot`` (the boot clock): its own ``until``, or an earlier end in
     ``ends`` ((uid, id) -> (end, why): the policy's limit counted from what
-    root saw). Returns the uids changed."""
+    root saw). An earlier end still to come becomes the environment's
+    ``until``, so that its terminals, which compare only that with the
+    clock at each prompt, follow it (the owner's file never wrote it: a
+    policy written or lowered after the attach, or an end removed by hand).
+    Returns the uids changed."""
     changed = set()
     for uid, state in users.items():
         for env in state["envs"]:
@@ -403,5 +407,8 @@ def expire(users: Users, boot: float, ends: Dict[Tuple[int, str], Tuple[float, s
                 end, why = other
             if end is not None and end <= boot:
                 release(env, why)
+                changed.add(uid)
+            elif end is not None and end != until:
+                env["until"] = end
                 changed.add(uid)
     return changed

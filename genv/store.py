@@ -503,7 +503,10 @@ class Transaction:
             return ""
         if info.st_uid != uid:
             return ""
-        return raw.decode("ascii", "replace").strip()
+        token = raw.decode("ascii", "replace").strip()
+        # Only what genv writes (hex digits) goes to the shell: another
+        # value (a NUL, a quote) written by hand is none.
+        return token if all(c in "0123456789abcdef" for c in token) else ""
 
     def _write_marker(self, uid: int) -> None:
         token = self.marker(uid)

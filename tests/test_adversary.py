@@ -343,3 +343,56 @@ def test_holding_the_state_lock_does_not_switch_enforcement_off(genv, gpus, othe
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_holding_the_state_lock_does_not_hold_others_prompts(genv, other_user):
+    """The prompt runs genv sync when something changed (an end within ten
+    minutes, or past). A user who kept the state lock made each such prompt
+    of everyone else wait GENV_LOCK_TIMEOUT (10 s) and fail, again at every
+    prompt, the terminal still pointing at GPUs whose reservation ended.
+    The prompt's sync waits a moment, then follows the state as its files
+    say, writing nothing; the terminal is told once."""
+    need("root")
+    shell = genv.shell("bash")
+    shell.ok("export GENV_TEST_CLOCK=0; genv activate --gpus 1 && genv attach --for 1h")
+    holder = subprocess.Popen(["python3", "-c", HOLD, genv.tmpdir], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, **as_user(other_user))
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        started = time.monotonic()
+        result = shell.run("export GENV_TEST_CLOCK=3300; _genv_sync_check")  # what the prompt runs
+        assert result.err == "genv: the reservation of GPU 0 ends in 5m ('genv attach --for DURATION' renews it)\n", \
+            result
+        assert shell.run("_genv_sync_check").err == ""
+        result = shell.run("export GENV_TEST_CLOCK=3610; _genv_sync_check")
+        assert result.err == "genv: GPU 0 was released at the end of its reservation\n", result
+        assert shell.var("CUDA_VISIBLE_DEVICES") == ""
+        assert shell.run("_genv_sync_check").err == ""
+        assert time.monotonic() - started < 8, "the prompts waited for the lock"
+    finally:
+        holder.kill()
+        holder.wait()
+    # Once the lock is free, the next command writes the release, told once.
+    result = shell.run("genv status >/dev/null")
+    assert result.rc == 0 and result.err == "", result
+    assert [env["devices"] for env in genv.state()["envs"]] == [[]]
+
+
+def test_a_null_byte_in_a_users_marker_is_no_warning_at_roots_prompts(genv, other_user, sh):
+    """root in a user's environment reads the owner's marker at each prompt
+    (dd, in $(...)). A NUL written into it made bash print 'ignored null
+    byte in input' at every one of root's prompts; now root's prompt runs
+    genv sync (the token differs) and says nothing."""
+    need("root")
+    user = genv.shell("bash", user=other_user)
+    user.ok("genv activate --gpus 1")
+    root = genv.shell(sh)
+    root.ok("genv activate --id %s" % user.var("GENV_ENVIRONMENT_ID"))
+    marker = root.var("_GENV_SYNC_FILE")
+    assert marker == os.path.join(genv.tmpdir, "user-%d.sync" % other_user.pw_uid)
+    subprocess.run(["python3", "-c", "import sys; open(sys.argv[1], 'wb').write(b'ab\\0cd\\n')", marker],
+                   check=True, **as_user(other_user))
+    for _ in range(2):
+        result = root.run("_genv_sync_check")  # what the prompt runs
+        assert (result.rc, result.err) == (0, ""), result
+    assert root.var("CUDA_VISIBLE_DEVICES") == "0"

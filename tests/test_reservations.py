@@ -596,8 +596,9 @@ def test_a_forged_end_cannot_outlast_max_reservation(genv, world, other_user):
     look(genv, 100)  # root sees the end gone: max_reservation counts from here
     assert env_of(genv, eid(shell), HOUR + 90)["devices"] == [0]
     result = shell.run("export GENV_TEST_CLOCK=%d; genv status" % (HOUR + 110))
-    assert told(result.err) == ["genv: GPU 0 was released at the end of the longest reservation the policy allows "
-                                "(max_reservation = 1h)"], result
+    # (root's look at 100 wrote that end back into the owner's file, for the
+    # terminals: it is the reservation's end from then on)
+    assert told(result.err) == ["genv: GPU 0 was released at the end of its reservation"], result
     assert genv.state(other_user.pw_uid)["envs"][0]["devices"] == []
 
 
@@ -648,3 +649,26 @@ def test_what_is_reclaimed_or_ended_stops_counting_at_once(genv, world, other_us
     # The end: the next command frees the cap.
     first.ok("export GENV_TEST_CLOCK=%d; genv attach --count 1" % (3 * HOUR + 1))
     assert gpus(first) == "0"
+
+
+def test_a_terminal_follows_the_policys_end_at_its_prompt(genv, other_user):
+    """An end that comes from max_reservation and root's record (a policy
+    written after the attach), not from the owner's file: a terminal learns
+    it at its next genv command, is warned ten minutes before at a prompt,
+    and at the first prompt after it points at no GPU, although nobody
+    wrote its owner's file (another user's command released the GPU only in
+    its own memory)."""
+    need("root")
+    shell = genv.shell("bash", user=other_user)
+    shell.ok("export GENV_TEST_CLOCK=0; genv activate --gpus 1")
+    assert env_of(genv, eid(shell))["until"] is None  # no policy: no end
+    look(genv, 0)  # root sees it with no end
+    path = write_policy(genv, {"default": {"max_reservation": "1h"}})
+    shell.ok("export GENV_POLICY=%s GENV_TEST_CLOCK=100; genv status >/dev/null" % path)
+    assert shell.var("_GENV_UNTIL") is not None
+    result = shell.run("export GENV_TEST_CLOCK=%d; _genv_sync_check" % (HOUR - 300))  # what the prompt runs
+    assert result.err.startswith("genv: the reservation of GPU 0 ends in 5m"), result
+    assert env_of(genv, eid(shell), HOUR + 10)["devices"] == []  # for everyone else, in memory
+    result = shell.run("export GENV_TEST_CLOCK=%d; _genv_sync_check" % (HOUR + 10))
+    assert told(result.err) == ["genv: GPU 0 was released at the end of its reservation"], result
+    assert gpus(shell) == ""

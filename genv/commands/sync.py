@@ -15,17 +15,20 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import List
 
 
+OPTIONS = {"--no-wait": False}
+
+
 def complete(words: List[str]) -> List[str]:
-    return []
+    return options.complete(words, OPTIONS, {})
 
 
 def main(argv: List[str]) -> int:
-    options.parse(argv, {}, 0)
+    opts, _ = options.parse(argv, OPTIONS, 0)
     ctx = Context()
     if ctx.eid is None:
         return 0  # not in an environment: nothing to follow
     ctx.refuse_in_subshell("sync")
-    outcome = operations.sync(ctx, ctx.eid, os.environ)
+    outcome = operations.sync(ctx, ctx.eid, os.environ, wait="--no-wait" not in opts)
     emit(Script().plan(outcome.plan).encode())
     for message in outcome.messages:
         warn(message)

@@ -116,7 +116,10 @@ def tell(session: Session, owner: int, env: Dict[str, Any], base: Mapping[str, s
     from ..sizes import format_duration
 
     plan.set(activation.SYNC_FILE, session.tx.marker_path(owner))
-    plan.set(activation.SYNC, session.tx.marker(owner))
+    if session.tx.unlocked is None:
+        plan.set(activation.SYNC, session.tx.marker(owner))
+    else:  # read without the lock: the marker may be newer than what was read, so look again when it differs
+        plan.set(activation.SYNC, base.get(activation.SYNC, ""))
     told = base.get(activation.NOTE, "")
     messages = [] if newcomer or not told.isdigit() or len(told) > 18 else environments.notes_after(env, int(told))
     plan.set(activation.NOTE, str(environments.last_note(env)))
@@ -135,12 +138,23 @@ def tell(session: Session, owner: int, env: Dict[str, Any], base: Mapping[str, s
     return messages
 
 
-def sync(ctx: Context, eid: str, base: Mapping[str, str]) -> Outcome:
+PROMPT_LOCK_TIMEOUT = 0.2
+"""Seconds the shell's own ``genv sync`` (at a prompt, after a genv command)
+waits for the state lock, which anyone can keep."""
+
+
+def sync(ctx: Context, eid: str, base: Mapping[str, str], wait: bool = True) -> Outcome:
     """Bring the shell in line with its environment as the state is now
     (its GPUs were released, an end passed, another terminal detached): the
     shell function runs it when the marker changed, an end came near, or
-    after any genv command (``genv sync``)."""
-    with Session(ctx) as session:
+    after any genv command (``genv sync``). Without ``wait``, a state lock
+    that another process keeps longer than ``PROMPT_LOCK_TIMEOUT`` does not
+    hold the shell: the terminal follows the state as its files say (what
+    ended ends for every reader), and nothing is written."""
+    from ..locking import timeout_from_env
+
+    timeout = None if wait else min(timeout_from_env(), PROMPT_LOCK_TIMEOUT)
+    with Session(ctx, fallback=not wait, lock_timeout=timeout) as session:
         found = environments.find(session.users, eid, ctx.euid)
         if found is not None and ctx.euid not in (0, found[0]):
             found = None  # another user's id: never this terminal's to follow
@@ -151,7 +165,8 @@ def sync(ctx: Context, eid: str, base: Mapping[str, str]) -> Outcome:
             return Outcome(None, plan, None, [
                 "environment %s no longer exists: this terminal holds no GPUs ('genv deactivate' leaves it)" % eid])
         owner, env = found
-        session.deliver_warnings(owner, env)
+        if session.tx.unlocked is None:  # (told once: when they are taken out of the file)
+            session.deliver_warnings(owner, env)
         plan = activation.sync(env, base)
         messages = session.messages + tell(session, owner, env, base, plan)
         return Outcome(copy(env), plan, None, messages)

@@ -35,13 +35,16 @@ class Session:
     command lines and executables are read (listings and enforce; an attach
     needs neither). ``fallback``: a lock held too long by someone else
     (``Transaction.unlocked``) does not stop the command: it reads the
-    state without it and writes nothing. Messages for the caller collect
-    in ``messages``."""
+    state without it and writes nothing; ``lock_timeout``: how long to wait
+    for the lock (None: ``GENV_LOCK_TIMEOUT``). Messages for the caller
+    collect in ``messages``."""
 
     def __init__(self, ctx: Context, holders_only: bool = False, listing: bool = False, observe: bool = False,
-                 usage: bool = False, details: bool = False, fallback: bool = False) -> None:
+                 usage: bool = False, details: bool = False, fallback: bool = False,
+                 lock_timeout: Optional[float] = None) -> None:
         self.ctx = ctx
         self.fallback = fallback
+        self.lock_timeout = lock_timeout
         self.holders_only = holders_only
         self.listing = listing
         self.details = details
@@ -119,7 +122,8 @@ class Session:
         return pid, token
 
     def __enter__(self) -> "Session":
-        tx = self.folder.transaction(listing=self.listing, timer=not self.ctx.library, fallback=self.fallback)
+        tx = self.folder.transaction(self.lock_timeout, listing=self.listing, timer=not self.ctx.library,
+                                     fallback=self.fallback)
         tx.user_name = self.ctx.user
         self.tx: Transaction = tx.__enter__()
         try:

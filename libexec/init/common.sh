@@ -104,9 +104,11 @@ _genv_sync_check() {
       # Another user's (root in their environment): its owner may swap a
       # FIFO or a huge file in after the tests above, so it is opened
       # without blocking or following a link, and read no further than a
-      # token.
-      _genv_mark=$(command dd if="$_GENV_SYNC_FILE" iflag=nonblock,nofollow bs=64 count=1 status=none \
-        2>/dev/null) || _genv_mark=''
+      # token; bash's warning about a NUL in it is not shown.
+      {
+        _genv_mark=$(command dd if="$_GENV_SYNC_FILE" iflag=nonblock,nofollow bs=64 count=1 status=none \
+          2>/dev/null) || _genv_mark=''
+      } 2>/dev/null
     fi
   fi
   if [ "$_genv_mark" = "${_GENV_SYNC-}" ]; then
@@ -126,7 +128,8 @@ _genv_sync_check() {
     [ "$_genv_now" -ge $((_GENV_UNTIL - 600)) ] || return 0
     [ "$_genv_now" -ge "$_GENV_UNTIL" ] || [ "${_GENV_WARNED-}" != "$_GENV_UNTIL" ] || return 0
   fi
-  _genv_eval '' sync
+  # (--no-wait: a state lock that another process keeps never holds the prompt)
+  _genv_eval '' sync --no-wait
 }
 
 _genv_path_add() {
