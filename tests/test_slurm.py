@@ -374,6 +374,36 @@ def test_a_job_without_gpus_here_manages_none(plain):
     assert refused.rc == 1 and "this machine has 0" in refused.err
 
 
+def test_a_job_id_of_no_running_job_of_ours_gives_no_gpu(plain, other_user):
+    """SLURM_JOB_ID (and SLURM_JOB_GPUS) carried outside a job, by mistake (a
+    shell kept from a job that ended) or by hand: genv in it never hands out
+    a GPU that Slurm gave a job, nor another user's job's GPUs; Slurm's
+    answer, not the variables, says what the job holds."""
+    mine = plain.salloc("gpu:2")  # GPUs 0 and 1: a running job of root's
+    ended = plain.salloc("gpu:1")  # GPU 2, until it ends
+    plain.cancel(ended)
+    cases = [
+        (None, ended, "2", "genv: Slurm job %s is not running; genv manages no GPU in it" % ended),
+        (None, "999999", "0-3", "genv: Slurm job 999999 is not running; genv manages no GPU in it"),
+        (other_user, mine, "0-1", "genv: Slurm job %s is not yours (it is root's); genv manages no GPU in it" % mine),
+    ]
+    # (The other user keeps their state in a folder of theirs: a job's folder made by root is refused to them.)
+    theirs = os.path.join(plain.genv.base, "home-" + other_user.pw_name, "state")
+    for user, jid, gpus, message in cases:
+        shell = plain.genv.shell(user=user, SLURM_JOB_ID=jid, SLURM_JOB_GPUS=gpus,
+                                 GENV_TMPDIR=theirs if user is not None else None)
+        result = shell.run("genv devices --format json")
+        assert result.rc == 0 and json.loads(result.out) == [], (jid, result)
+        assert result.err.strip() == message, (jid, result)
+        refused = shell.run("genv activate --gpus 1")
+        assert refused.rc == 1 and "this machine has 0" in refused.err, (jid, refused)
+        shell.close()
+    # The job's own terminals still get its GPUs.
+    own = plain.step(mine)
+    own.ok("genv activate --gpus 2")
+    assert own.var("CUDA_VISIBLE_DEVICES") == "%s,%s" % (UUIDS[0], UUIDS[1])
+
+
 # --- item 3: one pool per job, private; state gone with the job -------------------------
 
 
