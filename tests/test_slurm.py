@@ -570,6 +570,21 @@ def test_attach_never_takes_a_jobs_gpu_and_waits_for_it(plain):
     assert len(calls(plain)) <= took + 2, calls(plain)
 
 
+def test_a_stopped_job_still_holds_its_gpus(plain):
+    """A job its user stopped (scancel --signal=STOP: JobState=STOPPED) keeps
+    its allocation, and goes on where it was when continued."""
+    jid = plain.sbatch("sleep 600\n", gres="gpu:1")
+    plain.wait_state(jid, ("RUNNING",))
+    plain.cluster.client(["scancel", "--signal=STOP", jid])
+    plain.wait_state(jid, ("STOPPED",))
+    shell = plain.genv.shell()
+    docs = devices_json(shell)
+    assert [[h["id"] for h in doc["environments"]] for doc in docs] == [["slurm:" + jid], [], [], []]
+    refused = shell.run("genv activate && genv attach --index 0")
+    assert refused.rc == 1 and "it is busy outside genv (Slurm job %s of root)" % jid in refused.err, refused
+    plain.cluster.client(["scancel", "--signal=CONT", jid])
+
+
 def test_monitor_counts_a_jobs_gpus_as_held(plain):
     jid = plain.sbatch("sleep 600\n", gres="gpu:2")
     plain.wait_state(jid, ("RUNNING",))

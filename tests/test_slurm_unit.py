@@ -99,6 +99,7 @@ def test_states():
     assert slurm.parse_jobs(record(5, state="SUSPENDED"), {"vm"})["5"].holding
     assert not slurm.parse_jobs(record(5, state="PENDING", gres=""), {"vm"})["5"].holding
     assert not slurm.parse_jobs(record(5, state="COMPLETED"), {"vm"})["5"].holding
+    assert slurm.parse_jobs(record(5, state="STOPPED"), {"vm"})["5"].holding  # SIGSTOPped: still allocated
 
 
 def test_what_a_user_types_can_only_add_holds():

@@ -21,8 +21,9 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_JOBS_DIR = "/var/tmp/genv-slurm"
 JOB_FOLDER = "job-"
-# Job states in which the job's resources are allocated on its nodes.
-HOLDING = frozenset(("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT",
+# Job states in which the job's resources are allocated on its nodes
+# (STOPPED: its processes got SIGSTOP, e.g. from scancel --signal=STOP).
+HOLDING = frozenset(("RUNNING", "SUSPENDED", "STOPPED", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT",
                      "RESIZING"))
 MAX_NAMES = 1 << 16  # the most host names one hostlist expression may expand to
 PREFIX = "slurm:"  # the id a job has where genv shows holders
