@@ -610,6 +610,26 @@ def test_the_control_folder_is_private(monkeypatch):
         shutil.rmtree(str(tmp_path))
 
 
+def test_the_control_folder_is_never_in_a_folder_another_user_owns(other_user, tmp_path):
+    """root with another user's XDG_RUNTIME_DIR (kept by su or sudo -E): that
+    user could rename root's control folder and put their own socket in its
+    place, and root's ssh would hand its session (its terminal) to their
+    master. A folder others may write to without the sticky bit is no
+    better, whoever owns it."""
+    need("root")
+    runtime = tmp_path / "run-theirs"
+    runtime.mkdir(mode=0o700)
+    os.chown(str(runtime), other_user.pw_uid, other_user.pw_gid)
+    folder = str(runtime / "genv-ssh")
+    assert not remote.private_folder(folder) and not os.path.lexists(folder)  # (nothing made there either)
+    mine = tmp_path / "run-open"
+    mine.mkdir()
+    os.chmod(str(mine), 0o777)  # root's own, but anyone may rename in it
+    assert not remote.private_folder(str(mine / "genv-ssh"))
+    os.chmod(str(mine), 0o700)
+    assert remote.private_folder(str(mine / "genv-ssh"))
+
+
 # === 8. the README's "Several machines" ==========================================================
 
 
