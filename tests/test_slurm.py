@@ -398,6 +398,13 @@ def test_a_job_id_of_no_running_job_of_ours_gives_no_gpu(plain, other_user):
         refused = shell.run("genv activate --gpus 1")
         assert refused.rc == 1 and "this machine has 0" in refused.err, (jid, refused)
         shell.close()
+    # A job id Slurm would not write (a leading zero) names no job: genv works as outside jobs.
+    shell = plain.genv.shell(user=other_user, SLURM_JOB_ID="0" + mine, SLURM_JOB_GPUS="0-1")
+    docs = devices_json(shell)
+    assert [[h["id"] for h in doc["environments"]] for doc in docs] == [["slurm:" + mine]] * 2 + [[], []]
+    shell.ok("genv activate --gpus 1")
+    assert shell.var("CUDA_VISIBLE_DEVICES") == "2"
+    shell.close()
     # The job's own terminals still get its GPUs.
     own = plain.step(mine)
     own.ok("genv activate --gpus 2")

@@ -275,6 +275,8 @@ def test_where_slurm_is(monkeypatch, tmp_path):
     assert slurm.look(machine(), [], None, print) is None
     monkeypatch.setenv("SLURM_JOB_ID", "12; rm -rf /")
     assert slurm.job_id() is None
+    monkeypatch.setenv("SLURM_JOB_ID", "012")  # not as Slurm writes job 12: scontrol would answer for 12
+    assert slurm.job_id() is None
 
 
 def test_the_jobs_state_folder(monkeypatch, tmp_path):
