@@ -262,9 +262,19 @@ def ssh_command() -> List[str]:
 def private_folder(path: str) -> bool:
     """Whether ``path`` is (or has now been made) a folder that only this
     user can reach: a real folder (not a link), owned by the user, mode
-    0700, in a parent that others cannot rename it in."""
+    0700, in a parent that no other user can rename it in."""
     import stat
 
+    euid = os.geteuid()
+    try:
+        parent = os.stat(os.path.dirname(path))
+    except OSError:
+        return False
+    # The parent's owner may rename what is in it (another user's
+    # XDG_RUNTIME_DIR, kept by su): it must be this user or root; others who
+    # may write to it may too, unless it is sticky (/tmp).
+    if parent.st_uid not in (euid, 0) or (parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX):
+        return False
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -273,16 +283,9 @@ def private_folder(path: str) -> bool:
         return False
     try:
         info = os.lstat(path)
-        parent = os.stat(os.path.dirname(path))
     except OSError:
         return False
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
-        return False
-    # Another user who may write the parent could swap the folder, unless the
-    # parent is sticky (/tmp) or theirs alone is ours.
-    if parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX and parent.st_uid != os.geteuid():
-        return False
-    return True
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == euid and not info.st_mode & 0o077
 
 
 def control_folder() -> Optional[str]:

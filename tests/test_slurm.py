@@ -374,6 +374,43 @@ def test_a_job_without_gpus_here_manages_none(plain):
     assert refused.rc == 1 and "this machine has 0" in refused.err
 
 
+def test_a_job_id_of_no_running_job_of_ours_gives_no_gpu(plain, other_user):
+    """SLURM_JOB_ID (and SLURM_JOB_GPUS) carried outside a job, by mistake (a
+    shell kept from a job that ended) or by hand: genv in it never hands out
+    a GPU that Slurm gave a job, nor another user's job's GPUs; Slurm's
+    answer, not the variables, says what the job holds."""
+    mine = plain.salloc("gpu:2")  # GPUs 0 and 1: a running job of root's
+    ended = plain.salloc("gpu:1")  # GPU 2, until it ends
+    plain.cancel(ended)
+    cases = [
+        (None, ended, "2", "genv: Slurm job %s is not running; genv manages no GPU in it" % ended),
+        (None, "999999", "0-3", "genv: Slurm job 999999 is not running; genv manages no GPU in it"),
+        (other_user, mine, "0-1", "genv: Slurm job %s is not yours (it is root's); genv manages no GPU in it" % mine),
+    ]
+    # (The other user keeps their state in a folder of theirs: a job's folder made by root is refused to them.)
+    theirs = os.path.join(plain.genv.base, "home-" + other_user.pw_name, "state")
+    for user, jid, gpus, message in cases:
+        shell = plain.genv.shell(user=user, SLURM_JOB_ID=jid, SLURM_JOB_GPUS=gpus,
+                                 GENV_TMPDIR=theirs if user is not None else None)
+        result = shell.run("genv devices --format json")
+        assert result.rc == 0 and json.loads(result.out) == [], (jid, result)
+        assert result.err.strip() == message, (jid, result)
+        refused = shell.run("genv activate --gpus 1")
+        assert refused.rc == 1 and "this machine has 0" in refused.err, (jid, refused)
+        shell.close()
+    # A job id Slurm would not write (a leading zero) names no job: genv works as outside jobs.
+    shell = plain.genv.shell(user=other_user, SLURM_JOB_ID="0" + mine, SLURM_JOB_GPUS="0-1")
+    docs = devices_json(shell)
+    assert [[h["id"] for h in doc["environments"]] for doc in docs] == [["slurm:" + mine]] * 2 + [[], []]
+    shell.ok("genv activate --gpus 1")
+    assert shell.var("CUDA_VISIBLE_DEVICES") == "2"
+    shell.close()
+    # The job's own terminals still get its GPUs.
+    own = plain.step(mine)
+    own.ok("genv activate --gpus 2")
+    assert own.var("CUDA_VISIBLE_DEVICES") == "%s,%s" % (UUIDS[0], UUIDS[1])
+
+
 # --- item 3: one pool per job, private; state gone with the job -------------------------
 
 
@@ -538,6 +575,21 @@ def test_attach_never_takes_a_jobs_gpu_and_waits_for_it(plain):
     assert waited.rc == 0, waited
     assert shell.var("CUDA_VISIBLE_DEVICES") == "0,1"  # the refused attach above detached GPU 3
     assert len(calls(plain)) <= took + 2, calls(plain)
+
+
+def test_a_stopped_job_still_holds_its_gpus(plain):
+    """A job its user stopped (scancel --signal=STOP: JobState=STOPPED) keeps
+    its allocation, and goes on where it was when continued."""
+    jid = plain.sbatch("sleep 600\n", gres="gpu:1")
+    plain.wait_state(jid, ("RUNNING",))
+    plain.cluster.client(["scancel", "--signal=STOP", jid])
+    plain.wait_state(jid, ("STOPPED",))
+    shell = plain.genv.shell()
+    docs = devices_json(shell)
+    assert [[h["id"] for h in doc["environments"]] for doc in docs] == [["slurm:" + jid], [], [], []]
+    refused = shell.run("genv activate && genv attach --index 0")
+    assert refused.rc == 1 and "it is busy outside genv (Slurm job %s of root)" % jid in refused.err, refused
+    plain.cluster.client(["scancel", "--signal=CONT", jid])
 
 
 def test_monitor_counts_a_jobs_gpus_as_held(plain):

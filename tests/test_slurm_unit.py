@@ -99,6 +99,7 @@ def test_states():
     assert slurm.parse_jobs(record(5, state="SUSPENDED"), {"vm"})["5"].holding
     assert not slurm.parse_jobs(record(5, state="PENDING", gres=""), {"vm"})["5"].holding
     assert not slurm.parse_jobs(record(5, state="COMPLETED"), {"vm"})["5"].holding
+    assert slurm.parse_jobs(record(5, state="STOPPED"), {"vm"})["5"].holding  # SIGSTOPped: still allocated
 
 
 def test_what_a_user_types_can_only_add_holds():
@@ -273,6 +274,8 @@ def test_where_slurm_is(monkeypatch, tmp_path):
     assert not slurm.in_job()
     assert slurm.look(machine(), [], None, print) is None
     monkeypatch.setenv("SLURM_JOB_ID", "12; rm -rf /")
+    assert slurm.job_id() is None
+    monkeypatch.setenv("SLURM_JOB_ID", "012")  # not as Slurm writes job 12: scontrol would answer for 12
     assert slurm.job_id() is None
 
 

@@ -423,6 +423,30 @@ exec "$real" "$@"
         assert handle.read() == hosts.homes["gpu2"] + "\n"
 
 
+def test_genv_ssh_takes_any_environment_id_genv_makes(genv, hosts):
+    """An environment's id is its creator's PID, with a suffix where an
+    environment of that id still lives (``4242-2``): the holder's line is
+    read as such, not taken for a failure."""
+    hosts.add("gpu1", gpus=2)
+    # genv there: for the hold, an environment with the id of the PID that
+    # genv run is about to have (the script's own: exec keeps it) lives on.
+    taken = script(os.path.join(hosts.base, "taken-genv"), """#!/bin/bash
+real=%(root)s/bin/genv
+if [ "$1 $2" = "run --no-load" ]; then
+  eval "$("$real" init -)"
+  genv activate --name taken >/dev/null || exit 1
+  unset GENV_ENVIRONMENT_ID
+fi
+exec "$real" "$@"
+""" % {"root": genv.root})
+    hosts.write_hosts("gpu1 %s\n" % taken)
+    rc, out, err = run(genv, "ssh", "-H", "gpu1", "--", "sh", "-c", 'echo "$GENV_ENVIRONMENT_ID"; exit 4')
+    assert rc == 4, err
+    match = re.match(r"genv: gpu1: environment (\d+-2) with GPU 0\n$", err)
+    assert match, err
+    assert out == match.group(1) + "\n"
+
+
 def test_genv_ssh_gives_a_login_shell_with_a_terminal(genv, hosts):
     # sshd gives a session a terminal only as root: unprivileged, it cannot
     # hand the pty to the tty group ("chown(/dev/pts/N, UID, 5) failed").
@@ -584,6 +608,26 @@ def test_the_control_folder_is_private(monkeypatch):
         if not existed and os.path.isdir(fallback) and not os.path.islink(fallback):
             os.rmdir(fallback)
         shutil.rmtree(str(tmp_path))
+
+
+def test_the_control_folder_is_never_in_a_folder_another_user_owns(other_user, tmp_path):
+    """root with another user's XDG_RUNTIME_DIR (kept by su or sudo -E): that
+    user could rename root's control folder and put their own socket in its
+    place, and root's ssh would hand its session (its terminal) to their
+    master. A folder others may write to without the sticky bit is no
+    better, whoever owns it."""
+    need("root")
+    runtime = tmp_path / "run-theirs"
+    runtime.mkdir(mode=0o700)
+    os.chown(str(runtime), other_user.pw_uid, other_user.pw_gid)
+    folder = str(runtime / "genv-ssh")
+    assert not remote.private_folder(folder) and not os.path.lexists(folder)  # (nothing made there either)
+    mine = tmp_path / "run-open"
+    mine.mkdir()
+    os.chmod(str(mine), 0o777)  # root's own, but anyone may rename in it
+    assert not remote.private_folder(str(mine / "genv-ssh"))
+    os.chmod(str(mine), 0o700)
+    assert remote.private_folder(str(mine / "genv-ssh"))
 
 
 # === 8. the README's "Several machines" ==========================================================

@@ -204,7 +204,8 @@ def hold(transport: remote.Transport, host: remote.Host, words: List[str]) -> Tu
                 else:
                     errors += data
         line = output.split(b"\n", 1)[0].decode("utf-8", "replace").split()
-        if b"\n" in output and len(line) in (1, 2) and line[0].isascii() and line[0].isalnum():
+        # The id as genv made it there: a PID, or a PID and a suffix (4242-2).
+        if b"\n" in output and len(line) in (1, 2) and line[0].isprintable():
             done = True
             return Held(pid, (stdin_w, out_r, err_r), line[0], line[1] if len(line) == 2 else ""), ""
         # No line: it ended (or will) without the GPUs; what it said is why.

@@ -21,8 +21,9 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_JOBS_DIR = "/var/tmp/genv-slurm"
 JOB_FOLDER = "job-"
-# Job states in which the job's resources are allocated on its nodes.
-HOLDING = frozenset(("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT",
+# Job states in which the job's resources are allocated on its nodes
+# (STOPPED: its processes got SIGSTOP, e.g. from scancel --signal=STOP).
+HOLDING = frozenset(("RUNNING", "SUSPENDED", "STOPPED", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT",
                      "RESIZING"))
 MAX_NAMES = 1 << 16  # the most host names one hostlist expression may expand to
 PREFIX = "slurm:"  # the id a job has where genv shows holders
@@ -31,6 +32,14 @@ PREFIX = "slurm:"  # the id a job has where genv shows holders
 class SlurmError(GenvError):
     """Slurm could not answer (missing, failing, hanging, or saying something
     unexpected)."""
+
+
+class UnknownJob(SlurmError):
+    """Slurm answered that the job asked about does not exist (any more):
+    an answer, not a failure."""
+
+
+INVALID_JOB = "Invalid job id specified"  # Slurm's own message (ESLURM_INVALID_JOB_ID)
 
 
 # --- where we are ---------------------------------------------------------------
@@ -86,6 +95,8 @@ def ask(args: Sequence[str]) -> str:
         raise SlurmError("cannot run %s: %s" % (path, error.strerror or error)) from None
     if status != 0:
         said = (err or out).decode("utf-8", "replace").strip().splitlines()
+        if said and said[0].endswith(INVALID_JOB):
+            raise UnknownJob(said[0])
         raise SlurmError("scontrol %s failed with exit status %d%s" % (
             " ".join(args), status, (": " + said[0][:200]) if said else ""))
     return out.decode("utf-8", "replace")
@@ -630,17 +641,39 @@ def _variables_gpus() -> Optional[Set[int]]:
     return None
 
 
+def _not_ours(job: Job) -> str:
+    """Why this process may not manage ``job``'s GPUs ('' if it may): the
+    job is not running, or it is another user's (root may join any job)."""
+    if not job.holding:
+        return "is not running"
+    euid = os.geteuid()
+    if euid == 0 or any(uid == euid for _, uid in job.users):
+        return ""
+    return "is not yours (it is %s's)" % next(iter(job.users))[0] if len(job.users) == 1 else "is not yours"
+
+
 def _in_job(view: View, jid: str, say: Callable[[str], None]) -> None:
     view.job = jid
     names = node_names(True)
     gpus: Optional[Set[int]] = None
     why = ""
     try:
-        jobs = parse_jobs(ask(["-d", "-o", "show", "job", jid]), names)
+        try:
+            jobs = parse_jobs(ask(["-d", "-o", "show", "job", jid]), names)
+        except UnknownJob:
+            jobs = {jid: Job(jid)}  # Slurm knows no such job: it runs no more (or never ran)
         job = jobs.get(jid)
         if job is None:
             raise SlurmError("scontrol did not list job %s" % jid)
         view.answered = True
+        # SLURM_JOB_ID is only a variable: a shell kept from a job that
+        # ended, or one that names a job by hand, gets no GPU; Slurm says
+        # whose the job is and whether it runs.
+        refused = _not_ours(job)
+        if refused:
+            say("Slurm job %s %s; genv manages no GPU in it" % (jid, refused))
+            view.pool = []
+            return
         gpus = job.gpus if job.here else set()
     except SlurmError as error:
         gpus = _variables_gpus()

@@ -29,9 +29,12 @@ def configuration() -> Optional[str]:
 
 
 def job_id() -> Optional[str]:
-    """The job this process runs in (``SLURM_JOB_ID``), or None."""
+    """The job this process runs in (``SLURM_JOB_ID``), or None. Only as
+    Slurm writes an id (no leading zero): scontrol reads ``012`` as job 12,
+    whose answer would then not be found under the name asked for."""
     text = os.environ.get("SLURM_JOB_ID", "")
-    return text if text.isascii() and text.isdigit() and 0 < len(text) < 20 else None
+    ok = text.isascii() and text.isdigit() and 0 < len(text) < 20 and not text.startswith("0")
+    return text if ok else None
 
 
 def in_job() -> bool:
