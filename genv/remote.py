@@ -125,9 +125,19 @@ def hosts_file() -> Optional[str]:
 
 
 def read_hosts(path: str) -> List[Host]:
+    import stat
+
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_HOSTS_FILE + 1)
+        # A link is fine (dotfiles managers make them); a FIFO or a device
+        # is not: it could block every listing, and completion, forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise GenvError("the hosts file %s is not a regular file" % path)
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                data = handle.read(MAX_HOSTS_FILE + 1)
+        finally:
+            os.close(fd)
         if len(data) > MAX_HOSTS_FILE:
             raise GenvError("the hosts file %s is larger than %d bytes" % (path, MAX_HOSTS_FILE))
         text = data.decode("utf-8", "surrogateescape")

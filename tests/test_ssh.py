@@ -676,3 +676,21 @@ def test_genv_ssh_without_gpus_and_without_hosts(genv, hosts):
     hosts.write_hosts("gpu1\n")
     rc, out, err = run(genv, "ssh", "--gpus", "0", "--", "sh", "-c", 'echo "[$CUDA_VISIBLE_DEVICES]"')
     assert (rc, out) == (0, "[]\n") and re.match(r"genv: gpu1: environment \d+, without GPUs\n$", err), err
+
+
+def test_a_hosts_file_that_is_not_a_file_is_refused_at_once(genv, tmp_path):
+    """A FIFO (or a device) where the hosts file should be blocked every
+    listing across hosts, and completion, forever; a link to a file (as
+    dotfiles managers make) is read."""
+    config = tmp_path / "config"
+    (config / "genv").mkdir(parents=True)
+    os.mkfifo(config / "genv" / "hosts")
+    started = time.monotonic()
+    rc, out, err = run(genv, "devices", "--all-hosts", XDG_CONFIG_HOME=str(config))
+    assert (rc, out) == (1, "") and err == "genv: the hosts file %s is not a regular file\n" % (
+        config / "genv" / "hosts"), err
+    assert time.monotonic() - started < 10
+    (config / "genv" / "hosts").unlink()
+    (tmp_path / "dotfiles").write_text("gpu1 /opt/genv/bin/genv\n")
+    (config / "genv" / "hosts").symlink_to(tmp_path / "dotfiles")
+    assert [host.dest for host in remote.read_hosts(str(config / "genv" / "hosts"))] == ["gpu1"]
