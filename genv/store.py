@@ -290,6 +290,7 @@ class Transaction:
         self.missing = missing
         self.users: Dict[int, Dict[str, Any]] = {}
         self._dirty: Set[int] = set()
+        self.unwritten: Set[int] = set()  # changed files that could not be written (after the exit)
         self._asked: Set[int] = set()  # the files a change was asked of (not only tidied)
         self._foreign: Set[int] = set()
         self._views: Dict[int, Dict[str, Any]] = {}  # what terminals follow, as read
@@ -335,10 +336,12 @@ class Transaction:
                             # itself (an end that passed, an older format), or
                             # what a listing (genv enforce) did, is lost.
                             warn("%s; it is left as it was" % error)
+                            self.unwritten.add(uid)
                             continue
                         if not self.listing:
                             raise
                         warn("%s; the listing is correct, but the state folder was not updated" % error)
+                        self.unwritten |= {later for later in self._dirty if later >= uid}
                         break
                 if self._dirty:
                     files.fault("before-unlock")

@@ -203,6 +203,41 @@ def test_enforce_reports_and_reclaims_environments_idle_too_long(genv, world, ot
     assert run_enforce(genv, GENV_TEST_CLOCK=at(3 * HOUR)) == (0, "No process breaks the rules\n", "")
 
 
+UNWRITABLE = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from genv import store
+from genv.errors import GenvError
+real = store.Transaction._write
+def write(self, uid):  # the owner swapped their file for a folder under the lock
+    if uid == int(sys.argv[2]):
+        raise GenvError("cannot write user-%d.json: Is a directory" % uid)
+    return real(self, uid)
+store.Transaction._write = write
+from genv.commands import enforce
+from genv.core.context import Context
+print(json.dumps([(action.violation.rule, action.outcome, action.failed) for action in enforce.find(Context(), True)]))
+"""
+
+
+def test_a_reclaim_that_could_not_be_written_is_not_reported_as_done(genv, world, other_user):
+    """A user's file that root cannot write back (its owner swapped it for
+    a folder under the lock): nothing was reclaimed, and enforce says so
+    (it reported 'reclaimed' while the GPUs stayed held)."""
+    need("root")
+    write_policy(genv, {"default": {"max_idle": "2h"}})
+    idle = genv.shell("bash", user=other_user)
+    idle.ok("genv activate --gpus 1")
+    assert run_enforce(genv, GENV_TEST_CLOCK=at(0)) == (0, "No process breaks the rules\n", "")
+    done = subprocess.run([sys.executable, "-c", UNWRITABLE, genv.root, str(other_user.pw_uid)],
+                          env=genv.environ(GENV_TEST_CLOCK=at(3 * HOUR)), cwd=genv.work, capture_output=True,
+                          timeout=60)
+    assert done.returncode == 0, done
+    assert json.loads(done.stdout) == [["idle", "could not reclaim", True]], done
+    assert done.stderr.decode().endswith("Is a directory; it is left as it was\n"), done
+    assert [env["devices"] != [] for env in genv.state(other_user.pw_uid)["envs"]] == [True]
+
+
 def test_enforce_reclaim_as_a_service_logs_and_a_busy_environment_stays(genv, world, other_user):
     need("root")
     write_policy(genv, {"default": {"max_idle": "1h"}, "users": {"genvtest": {"max_idle": 7200}}})

@@ -73,50 +73,59 @@ def find(ctx: Context, reclaim: bool = False) -> List[Action]:
     ``reclaim``, the idle environments the caller may reclaim are detached
     (under the lock, their terminals told), and the other rules are judged
     on what is held then."""
+    session = Session(ctx, listing=True, observe=True, details=True, fallback=True)
+    with session:
+        actions = _find(session, ctx, reclaim)
+    for action in actions:  # a file swapped for something else under the lock: nothing was reclaimed there
+        if action.outcome == "reclaimed" and action.violation.uid in session.tx.unwritten:
+            action.outcome, action.failed = "could not reclaim", True
+    return actions
+
+
+def _find(session: Session, ctx: Context, reclaim: bool) -> List[Action]:
     from ..environments import places, release
     from ..sizes import format_duration
 
-    with Session(ctx, listing=True, observe=True, details=True, fallback=True) as session:
-        # Anyone can hold the state lock: enforcement goes on without it, on
-        # each file's last state, with the rules that need no record of
-        # root's and change nothing (a round that gets the lock does the rest).
-        unlocked = session.tx.unlocked
+    # Anyone can hold the state lock: enforcement goes on without it, on
+    # each file's last state, with the rules that need no record of
+    # root's and change nothing (a round that gets the lock does the rest).
+    unlocked = session.tx.unlocked
+    if unlocked is not None:
+        from ..report import warn
+
+        warn("the state lock on %s is held by %s: judging without it, and leaving conflicts and idle "
+             "environments to a round that gets it" % (session.folder.path, unlocked))
+        reclaim = False
+    else:
+        session.witness()  # run by root: what it sees now counts, its claims first seen now
+
+    def judge() -> List[Action]:
+        found = enforce.decide(session.attributed(), session.users, session.machine, session.policy(), ctx.user,
+                               session.seen(), session.boot_id(), session.boot,
+                               places(session.users, session.processes, session.judge))
         if unlocked is not None:
-            from ..report import warn
+            found = [v for v in found if v.rule not in ("conflict", "idle")]
+        view = session.slurm
+        return [Action(v, ctx.user(v.uid) if v.uid is not None else "?", ctx.euid,
+                       view.spare(v.process) if view is not None and v.process is not None else None)
+                for v in found]
 
-            warn("the state lock on %s is held by %s: judging without it, and leaving conflicts and idle "
-                 "environments to a round that gets it" % (session.folder.path, unlocked))
-            reclaim = False
-        else:
-            session.witness()  # run by root: what it sees now counts, its claims first seen now
-
-        def judge() -> List[Action]:
-            found = enforce.decide(session.attributed(), session.users, session.machine, session.policy(), ctx.user,
-                                   session.seen(), session.boot_id(), session.boot,
-                                   places(session.users, session.processes, session.judge))
-            if unlocked is not None:
-                found = [v for v in found if v.rule not in ("conflict", "idle")]
-            view = session.slurm
-            return [Action(v, ctx.user(v.uid) if v.uid is not None else "?", ctx.euid,
-                           view.spare(v.process) if view is not None and v.process is not None else None)
-                    for v in found]
-
-        actions = judge()
-        if not reclaim:
-            return actions
-        reclaimed = []
-        for action in actions:
-            v = action.violation
-            if v.rule == "idle" and action.permitted and v.env is not None and v.uid is not None:
-                release(v.env, "after %s idle" % format_duration(v.idle))
-                session.tx.changed(v.uid)
-                action.outcome, action.failed = "reclaimed", False
-                reclaimed.append(action)
-        if not reclaimed:
-            return actions
-        session.reattribute()  # their processes, if any, are misplaced now
-        return reclaimed + [action for action in judge() if action.violation.rule != "idle"] + [
-            action for action in actions if action.violation.rule == "idle" and action not in reclaimed]
+    actions = judge()
+    if not reclaim:
+        return actions
+    reclaimed = []
+    for action in actions:
+        v = action.violation
+        if v.rule == "idle" and action.permitted and v.env is not None and v.uid is not None:
+            release(v.env, "after %s idle" % format_duration(v.idle))
+            session.tx.changed(v.uid)
+            action.outcome, action.failed = "reclaimed", False
+            reclaimed.append(action)
+    if not reclaimed:
+        return actions
+    session.reattribute()  # their processes, if any, are misplaced now
+    return reclaimed + [action for action in judge() if action.violation.rule != "idle"] + [
+        action for action in actions if action.violation.rule == "idle" and action not in reclaimed]
 
 
 def stop(actions: List[Action], grace: float) -> None:
