@@ -46,7 +46,7 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+    from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
     from .attribution import Process
     from .policy import Policy
@@ -132,7 +132,7 @@ def _cap_text(name: str, value: Any) -> str:
 
 
 def _conflicts(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machine: Any,
-               seen: Optional[Dict[str, Any]], boot_id: Optional[str]) -> List[Violation]:
+               seen: Optional[Dict[str, Any]], boot_id: Optional[str], unordered: Collection[int]) -> List[Violation]:
     from .environments import holdings
     from .sightings import conflicts
 
@@ -140,7 +140,7 @@ def _conflicts(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], m
     for index, holders in holdings(users, machine).items():
         if len(holders) < 2 or all(reserved.get("memory") is not None for _, _, reserved in holders):
             continue
-        kept, lost, undecided = conflicts(holders, seen, boot_id)
+        kept, lost, undecided = conflicts(holders, seen, boot_id, unordered)
         for uid, env, _ in lost:
             first = kept[0][1]["id"] if kept else "?"
             detail = ("GPU %d is also held by environment %s, which a root-run genv saw hold it first"
@@ -149,8 +149,8 @@ def _conflicts(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], m
             found += [Violation("conflict", process, detail) for process in own]
             if not own:
                 found.append(Violation("conflict", None, detail, uid, env, index))
-        if undecided:
-            ids = ", ".join(env["id"] for _, env, _ in undecided)
+        if undecided:  # (with those kept, when one is a claim root has no record of)
+            ids = ", ".join(env["id"] for _, env, _ in kept + undecided)
             detail = ("GPU %d is held by environments %s, which cannot all have it, and no root-run genv saw "
                       "which came first: an admin must decide (genv detach in one of them)" % (index, ids))
             found += [Violation("conflict", None, detail, uid, env, index, decided=False)
@@ -190,12 +190,15 @@ def _idle(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], policy
 def decide(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machine: Any, policy: Policy,
            user: Callable[[int], str], seen: Optional[Dict[str, Any]] = None,
            boot_id: Optional[str] = None, boot: Optional[float] = None,
-           places: Sequence[Tuple[int, Dict[str, Any], str]] = ()) -> List[Violation]:
+           places: Sequence[Tuple[int, Dict[str, Any], str]] = (), unordered: Collection[int] = ()
+           ) -> List[Violation]:
     """The violations, one per process (its first rule in RULES order), and
     those of environments with no process to act on. ``seen``: root's record
     of what root-run commands saw (``genv.sightings``), taken in ``boot_id``;
     ``boot``: now, on the boot clock (the idle rule needs both); ``places``:
-    ``environments.places`` (uid, env, whether it counts or why not)."""
+    ``environments.places`` (uid, env, whether it counts or why not);
+    ``unordered``: the users some of whose environments the record leaves
+    out (``sightings.over``)."""
     from .environments import STOPPED, WAITING
 
     safe = [p for p in processes
@@ -208,7 +211,7 @@ def decide(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machi
         elif process.misplaced:
             found.append(Violation("misplaced", process, "on GPU %s, which environment %s does not hold"
                                    % (_gpu(process), process.env["id"])))
-    found += [v for v in _conflicts(safe, users, machine, seen, boot_id)
+    found += [v for v in _conflicts(safe, users, machine, seen, boot_id, unordered)
               if v.uid is None or user(v.uid) not in policy.exempt_users]
     found += [v for v in _over_cap(safe, users, machine, policy, user)
               if v.uid is None or user(v.uid) not in policy.exempt_users]

@@ -225,24 +225,36 @@ def holdings(users: Users, machine: Sequence[Dict[str, Any]],
     """Who holds each GPU of the machine: index -> [(uid, env, reservation)].
     A reservation is on a GPU by UUID when both sides know UUIDs, else by
     index; one on a GPU that is not on the machine is on none."""
-    by_index = {device["index"]: device for device in machine}
-    by_uuid = {device["uuid"]: device for device in machine if device.get("uuid")}
-    result: Dict[int, List[Tuple[int, Env, Dict[str, Any]]]] = {index: [] for index in by_index}
+    device_of = locate(machine)
+    result: Dict[int, List[Tuple[int, Env, Dict[str, Any]]]] = {device["index"]: [] for device in machine}
     for uid in sorted(users):
         for env in users[uid]["envs"]:
             if env is exclude:
                 continue
             for reserved in env["devices"]:
-                uuid = reserved.get("uuid")
-                if uuid and by_uuid:
-                    device = by_uuid.get(uuid)
-                else:
-                    device = by_index.get(reserved["index"])
-                    if device is not None and uuid and device.get("uuid") and device["uuid"] != uuid:
-                        device = None
+                device = device_of(reserved)
                 if device is not None:
                     result[device["index"]].append((uid, env, reserved))
     return result
+
+
+def locate(machine: Sequence[Dict[str, Any]]) -> Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]:
+    """The GPU of the machine a reservation is on (None: none of them): by
+    UUID when both sides know UUIDs, else by index (a UUID that names
+    another GPU than the index's: none)."""
+    by_index = {device["index"]: device for device in machine}
+    by_uuid = {device["uuid"]: device for device in machine if device.get("uuid")}
+
+    def device_of(reserved: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        uuid = reserved.get("uuid")
+        if uuid and by_uuid:
+            return by_uuid.get(uuid)
+        device = by_index.get(reserved["index"])
+        if device is not None and uuid and device.get("uuid") and device["uuid"] != uuid:
+            return None
+        return device
+
+    return device_of
 
 
 def places(users: Users, processes: Any,

@@ -32,15 +32,28 @@ for every environment that holds GPUs:
 Times are on the boot clock (``genv.clock.boot``), and the record holds the
 boot it was taken in: a record of another boot is dropped whole.
 
+The record is bounded, since users write what it is made of: an
+environment's claim is recorded once (a GPU written twice is one claim),
+claims on GPUs the machine does not have are not recorded when the command
+knows the machine's GPUs, and each user's environments take at most
+``limits.MAX_RECORD`` bytes of it: those root recorded before keep their
+place, then the others in the order of the owner's file, while they fit.
+An environment left out has no record, as one root never saw: nothing is
+decided against anyone on its account (``conflicts``: its claim is not
+ordered; not judged idle; no ``max_reservation`` end), and ``over``
+names its owner, for ``genv enforce`` to tell an admin.
+
 ``update`` is pure; ``Session.witness`` applies it. ``first_seen``,
 ``idle_since`` and ``end`` are what decisions read.
 """
 
 from __future__ import annotations
 
+from .limits import MAX_RECORD
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+    from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Set, Tuple
 
     from .attribution import Process
 
@@ -76,25 +89,103 @@ def _attached(reserved: Dict[str, Any], wall: float, boot: float) -> float:
     return max(0.0, min(boot, boot_from_wall(float(reserved["attached"]), wall, boot)))
 
 
+ENV_BYTES = 200
+"""Bytes an environment's record takes in root's file at most, but for its
+id and its claims (uid, times, flags, keys: the compact ASCII-only JSON
+``genv.jsonio`` writes)."""
+
+CLAIM_BYTES = 64
+"""Bytes a claim takes at most, but for a GPU named by its UUID."""
+
+
+def _text_bytes(text: str) -> int:
+    """Bytes a string takes in the file at most (ASCII-only JSON: up to 12
+    a character, an astral one written as two ``\\uXXXX``)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return len(text) + 2
+    return 12 * len(text) + 2
+
+
+def _recorded(uid: int, envs: Sequence[Env], device_of: Optional[Callable[[Dict[str, Any]], Any]],
+              old: Dict[Tuple[int, str], Record]) -> Tuple[List[Tuple[Env, List[Tuple[Any, Dict[str, Any]]]]], bool]:
+    """The environments of user ``uid`` that hold GPUs and have a place in
+    the record, each with its claims that count ([(key, reservation)]: each
+    (GPU, whole) once, on a GPU of the machine when ``device_of`` knows
+    them), in the order of the file, and whether some were left out (over
+    ``MAX_RECORD``): the ones recorded before first, then the others in
+    order, while they fit."""
+    entries = []
+    rough = 0  # at most 12 bytes a character: exact only when it matters
+    for env in envs:
+        if not env["devices"]:
+            continue
+        claims = []
+        keys = set()
+        size = ENV_BYTES + 12 * len(env["id"]) + 2
+        for reserved in env["devices"]:
+            gpu = reserved.get("uuid") or reserved["index"]  # claim_key
+            key = (gpu, reserved.get("memory") is None)
+            if key in keys or (device_of is not None and device_of(reserved) is None):
+                continue
+            keys.add(key)
+            claims.append((key, reserved))
+            size += CLAIM_BYTES + 12 * len(gpu) + 2 if type(gpu) is str else CLAIM_BYTES
+        if claims:
+            entries.append((env, claims))
+            rough += size
+    if rough <= MAX_RECORD:
+        return entries, False
+    sizes = [ENV_BYTES + _text_bytes(env["id"]) + sum(
+        CLAIM_BYTES + _text_bytes(key[0]) if type(key[0]) is str else CLAIM_BYTES for key, _ in claims)
+        for env, claims in entries]
+    if sum(sizes) <= MAX_RECORD:
+        return entries, False
+    ranked = sorted(range(len(entries)), key=lambda at: ((uid, entries[at][0]["id"]) not in old, at))
+    kept = set()
+    spent = 0
+    for at in ranked:
+        if spent + sizes[at] <= MAX_RECORD:
+            kept.add(at)
+            spent += sizes[at]
+    return [entry for at, entry in enumerate(entries) if at in kept], True
+
+
+def over(users: Users, machine: Optional[Sequence[Dict[str, Any]]] = None) -> List[int]:
+    """The users some of whose environments holding GPUs root's record
+    leaves out (``MAX_RECORD``): what ``update`` with the same ``machine``
+    records is not all they claim."""
+    device_of = _locator(machine)
+    return [uid for uid in sorted(users) if _recorded(uid, users[uid]["envs"], device_of, {})[1]]
+
+
+def _locator(machine: Optional[Sequence[Dict[str, Any]]]) -> Optional[Callable[[Dict[str, Any]], Any]]:
+    if machine is None:
+        return None
+    from .environments import locate
+
+    return locate(machine)
+
+
 def update(seen: Optional[Dict[str, Any]], users: Users, boot_id: str, wall: float, boot: float,
-           processes: Optional[Sequence[Process]]) -> Dict[str, Any]:
+           processes: Optional[Sequence[Process]], machine: Optional[Sequence[Dict[str, Any]]] = None
+           ) -> Dict[str, Any]:
     """Root's record after a look at ``users`` (and, when the command asked
-    nvidia-smi, at the attributed ``processes``). Pure: a new record."""
+    nvidia-smi, at the attributed ``processes``; with ``machine``, the
+    command's GPUs, claims on others are not recorded). Pure: a new record,
+    within ``MAX_RECORD`` bytes per user."""
     old: Dict[Tuple[int, str], Record] = {}
     if seen is not None and seen.get("boot") == boot_id:
         old = {(record["uid"], record["env"]): record for record in seen["envs"]}
     records = []
     in_use = busy(processes) if processes is not None else set()
+    device_of = _locator(machine)
     for uid in sorted(users):
-        for env in users[uid]["envs"]:
-            if not env["devices"]:
-                continue
+        for env, found in _recorded(uid, users[uid]["envs"], device_of, old)[0]:
             before = old.get((uid, env["id"]))
             known = {(claim["gpu"], claim["whole"]): claim["first"] for claim in before["claims"]} if before else {}
             since = before["since"] if before else None
             claims = []
-            for reserved in env["devices"]:
-                key = (claim_key(reserved), reserved.get("memory") is None)
+            for key, reserved in found:
                 first = known.get(key)
                 if first is None:
                     first = boot
@@ -159,7 +250,7 @@ def end(record: Optional[Record], limit: Optional[float], until: Optional[float]
 
 
 def conflicts(holders: Sequence[Tuple[int, Env, Dict[str, Any]]], seen: Optional[Dict[str, Any]],
-              boot_id: Optional[str]) -> Tuple[List[Tuple[int, Env, Dict[str, Any]]],
+              boot_id: Optional[str], unordered: Collection[int] = ()) -> Tuple[List[Tuple[int, Env, Dict[str, Any]]],
                                                 List[Tuple[int, Env, Dict[str, Any]]],
                                                 List[Tuple[int, Env, Dict[str, Any]]]]:
     """The holders of one GPU, split by root's record into those that keep
@@ -168,7 +259,11 @@ def conflicts(holders: Sequence[Tuple[int, Env, Dict[str, Any]]], seen: Optional
     the order root first saw them, each kept if it fits with those kept so
     far (shares fit with shares; a whole GPU with nothing); claims first
     seen at the same look (or never) that do not fit together are
-    undecided, and so is a later claim that would not fit with them."""
+    undecided, and so is a later claim that would not fit with them. A
+    claim root never saw came after its last look, so after those it saw;
+    but one of a user in ``unordered`` (``over``: the record leaves some of
+    their environments out) may be older: when it does not fit with those
+    kept, it is undecided (they stay kept)."""
     timed = []
     for holder in holders:
         first = first_seen(find(seen, boot_id, holder[0], holder[1]), holder[2])
@@ -184,12 +279,13 @@ def conflicts(holders: Sequence[Tuple[int, Env, Dict[str, Any]]], seen: Optional
 
     at = 0
     while at < len(timed):
-        group = [holder for first, holder in timed if first == timed[at][0]]
+        when = timed[at][0]
+        group = [holder for first, holder in timed if first == when]
         at += len(group)
         candidates = []
         for holder in group:
             if clash(holder, kept):
-                lost.append(holder)
+                (undecided if when == float("inf") and holder[0] in unordered else lost).append(holder)
             elif clash(holder, undecided):
                 undecided.append(holder)
             else:

@@ -311,6 +311,76 @@ def test_a_file_swapped_under_the_lock_fails_no_command_of_root(genv, other_user
         sleeper.wait()
 
 
+def write_own_file(genv, owner, data):
+    """``data`` as ``owner``'s state file (theirs, as if they wrote it)."""
+    tmp = os.path.join(genv.base, "forged.json")
+    with open(tmp, "w") as handle:
+        json.dump(data, handle)
+    os.chmod(tmp, 0o644)
+    os.chown(tmp, owner.pw_uid, owner.pw_gid)
+    path = os.path.join(genv.tmpdir, "user-%d.json" % owner.pw_uid)
+    os.rename(tmp, path)
+    return path
+
+
+def test_a_users_forged_environments_cannot_grow_roots_record_past_reading(genv, other_user):
+    """Root's record (``seen``, in root's own file) took one entry per
+    environment holding GPUs, of every user, one claim per reservation: a
+    user who wrote some 40 MiB of environments into their own file (GPUs
+    the machine has not, the same GPU again and again) made root's file
+    larger than a reader accepts (64 MiB), and the next command moved it
+    aside as damaged: root's environments, joins and record were lost. Each
+    user now takes a bounded share of the record (MAX_RECORD); environments
+    root recorded before keep their place; root's genv enforce says, once,
+    that the user's other environments are not judged."""
+    need("root")
+    from genv.limits import MAX_RECORD
+
+    root = genv.shell("bash")
+    root.ok("genv activate --gpus 1 --name mine")
+    theirs = genv.shell("bash", user=other_user)
+    theirs.ok("genv activate --gpus 1 --name real")
+    assert genv.cli("devices").returncode == 0  # root looks: both recorded
+    real_id = theirs.var("GENV_ENVIRONMENT_ID")
+    before = [record for record in genv.state(0)["seen"]["envs"] if record["env"] == real_id]
+    assert len(before) == 1
+    data = genv.state(other_user.pw_uid)
+    (real,) = data["envs"]
+    forged = [dict(real, id="f%d" % n, config={"gpus": 8},
+                   devices=[{"index": index, "uuid": None, "attached": 1.0} for index in range(8)])
+              for n in range(4000)]
+    data["envs"] = forged + [real]  # in front of the real one
+    path = write_own_file(genv, other_user, data)
+    assert os.path.getsize(path) > 2 << 20
+    roots_file = os.path.join(genv.tmpdir, "user-0.json")
+    for command in ("envs", "devices"):
+        result = genv.cli(command)
+        assert (result.returncode, result.stderr) == (0, b""), (command, result.stderr[-500:])
+        assert os.path.getsize(roots_file) < MAX_RECORD + (64 << 10), command
+    warning = ("genv: user %s(%d) claims more GPUs than root's record keeps (512k per user): the rest are not "
+               "judged; an admin must look" % (other_user.pw_name, other_user.pw_uid))
+    started = time.monotonic()
+    result = genv.cli("enforce")
+    took = time.monotonic() - started
+    assert result.returncode == 1 and result.stderr.decode().splitlines() == [warning], result.stderr[-500:]
+    assert "Traceback" not in result.stdout.decode()
+    assert os.path.getsize(roots_file) < MAX_RECORD + (64 << 10)
+    state = genv.state(0)
+    assert [env["config"].get("name") for env in state["envs"]] == ["mine"]
+    assert [record for record in state["seen"]["envs"] if record["env"] == real_id] == before
+    assert os.path.getsize(path) > 2 << 20  # the user's file is theirs: left as they wrote it
+    # As a service, the line comes once, not at every round.
+    service = subprocess.Popen([os.path.join(genv.root, "bin", "genv"), "enforce", "--interval", "0.2"],
+                               env=genv.environ(), cwd=genv.work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(3 * took + 1)  # a few rounds
+    finally:
+        service.terminate()
+        _, err = service.communicate(timeout=30)
+    assert err.decode().splitlines() == [warning], err[-500:]
+    root.ok("genv deactivate")
+
+
 # --- the state lock ------------------------------------------------------------------------
 
 HOLD = "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\nfcntl.flock(fd, fcntl.LOCK_EX)\n" \

@@ -216,7 +216,8 @@ def write(self, uid):  # the owner swapped their file for a folder under the loc
 store.Transaction._write = write
 from genv.commands import enforce
 from genv.core.context import Context
-print(json.dumps([(action.violation.rule, action.outcome, action.failed) for action in enforce.find(Context(), True)]))
+actions, over = enforce.find(Context(), True)
+print(json.dumps([(action.violation.rule, action.outcome, action.failed) for action in actions]))
 """
 
 

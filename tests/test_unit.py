@@ -483,3 +483,109 @@ def test_which_gpus_a_waiter_keeps_as_they_drain():
     assert allocate(users, later, small, Request(1, 1 * gib, indices=[0]), 5.0, str, {}, ahead)
     with pytest.raises(Refused, match="2 GPUs are kept for 2 requests"):
         allocate(users, later, small, Request(1, 1 * gib), 5.0, str, {}, ahead + [Waiter(0, second, Request(1))])
+
+
+# --- root's record (genv.sightings) is bounded --------------------------------------
+
+MACHINE = [{"index": n, "uuid": "GPU-%d" % n} for n in range(8)]
+
+
+def _env(eid, devices, until=None):
+    return {"id": eid, "devices": [dict(device, attached=1.0) for device in devices], "until": until}
+
+
+def _forged(count):
+    """``count`` environments of 8 claims each, as a user can write them:
+    the same GPU under several indices, and GPUs the machine has not."""
+    devices = [{"index": 0, "uuid": "GPU-0"}, {"index": 1, "uuid": "GPU-0"}, {"index": 2, "uuid": "GPU-0"},
+               {"index": 3, "uuid": "GPU-1"}, {"index": 9, "uuid": "GPU-nope"}, {"index": 10, "uuid": None},
+               {"index": 11, "uuid": "GPU-1"}, {"index": 12, "uuid": "GPU-2"}]
+    return [_env("f%d" % n, devices) for n in range(count)]
+
+
+def _size(record, uid):
+    return sum(len(jsonio.dumps(env)) + 1 for env in record["envs"] if env["uid"] == uid)
+
+
+@pytest.mark.parametrize("machine", [MACHINE, None], ids=["gpus-known", "gpus-unknown"])
+def test_roots_record_keeps_a_bounded_share_of_each_user(machine):
+    """One user's file (their own to write, up to the reader's 64 MiB) made
+    root's record, kept in root's own file, grow past what a reader accepts:
+    root's file was moved aside as damaged (root's environments and the
+    record lost). Each claim is now recorded once, only on the machine's
+    GPUs when the command knows them, and each user's environments take at
+    most MAX_RECORD bytes: those root recorded before keep their place."""
+    from genv import sightings
+    from genv.limits import MAX_RECORD
+
+    real = _env("real", [{"index": 5, "uuid": "GPU-5"}])
+    honest = _env("h", [{"index": 6, "uuid": "GPU-6"}])
+    users = {1001: {"envs": [honest]}, 1002: {"envs": [real]}}
+    first = sightings.update(None, users, "b", 100.0, 10.0, None, machine)
+    assert sightings.over(users, machine) == []
+    # Forged environments in front of the real one in the forger's file.
+    users[1002]["envs"] = _forged(10000) + [real]
+    record = sightings.update(first, users, "b", 200.0, 20.0, None, machine)
+    assert sightings.over(users, machine) == [1002]
+    assert _size(record, 1002) <= MAX_RECORD
+    assert len(jsonio.dumps(record)) < 2 * MAX_RECORD
+    mine = {env["env"]: env for env in record["envs"] if env["uid"] == 1002}
+    assert mine["real"] == [env for env in first["envs"] if env["env"] == "real"][0]  # kept, first seen at 10
+    assert [env["env"] for env in record["envs"] if env["uid"] == 1001] == ["h"]
+    assert 500 < len(mine) < 10000
+    for env in mine.values():
+        keys = [(claim["gpu"], claim["whole"]) for claim in env["claims"]]
+        assert len(keys) == len(set(keys))
+        if env["env"] != "real":
+            assert keys == ([("GPU-0", True), ("GPU-1", True), ("GPU-2", True)] if machine else
+                            [("GPU-0", True), ("GPU-1", True), ("GPU-nope", True), (10, True), ("GPU-2", True)])
+    # A look that changes nothing keeps the same record; the environments
+    # kept do not change with the order of the file.
+    assert sightings.update(record, users, "b", 300.0, 30.0, None, machine) == record
+    users[1002]["envs"].reverse()
+    again = sightings.update(record, users, "b", 300.0, 30.0, None, machine)
+    assert sorted(env["env"] for env in again["envs"]) == sorted(env["env"] for env in record["envs"])
+
+
+def test_the_bound_of_roots_record_holds_for_the_longest_names():
+    """Names in a user's file take up to 12 bytes a character in root's
+    file (ASCII-only JSON): the budget counts them so."""
+    from genv import sightings
+    from genv.limits import MAX_GPUS, MAX_RECORD, MAX_TEXT
+
+    astral = "\U0001f600" * MAX_TEXT
+    envs = [_env("%s%d" % (astral[:-6], n), [{"index": i, "uuid": "%s%d" % (astral[:-6], i)} for i in range(8)],
+                 until=1e10 + 0.123456789)
+            for n in range(200)]
+    envs += [_env("x" * MAX_TEXT + str(n), [{"index": i, "uuid": None} for i in range(MAX_GPUS - 8, MAX_GPUS)])
+             for n in range(2000)]
+    users = {(1 << 31) - 2: {"envs": envs}}
+    record = sightings.update(None, users, "b", 1e10 + 0.123456789, 1e9 + 0.123456789, None)
+    assert sightings.over(users) == [(1 << 31) - 2]
+    assert 0 < len(record["envs"]) < len(envs)
+    assert _size(record, (1 << 31) - 2) <= MAX_RECORD
+    for env in record["envs"]:
+        estimate = sightings.ENV_BYTES + sightings._text_bytes(env["env"]) + sum(
+            sightings.CLAIM_BYTES + (sightings._text_bytes(c["gpu"]) if type(c["gpu"]) is str else 0)
+            for c in env["claims"])
+        worst = dict(env, active=1e9 + 0.123456789, since=1e9 + 0.123456789,
+                     until={"value": 1e9 + 0.123456789, "first": 1e9 + 0.123456789},
+                     claims=[dict(c, first=1e9 + 0.123456789) for c in env["claims"]])
+        assert len(jsonio.dumps(worst)) + 1 <= estimate
+
+
+def test_a_claim_of_a_user_the_record_leaves_out_is_not_ordered():
+    """A user over the record's bound may have held a GPU before a claim root
+    recorded: their claim root has no record of is not taken for a later
+    one (nothing is stopped: an admin must decide); the recorded claim stays."""
+    from genv.sightings import conflicts
+
+    holders = [(1, {"id": "a"}, {"index": 0, "uuid": "GPU-0", "attached": 1.0}),
+               (2, {"id": "b"}, {"index": 0, "uuid": "GPU-0", "attached": 1.0})]
+    seen = {"boot": "b", "envs": [{"uid": 1, "env": "a", "claims": [{"gpu": "GPU-0", "whole": True, "first": 5.0}],
+                                   "since": 0.0, "active": None, "busy": False,
+                                   "until": {"value": None, "first": 0.0}}]}
+    kept, lost, undecided = conflicts(holders, seen, "b", unordered={2})
+    assert ([h[1]["id"] for h in kept], lost, [h[1]["id"] for h in undecided]) == (["a"], [], ["b"])
+    kept, lost, undecided = conflicts(holders, seen, "b")  # a claim made since root's last look
+    assert ([h[1]["id"] for h in kept], [h[1]["id"] for h in lost], undecided) == (["a"], ["b"], [])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from .. import enforce
+from .. import enforce, sightings
 from .. import options
 from ..cli import out, output_format, print_json
 from ..core.context import Context
@@ -16,7 +16,7 @@ from ..table import render, size
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Dict, List, Optional
+    from typing import Any, Dict, List, Optional, Set, Tuple
 
 OPTIONS = {"--kill": False, "--grace": True, "--reclaim": False, "--interval": True, "--format": True,
            "--json": False}
@@ -68,21 +68,23 @@ class Action:
                 "command": p.command if p else None, "outcome": self.outcome}
 
 
-def find(ctx: Context, reclaim: bool = False) -> List[Action]:
+def find(ctx: Context, reclaim: bool = False) -> Tuple[List[Action], List[int]]:
     """The violations now (one look at the GPUs, one at the state); with
     ``reclaim``, the idle environments the caller may reclaim are detached
     (under the lock, their terminals told), and the other rules are judged
-    on what is held then."""
+    on what is held then. Also the users some of whose environments root's
+    record leaves out (``sightings.over``): their claims it does not hold
+    win no conflict and lose none."""
     session = Session(ctx, listing=True, observe=True, details=True, fallback=True)
     with session:
-        actions = _find(session, ctx, reclaim)
+        actions, over = _find(session, ctx, reclaim)
     for action in actions:  # a file swapped for something else under the lock: nothing was reclaimed there
         if action.outcome == "reclaimed" and action.violation.uid in session.tx.unwritten:
             action.outcome, action.failed = "could not reclaim", True
-    return actions
+    return actions, over
 
 
-def _find(session: Session, ctx: Context, reclaim: bool) -> List[Action]:
+def _find(session: Session, ctx: Context, reclaim: bool) -> Tuple[List[Action], List[int]]:
     from ..environments import places, release
     from ..sizes import format_duration
 
@@ -102,7 +104,7 @@ def _find(session: Session, ctx: Context, reclaim: bool) -> List[Action]:
     def judge() -> List[Action]:
         found = enforce.decide(session.attributed(), session.users, session.machine, session.policy(), ctx.user,
                                session.seen(), session.boot_id(), session.boot,
-                               places(session.users, session.processes, session.judge))
+                               places(session.users, session.processes, session.judge), over)
         if unlocked is not None:
             found = [v for v in found if v.rule not in ("conflict", "idle")]
         view = session.slurm
@@ -110,9 +112,10 @@ def _find(session: Session, ctx: Context, reclaim: bool) -> List[Action]:
                        view.spare(v.process) if view is not None and v.process is not None else None)
                 for v in found]
 
+    over = sightings.over(session.users, session.known_machine())
     actions = judge()
     if not reclaim:
-        return actions
+        return actions, over
     reclaimed = []
     for action in actions:
         v = action.violation
@@ -122,10 +125,10 @@ def _find(session: Session, ctx: Context, reclaim: bool) -> List[Action]:
             action.outcome, action.failed = "reclaimed", False
             reclaimed.append(action)
     if not reclaimed:
-        return actions
+        return actions, over
     session.reattribute()  # their processes, if any, are misplaced now
     return reclaimed + [action for action in judge() if action.violation.rule != "idle"] + [
-        action for action in actions if action.violation.rule == "idle" and action not in reclaimed]
+        action for action in actions if action.violation.rule == "idle" and action not in reclaimed], over
 
 
 def stop(actions: List[Action], grace: float) -> None:
@@ -195,11 +198,23 @@ def log(action: Action) -> None:
     sys.stdout.flush()
 
 
-def _round(ctx: Context, kill: bool, grace: float, reclaim: bool) -> List[Action]:
+def _round(ctx: Context, kill: bool, grace: float, reclaim: bool, told: Set[int]) -> List[Action]:
+    """One look (and, with ``kill``, its signals). Each user over root's
+    record is named once while they stay over it (``told``: those named)."""
+    from ..limits import MAX_RECORD
+    from ..report import warn
+    from ..sizes import format_size
+
     try:
-        actions = find(ctx, reclaim)
+        actions, over = find(ctx, reclaim)
     except GenvError as error:
         raise GenvError(str(error), ERROR) from None
+    for uid in over if ctx.euid == 0 else ():
+        if uid not in told:
+            warn("user %s claims more GPUs than root's record keeps (%s per user): the rest are not "
+                 "judged; an admin must look" % (ctx.describe(uid), format_size(MAX_RECORD)))
+    told.intersection_update(over)
+    told.update(over)
     if kill:
         stop(actions, grace)
     return actions
@@ -221,8 +236,9 @@ def main(argv: List[str]) -> int:
         if "--format" in opts or "--json" in opts:
             raise UsageError("--interval logs one line per action; --format is for a single run")
     ctx = Context()
+    told: Set[int] = set()
     if interval is None:
-        actions = _round(ctx, kill, grace, reclaim)
+        actions = _round(ctx, kill, grace, reclaim, told)
         report(actions, form)
         # Broken: what was not (or could not be) set right.
         broke = any(a.failed or a.outcome == "would stop" for a in actions)
@@ -232,7 +248,7 @@ def main(argv: List[str]) -> int:
     seen = set()
     while True:
         try:
-            actions = _round(ctx, kill, grace, reclaim)
+            actions = _round(ctx, kill, grace, reclaim, told)
         except GenvError as error:
             from ..report import warn
 

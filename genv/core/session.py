@@ -213,8 +213,9 @@ class Session:
     def witness(self) -> None:
         """Run by root: bring root's record of what it saw up to date
         (``genv.sightings``): every environment's claims, and, when this
-        command asked nvidia-smi, whose processes it saw where. Others
-        cannot write it, and do nothing here."""
+        command asked nvidia-smi, whose processes it saw where (and claims
+        on GPUs it does not have are left out). Others cannot write it, and
+        do nothing here."""
         if self.ctx.euid != 0 or self.tx.missing:
             return
         from .. import sightings
@@ -222,7 +223,7 @@ class Session:
         root = self.tx.user(0)
         processes = self.attributed() if self.snapshot is not None else None
         new: Optional[Dict[str, Any]] = sightings.update(root.get("seen"), self.users, self.boot_id(), self.now,
-                                                         self.boot, processes)
+                                                         self.boot, processes, self.known_machine())
         if new is not None and not new["envs"]:
             new = None
         if new != root.get("seen"):
@@ -231,6 +232,11 @@ class Session:
             else:
                 root["seen"] = new
             self.tx.changed(0)
+
+    def known_machine(self) -> Optional[List[Dict[str, Any]]]:
+        """The GPUs of this command when it asked for them (None: it did not,
+        and none is asked for only to know them)."""
+        return self.machine if self.record is not None else None
 
     def boot_id(self) -> str:
         """This boot, as root's record names it."""
