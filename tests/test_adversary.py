@@ -348,7 +348,7 @@ def test_a_users_forged_environments_cannot_grow_roots_record_past_reading(genv,
     (real,) = data["envs"]
     forged = [dict(real, id="f%d" % n, config={"gpus": 8},
                    devices=[{"index": index, "uuid": None, "attached": 1.0} for index in range(8)])
-              for n in range(4000)]
+              for n in range(4500)]
     data["envs"] = forged + [real]  # in front of the real one
     path = write_own_file(genv, other_user, data)
     assert os.path.getsize(path) > 2 << 20
