@@ -161,11 +161,12 @@ def _conflicts(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], m
 def _idle(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], policy: Policy, user: Callable[[int], str],
           seen: Optional[Dict[str, Any]], boot_id: Optional[str], boot: float) -> List[Violation]:
     from .environments import gpu_words
-    from .sightings import busy, find, idle_since
+    from .sightings import busy, find, idle_since, index
     from .sizes import format_duration
 
     found = []
     in_use = busy(processes)
+    book = index(seen, boot_id)
     for uid in sorted(users):
         if uid == 0:
             continue  # root is not capped
@@ -174,7 +175,7 @@ def _idle(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], policy
         if limit is None or name in policy.exempt_users:
             continue
         for env in users[uid]["envs"]:
-            record = find(seen, boot_id, uid, env) if env["devices"] else None
+            record = find(book, uid, env) if env["devices"] else None
             if record is None or id(env) in in_use:
                 continue
             idle = boot - idle_since(record)

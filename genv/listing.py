@@ -32,6 +32,7 @@ class Times:
                  ends: Optional[Dict[Any, Any]] = None, processes: Optional[Sequence[Process]] = None) -> None:
         self.wall, self.boot, self.seen, self.boot_id, self.ends = wall, boot, seen, boot_id, ends or {}
         self.in_use: Optional[Set[int]] = None
+        self._book: Optional[Dict[Any, Any]] = None  # root's records by environment, made at the first look
         if processes is not None:
             from .sightings import busy
 
@@ -53,11 +54,13 @@ class Times:
         if not env["devices"]:
             return None
         from .clock import boot_from_wall
-        from .sightings import RESOLUTION, find, idle_since
+        from .sightings import RESOLUTION, find, idle_since, index
 
         if self.in_use is not None and id(env) in self.in_use:
             return None  # seen in use just now
-        record = find(self.seen, self.boot_id, uid, env)
+        if self._book is None:
+            self._book = index(self.seen, self.boot_id)
+        record = find(self._book, uid, env)
         recent = 2 * RESOLUTION
         active = env.get("active")
         if env.get("busy") and active is not None and self.boot - active < recent:

@@ -173,9 +173,7 @@ def update(seen: Optional[Dict[str, Any]], users: Users, boot_id: str, wall: flo
     nvidia-smi, at the attributed ``processes``; with ``machine``, the
     command's GPUs, claims on others are not recorded). Pure: a new record,
     within ``MAX_RECORD`` bytes per user."""
-    old: Dict[Tuple[int, str], Record] = {}
-    if seen is not None and seen.get("boot") == boot_id:
-        old = {(record["uid"], record["env"]): record for record in seen["envs"]}
+    old = index(seen, boot_id)
     records = []
     in_use = busy(processes) if processes is not None else set()
     device_of = _locator(machine)
@@ -206,16 +204,18 @@ def update(seen: Optional[Dict[str, Any]], users: Users, boot_id: str, wall: flo
     return {"boot": boot_id, "envs": records}
 
 
-def find(seen: Optional[Dict[str, Any]], boot_id: Optional[str], uid: int, env: Env) -> Optional[Record]:
-    """Root's record of an environment (None: root never saw it hold GPUs,
-    or not in this boot)."""
+def index(seen: Optional[Dict[str, Any]], boot_id: Optional[str]) -> Dict[Tuple[int, str], Record]:
+    """Root's records by (uid, environment id), for ``find``: made once per
+    command, as a user may have very many environments (each looked up)."""
     if not seen or seen.get("boot") != boot_id:
-        return None
-    for record in seen["envs"]:
-        if record["uid"] == uid and record["env"] == env["id"]:
-            found: Record = record
-            return found
-    return None
+        return {}
+    return {(record["uid"], record["env"]): record for record in seen["envs"]}
+
+
+def find(book: Dict[Tuple[int, str], Record], uid: int, env: Env) -> Optional[Record]:
+    """Root's record of an environment (None: root never saw it hold GPUs,
+    or not in this boot); ``book``: from ``index``."""
+    return book.get((uid, env["id"]))
 
 
 def first_seen(record: Optional[Record], reserved: Dict[str, Any]) -> Optional[float]:
@@ -265,8 +265,9 @@ def conflicts(holders: Sequence[Tuple[int, Env, Dict[str, Any]]], seen: Optional
     their environments out) may be older: when it does not fit with those
     kept, it is undecided (they stay kept)."""
     timed = []
+    book = index(seen, boot_id)
     for holder in holders:
-        first = first_seen(find(seen, boot_id, holder[0], holder[1]), holder[2])
+        first = first_seen(find(book, holder[0], holder[1]), holder[2])
         timed.append((float("inf") if first is None else first, holder))
     timed.sort(key=lambda item: (item[0], item[1][0], item[1][1]["id"]))
     kept: List[Tuple[int, Env, Dict[str, Any]]] = []
