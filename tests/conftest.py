@@ -770,14 +770,18 @@ class Gpus:
             handle.write("%d %s %s %s\n" % (pid, gpu, mib, name))
         return pid
 
+    SLEEP = "sleep 600"
+    """What the processes the test starts run, unless it says otherwise."""
+
     def outside(self, gpu: Any = None, mib: int = 100, name: str = "python", user: Optional[pwd.struct_passwd] = None,
-                env_id: Optional[str] = None, argv: Optional[List[str]] = None) -> int:
+                env_id: Optional[str] = None, argv: Optional[List[str]] = None,
+                env: Optional[Dict[str, str]] = None) -> int:
         """A process started outside every terminal (by the test), with
-        GENV_ENVIRONMENT_ID=env_id in its environment when given."""
-        env = {"PATH": PLAIN_PATH, "LANG": "C.UTF-8"}
+        GENV_ENVIRONMENT_ID=env_id in its environment when given, and ``env``."""
+        environ = {"PATH": PLAIN_PATH, "LANG": "C.UTF-8", **(env or {})}
         if env_id is not None:
-            env["GENV_ENVIRONMENT_ID"] = env_id
-        child = subprocess.Popen(argv or ["sleep", "600"], env=env, cwd="/", stdin=subprocess.DEVNULL,
+            environ["GENV_ENVIRONMENT_ID"] = env_id
+        child = subprocess.Popen(argv or self.SLEEP.split(), env=environ, cwd="/", stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                                  **(as_user(user) if user is not None else {}))
         self.children[child.pid] = child
@@ -786,9 +790,9 @@ class Gpus:
         return child.pid
 
     def in_shell(self, shell: Shell, gpu: Any = None, mib: int = 100, name: str = "python",
-                 command: str = "sleep 600") -> int:
+                 command: Optional[str] = None) -> int:
         """A process started by a terminal (its child)."""
-        pid = shell.background("%s </dev/null >/dev/null 2>&1 & echo $!" % command)
+        pid = shell.background("%s </dev/null >/dev/null 2>&1 & echo $!" % (command or self.SLEEP))
         self.pids.append(pid)
         if gpu is not None:
             self.put(pid, gpu, mib, name)

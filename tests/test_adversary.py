@@ -17,6 +17,7 @@ import time
 import pytest
 
 from conftest import UID, as_user, envs, need, one_line
+from test_enforce import copy_program
 from genv import procs
 
 
@@ -130,18 +131,6 @@ def test_a_copied_environment_id_takes_nothing_from_its_owner(genv, sh, other_us
 # --- programs in a mount namespace of the user's own -------------------------------------
 
 
-def copy_of_sleep(folder, name, owner=None):
-    os.makedirs(folder, exist_ok=True)
-    program = os.path.join(folder, name)
-    with open("/bin/sleep", "rb") as source, open(program, "wb") as target:
-        target.write(source.read())
-    os.chmod(program, 0o755)
-    if owner is not None:
-        os.chown(folder, owner.pw_uid, owner.pw_gid)
-        os.chown(program, owner.pw_uid, owner.pw_gid)
-    return program
-
-
 def test_an_exemption_cannot_be_borrowed_through_a_mount_namespace(genv, gpus, other_user):
     """/proc/<pid>/exe names a program by its path in the process's own
     mount namespace, and a user can make one (``unshare -Urm``, where
@@ -152,14 +141,14 @@ def test_an_exemption_cannot_be_borrowed_through_a_mount_namespace(genv, gpus, o
     file the process runs. (Root makes the namespace here, so that the test
     does not depend on user namespaces; what runs in it is the user's.)"""
     need("root")
-    exempt = copy_of_sleep(os.path.join(genv.base, "sbin"), "nvidia-cuda-mps-server")
+    exempt = copy_program(os.path.join(genv.base, "sbin"), "nvidia-cuda-mps-server")
     policy_folder = os.path.join(genv.base, "etc-genv")
     os.makedirs(policy_folder)
     policy_path = os.path.join(policy_folder, "policy.json")
     with open(policy_path, "w") as handle:
         json.dump({"exempt_process_names": [exempt, "nvidia-cuda-mps-server"]}, handle)
     genv.extra["GENV_POLICY"] = policy_path
-    theirs = copy_of_sleep(os.path.join(genv.base, "home-genvtest"), "mine", owner=other_user)
+    theirs = copy_program(os.path.join(genv.base, "home-genvtest"), "mine", owner=other_user)
     as_them = "setpriv --reuid=%d --regid=%d --clear-groups" % (other_user.pw_uid, other_user.pw_gid)
     # Their copy at the exempt path; /usr/bin/sleep at a path named as exempt.
     by_path = gpus.outside(gpu=0, argv=["unshare", "--mount", "--propagation", "private", "sh", "-c",

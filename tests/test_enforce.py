@@ -38,7 +38,7 @@ import uuid
 
 import pytest
 
-from conftest import GIB, ME, MIB, PLAIN_PATH, UID, alive, as_user, gone, kill_quietly, need, until
+from conftest import GIB, ME, MIB, UID, Gpus, alive, as_user, gone, kill_quietly, need, until
 from genv import enforce, policy, procs
 from genv.attribution import Process
 
@@ -74,48 +74,18 @@ def bit(signum):
     return 1 << (signum - 1)
 
 
-class World:
-    """The fake's process list and the processes a test starts: every one
-    of them is killed (and reaped, when the test's child) at the end."""
+class World(Gpus):
+    """The fake's process list and the processes a test starts (``Gpus``),
+    running ``sleep 613``: every one of them is killed (and reaped, when
+    the test's child) at the end."""
 
-    def __init__(self, genv):
-        self.genv = genv
-        self.apps = os.path.join(genv.base, "apps")
-        open(self.apps, "w").close()
-        os.chmod(self.apps, 0o644)
-        genv.extra["FAKE_NVIDIA_SMI_APPS"] = self.apps
-        self.children = {}
-        self.pids = []
-
-    def put(self, pid, gpu, mib=100, name="python"):
-        with open(self.apps, "a") as handle:
-            handle.write("%d %s %s %s\n" % (pid, gpu, mib, name))
-        return pid
-
-    def outside(self, gpu=None, mib=100, user=None, argv=None, name="python", env=None):
-        """A process started by the test, outside every terminal."""
-        environ = {"PATH": PLAIN_PATH, "LANG": "C.UTF-8", **(env or {})}
-        child = subprocess.Popen(argv or ["sleep", "613"], env=environ, cwd="/", stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                                 **(as_user(user) if user is not None else {}))
-        self.children[child.pid] = child
-        if gpu is not None:
-            self.put(child.pid, gpu, mib, name)
-        return child.pid
+    SLEEP = "sleep 613"
 
     def deaf(self, gpu=None, mib=100, user=None):
         """A process that ignores SIGTERM (checked: SIG_IGN survived the exec)."""
         pid = self.outside(None, user=user, argv=DEAF)
         until(lambda: self.cmdline(pid) == "sleep 613", "the exec of sleep")
         assert ignored_signals(pid) & bit(signal.SIGTERM), "SIGTERM is not ignored after exec"
-        if gpu is not None:
-            self.put(pid, gpu, mib)
-        return pid
-
-    def in_shell(self, shell, gpu=None, mib=100, command="sleep 613"):
-        """A child of a terminal."""
-        pid = shell.background("%s </dev/null >/dev/null 2>&1 & echo $!" % command)
-        self.pids.append(pid)
         if gpu is not None:
             self.put(pid, gpu, mib)
         return pid
@@ -127,13 +97,6 @@ class World:
                 return handle.read().rstrip(b"\0").replace(b"\0", b" ").decode()
         except OSError:
             return None
-
-    def close(self):
-        for pid in self.pids:
-            kill_quietly(pid)
-        for pid, child in self.children.items():
-            kill_quietly(pid)
-            child.wait()
 
 
 @pytest.fixture
