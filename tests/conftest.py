@@ -469,12 +469,17 @@ class Genv:
               cwd: Optional[str] = None, **overrides: str) -> Shell:
         env = self.environ(**overrides)
         if user is not None:
-            env["HOME"] = os.path.join(self.base, "home-" + user.pw_name)
-            os.makedirs(env["HOME"], exist_ok=True)
-            os.chown(env["HOME"], user.pw_uid, user.pw_gid)
+            env["HOME"] = self.home_of(user)
         shell = Shell(kind, env, cwd or self.work, user=user, init=init)
         self.shells.append(shell)
         return shell
+
+    def home_of(self, user: pwd.struct_passwd) -> str:
+        """A home folder of ``user``'s own in the test's folder (made)."""
+        home = os.path.join(self.base, "home-" + user.pw_name)
+        os.makedirs(home, exist_ok=True)
+        os.chown(home, user.pw_uid, user.pw_gid)
+        return home
 
     def cli(self, *args: str, user: Optional[pwd.struct_passwd] = None, input: Optional[bytes] = None,
             **overrides: str) -> subprocess.CompletedProcess:
@@ -593,13 +598,18 @@ def third_user():
 # --- helpers shared by the test files ------------------------------------------
 
 
-def spawn(genv: "Genv", kind: str, init: bool = True, **env: str) -> Any:
-    """An interactive shell on a pseudo-terminal (pexpect), prompt ``P> ``."""
+def spawn(genv: "Genv", kind: str, init: bool = True, user: Optional[pwd.struct_passwd] = None, **env: str) -> Any:
+    """An interactive shell on a pseudo-terminal (pexpect), prompt ``P> ``
+    (as ``user``: root only)."""
     import pexpect
 
     need(kind)
-    argv = ["--norc", "--noprofile", "-i"] if kind == "bash" else ["-f", "-i"]
-    child = pexpect.spawn(kind, argv, env=genv.environ(**env), cwd=genv.work, encoding="utf-8", timeout=30,
+    argv = [kind, "--norc", "--noprofile", "-i"] if kind == "bash" else [kind, "-f", "-i"]
+    environ = genv.environ(**env)
+    if user is not None:
+        environ["HOME"] = genv.home_of(user)
+        argv = ["setpriv", "--reuid=%d" % user.pw_uid, "--regid=%d" % user.pw_gid, "--clear-groups"] + argv
+    child = pexpect.spawn(argv[0], argv[1:], env=environ, cwd=genv.work, encoding="utf-8", timeout=30,
                           dimensions=(50, 400))
     child.sendline("PS1='P> '" + ('; eval "$(genv init -)"' if init else ""))
     child.sendline("echo SYNC1")

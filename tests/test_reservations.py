@@ -29,7 +29,7 @@ import time
 import pexpect
 import pytest
 
-from conftest import REPO, UID, SHELLS, alive as running, gone, need, until
+from conftest import REPO, UID, SHELLS, alive as running, gone, need, spawn, until
 from test_enforce import World, run_enforce, world, write_policy  # noqa: F401 (world: a fixture)
 
 sys.path.insert(0, REPO)
@@ -388,24 +388,6 @@ def test_the_prompt_hook_keeps_the_exit_status(genv):
         child.close(force=True)
 
 
-def spawn(genv, kind, env=None, user=None):
-    """An interactive shell on a pseudo-terminal (as ``user``: root only)."""
-    need(kind)
-    argv = ["bash", "--norc", "--noprofile", "-i"] if kind == "bash" else ["zsh", "-f", "-i"]
-    environ = genv.environ(**(env or {}))
-    if user is not None:
-        environ["HOME"] = os.path.join(genv.base, "home-" + user.pw_name)
-        os.makedirs(environ["HOME"], exist_ok=True)
-        os.chown(environ["HOME"], user.pw_uid, user.pw_gid)
-        argv = ["setpriv", "--reuid=%d" % user.pw_uid, "--regid=%d" % user.pw_gid, "--clear-groups"] + argv
-    child = pexpect.spawn(argv[0], argv[1:], env=environ, cwd=genv.work, encoding="utf-8",
-                          timeout=30, dimensions=(50, 400))
-    child.sendline("PS1='P> '; eval \"$(genv init -)\"; echo SYNC1")
-    child.expect("SYNC1\r\n")
-    child.expect_exact("P> ")
-    return child
-
-
 def line(child, text):
     """Run a line; what the terminal showed up to the next prompt."""
     marker = "M%d" % (abs(hash(text)) % 10 ** 8)
@@ -502,7 +484,7 @@ def test_the_prompt_check_runs_no_python_unless_something_changed(genv, kind):
     with open(wrapper, "w") as handle:
         handle.write("#!/bin/sh\necho run >>%s\nexec %s \"$@\"\n" % (log, genv.environ()["GENV_PYTHON"]))
     os.chmod(wrapper, 0o755)
-    child = spawn(genv, kind, {"GENV_PYTHON": wrapper})
+    child = spawn(genv, kind, GENV_PYTHON=wrapper)
     other = genv.shell("bash")
 
     def runs():
