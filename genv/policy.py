@@ -359,6 +359,9 @@ def held(users: Dict[int, Dict[str, Any]], uid: int, machine: Any) -> Dict[str, 
             gpus.add(reserved["index"])
             share = reserved.get("memory")
             if share is None:
-                share = reserved.get("total") or totals.get(reserved["index"])
+                # The machine's size wins: a "total" on a GPU held whole is only
+                # ever written by hand (genv writes it on shares and on
+                # made-up reservations, which the machine has not).
+                share = totals.get(reserved["index"]) or reserved.get("total")
             memory = None if memory is None or share is None else memory + share
     return {"max_gpus": len(gpus), "max_environments": environments, "max_gpu_memory": memory}

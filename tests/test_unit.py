@@ -614,3 +614,17 @@ def test_judging_many_environments_looks_each_up_once():
     took = time.monotonic() - started
     assert len(found) == len(record["envs"]) and sum(value is not None for value in idle) == 30000
     assert took < 0.8, took  # 0.1 s here; 1.8 s before (a scan per environment)
+
+
+def test_a_gpu_held_whole_counts_all_its_memory_whatever_the_file_says():
+    """``max_gpu_memory`` counts all of a GPU held whole. A "total" written
+    by hand on such a reservation (genv writes one only on shares) made an
+    80 GiB GPU count as 1 MiB, so its holder went past the cap unseen by
+    enforce and by the line's judge."""
+    from genv.policy import held
+
+    machine = [{"index": 0, "uuid": "GPU-0", "total": 80 << 30}, {"index": 1, "uuid": "GPU-1", "total": 80 << 30}]
+    users = {1002: {"envs": [{"devices": [{"index": 0, "uuid": "GPU-0", "attached": 1.0, "total": 1 << 20},
+                                          {"index": 1, "uuid": "GPU-1", "attached": 1.0, "memory": 4 << 30,
+                                           "total": 80 << 30}]}]}}
+    assert held(users, 1002, machine) == {"max_gpus": 2, "max_environments": 1, "max_gpu_memory": (84 << 30)}
