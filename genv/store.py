@@ -391,7 +391,8 @@ class Transaction:
                 for why in found.dropped:
                     self._dropped(name, uid, why)
                 self.users[uid] = found.data
-                self._views[uid] = _views(found.data)
+                if euid in (0, uid):  # only those files can be written, so only their markers change
+                    self._views[uid] = _views(found.data)
         if euid not in self.users:
             self.users[euid] = empty_user(euid)
 
