@@ -134,13 +134,14 @@ def _cap_text(name: str, value: Any) -> str:
 def _conflicts(processes: Sequence[Process], users: Dict[int, Dict[str, Any]], machine: Any,
                seen: Optional[Dict[str, Any]], boot_id: Optional[str], unordered: Collection[int]) -> List[Violation]:
     from .environments import holdings
-    from .sightings import conflicts
+    from .sightings import conflicts, index as by_env
 
     found = []
+    book = by_env(seen, boot_id)
     for index, holders in holdings(users, machine).items():
         if len(holders) < 2 or all(reserved.get("memory") is not None for _, _, reserved in holders):
             continue
-        kept, lost, undecided = conflicts(holders, seen, boot_id, unordered)
+        kept, lost, undecided = conflicts(holders, seen, boot_id, unordered, book)
         for uid, env, _ in lost:
             first = kept[0][1]["id"] if kept else "?"
             detail = ("GPU %d is also held by environment %s, which a root-run genv saw hold it first"

@@ -250,7 +250,8 @@ def end(record: Optional[Record], limit: Optional[float], until: Optional[float]
 
 
 def conflicts(holders: Sequence[Tuple[int, Env, Dict[str, Any]]], seen: Optional[Dict[str, Any]],
-              boot_id: Optional[str], unordered: Collection[int] = ()) -> Tuple[List[Tuple[int, Env, Dict[str, Any]]],
+              boot_id: Optional[str], unordered: Collection[int] = (),
+              book: Optional[Dict[Tuple[int, str], Record]] = None) -> Tuple[List[Tuple[int, Env, Dict[str, Any]]],
                                                 List[Tuple[int, Env, Dict[str, Any]]],
                                                 List[Tuple[int, Env, Dict[str, Any]]]]:
     """The holders of one GPU, split by root's record into those that keep
@@ -263,9 +264,11 @@ def conflicts(holders: Sequence[Tuple[int, Env, Dict[str, Any]]], seen: Optional
     claim root never saw came after its last look, so after those it saw;
     but one of a user in ``unordered`` (``over``: the record leaves some of
     their environments out) may be older: when it does not fit with those
-    kept, it is undecided (they stay kept)."""
+    kept, it is undecided (they stay kept). ``book``: ``index(seen,
+    boot_id)``, when the caller made it already (one GPU after another)."""
     timed = []
-    book = index(seen, boot_id)
+    if book is None:
+        book = index(seen, boot_id)
     for holder in holders:
         first = first_seen(find(book, holder[0], holder[1]), holder[2])
         timed.append((float("inf") if first is None else first, holder))
