@@ -94,7 +94,7 @@ class _Terminals:
         return None
 
 
-def _lineage(pid: int, facts: Any) -> Iterator[int]:
+def lineage(pid: int, facts: Any) -> Iterator[int]:
     """The process and its ancestors, nearest first."""
     current: Optional[int] = pid
     seen: Set[int] = set()
@@ -105,7 +105,7 @@ def _lineage(pid: int, facts: Any) -> Iterator[int]:
 
 
 def _by_ancestry(pid: int, facts: Any, terms: _Terminals) -> Optional[Tuple[int, Env]]:
-    for current in _lineage(pid, facts):
+    for current in lineage(pid, facts):
         found = terms.of(current, facts)
         if found is not None:
             return found

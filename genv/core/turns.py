@@ -37,15 +37,12 @@ def devices_of(ctx: Context, eid: str) -> List[Dict[str, Any]]:
 
 def ancestors() -> Set[int]:
     """This process's ancestors (their locks are this process's too)."""
-    from ..attribution import MAX_DEPTH
+    from ..attribution import lineage
     from ..procs import processes
 
     facts = processes()
-    found: Set[int] = set()
-    current = facts.parent(os.getpid())
-    while current is not None and current > 1 and current not in found and len(found) < MAX_DEPTH:
-        found.add(current)
-        current = facts.parent(current)
+    parent = facts.parent(os.getpid())
+    found = {pid for pid in lineage(parent, facts) if pid > 1} if parent is not None else set()
     facts.close()
     return found
 
