@@ -300,6 +300,29 @@ def test_a_file_swapped_under_the_lock_fails_no_command_of_root(genv, other_user
         sleeper.wait()
 
 
+def test_an_id_another_user_wrote_is_never_left_or_followed(genv, other_user, third_user):
+    """Once a user's own environment is gone (its file rewritten, a
+    damaged record dropped), another user who wrote an environment of the
+    same id into their own file, naming the victim's shell as its
+    terminal, made the victim's deactivate fail ("environment X belongs to
+    ..."): leaving, like following, looks only at what the caller may
+    change."""
+    attacker, victim = other_user, third_user
+    shell = genv.shell("bash", user=victim)
+    shell.ok("genv activate --gpus 1")
+    eid = shell.var("GENV_ENVIRONMENT_ID")
+    now = time.time()
+    copy = {"id": eid, "created": now, "config": {},
+            "terminals": [{"pid": shell.pid, "token": procs.ProcFS().token(shell.pid)}], "devices": [],
+            "warnings": [], "notes": []}
+    plant(genv, "user-%d.json" % attacker.pw_uid, forged_state(attacker.pw_uid, [copy]), user=attacker)
+    write_own_file(genv, victim, {"format": 4, "uid": victim.pw_uid, "devices": None, "envs": []})
+    result = shell.run("genv deactivate")
+    assert (result.rc, result.err) == (0, ""), result
+    assert shell.var("GENV_ENVIRONMENT_ID") is None and shell.var("CUDA_VISIBLE_DEVICES") is None
+    assert [env["uid"] for env in envs(genv)] == [attacker.pw_uid]  # the attacker's file is theirs
+
+
 def write_own_file(genv, owner, data):
     """``data`` as ``owner``'s state file (theirs, as if they wrote it)."""
     tmp = os.path.join(genv.base, "forged.json")

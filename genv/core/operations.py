@@ -155,9 +155,7 @@ def sync(ctx: Context, eid: str, base: Mapping[str, str], wait: bool = True) -> 
 
     timeout = None if wait else min(timeout_from_env(), PROMPT_LOCK_TIMEOUT)
     with Session(ctx, fallback=not wait, lock_timeout=timeout) as session:
-        found = environments.find(session.users, eid, ctx.euid)
-        if found is not None and ctx.euid not in (0, found[0]):
-            found = None  # another user's id: never this terminal's to follow
+        found = session.mine(eid)
         if found is None:
             plan = activation.sync(None, base)  # it holds no GPU
             for name in activation.SYNC_VARS:
@@ -310,11 +308,10 @@ def deactivate(ctx: Context, eid: str, base: Mapping[str, str]) -> Outcome:
         session = Session(ctx)
         pid = ctx.shell_pid()
         with session:
-            found = environments.find(session.users, eid, ctx.euid)
+            found = session.mine(eid)
             if found is not None:
                 owner, env = found
                 if any(terminal["pid"] == pid for terminal in env["terminals"]):
-                    environments.check_owner(owner, ctx.euid, eid, ctx.describe)
                     environments.remove_terminal(session.tx.user(owner), env, pid)
                     session.tx.changed(owner)
                     if owner != ctx.euid and environments.forget_join(session.users, owner, env, pid):
@@ -444,7 +441,7 @@ def leave(ctx: Context, entered: Entered) -> None:
     attached for the join. Call it with ``HELD`` signals blocked."""
     eid = entered.id
     with Session(ctx) as session:
-        found = environments.find(session.users, eid, ctx.euid)
+        found = session.mine(eid)
         if found is None:
             return
         owner, env = found

@@ -261,6 +261,14 @@ class Session:
             )
         return found
 
+    def mine(self, eid: str) -> Optional[Tuple[int, Dict[str, Any]]]:
+        """The environment ``eid`` and its owner, if this process may change
+        it (the caller's own; root: any). None otherwise: an id another user
+        wrote into their own file is never this process's to leave or
+        follow."""
+        found = environments.find(self.users, eid, self.ctx.euid)
+        return found if found is not None and self.ctx.euid in (0, found[0]) else None
+
     def owned_env(self, eid: str) -> Tuple[int, Dict[str, Any]]:
         owner, env = self.env(eid)
         environments.check_owner(owner, self.ctx.euid, eid, self.ctx.describe)

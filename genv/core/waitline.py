@@ -176,7 +176,7 @@ def leave(ctx: Context, eid: str) -> None:
     """Leave the line (Ctrl-C): nothing more is held than before. (The
     caller holds back ``HELD`` signals meanwhile.)"""
     with Session(ctx) as session:
-        found = environments.find(session.users, eid, ctx.euid)
+        found = session.mine(eid)
         if found is not None and (found[1].get("waiting") or {}).get("pid") == os.getpid():
             found[1]["waiting"] = None
             session.tx.changed(found[0])
