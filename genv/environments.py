@@ -320,23 +320,17 @@ def ahead_of(users: Users, env: Env, processes: Any,
     return queue
 
 
-def _same(reserved: Dict[str, Any], device: Dict[str, Any]) -> bool:
-    if reserved.get("uuid") and device.get("uuid"):
-        return bool(reserved["uuid"] == device["uuid"])
-    return bool(reserved["index"] == device["index"])
-
-
 def reconcile(state: Dict[str, Any], record: Dict[str, Any]) -> None:
     """Store a newly discovered device list in one user's state and keep that
     user's reservations on GPUs that still exist (matched by UUID when known,
     else by index). A reservation on a GPU that is gone is dropped, and its
     environment is told at its next command."""
     state["devices"] = record
-    current = record["list"]
+    device_of = locate(record["list"])
     for env in state["envs"]:
         kept = []
         for reserved in env["devices"]:
-            match = next((device for device in current if _same(reserved, device)), None)
+            match = device_of(reserved)
             label = "GPU %d%s" % (reserved["index"], " (%s)" % reserved["uuid"] if reserved.get("uuid") else "")
             if match is None:
                 env["warnings"].append("%s is no longer on this machine; it was detached from this environment" % label)
