@@ -439,43 +439,36 @@ def lock(timeout: Optional[float] = None) -> Iterator[None]:
 
 def status() -> Dict[str, Any]:
     """The document of ``genv status --format json`` for this process."""
-    from .core.session import Session
-    from .listing import Times, status_doc
+    from .core import listings
 
     ctx = _context()
-    if ctx.eid is None:
-        return {"active": False}
-    with _quiet(), Session(ctx, listing=True, observe=True, details=True) as session:
-        owner, env = session.env(ctx.eid)
-        return status_doc(owner, env, session.attributed(), ctx.user, session.processes, Times.of(session))
+    with _quiet():
+        listed = listings.status(ctx, deliver=False)
+    return {"active": False} if listed is None else listed[0]
 
 
 def envs() -> List[Dict[str, Any]]:
     """The document of ``genv envs --format json``."""
-    from .core.session import Session
-    from .listing import Times, envs_docs
+    from .core import listings
 
     ctx = _context()
-    with _quiet(), Session(ctx, listing=True) as session:
-        return envs_docs(session.users, ctx.user, session.processes, Times.of(session))
+    with _quiet():
+        return listings.envs(ctx)[0]
 
 
 def devices() -> List[Dict[str, Any]]:
     """The document of ``genv devices --format json``."""
-    from .core.session import Session
-    from .listing import devices_docs
+    from .core import listings
 
     ctx = _context()
-    with _quiet(), Session(ctx, holders_only=True, listing=True, observe=True, usage=True, details=True) as session:
-        assert session.snapshot is not None
-        return devices_docs(session.holders, session.machine, session.snapshot.used, session.attributed(), ctx.user)
+    with _quiet():
+        return listings.devices(ctx)[0]
 
 
 def ps() -> List[Dict[str, Any]]:
     """The document of ``genv ps --format json``."""
-    from .core.session import Session
-    from .listing import ps_docs
+    from .core import listings
 
     ctx = _context()
-    with _quiet(), Session(ctx, holders_only=True, listing=True, observe=True, details=True) as session:
-        return ps_docs(session.attributed(), ctx.user)
+    with _quiet():
+        return listings.ps(ctx)[0]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from .. import options
 from ..cli import FORMAT_OPTIONS, out, output_format, print_json
+from ..core import listings
 from ..core.context import Context
-from ..core.session import Session
-from ..listing import Times, envs_docs
 from ..table import ago, csv, render
 
 TYPE_CHECKING = False
@@ -97,12 +96,11 @@ def main(argv: List[str]) -> int:
     opts, _ = options.parse(argv, OPTIONS, 0)
     form = output_format(opts)
     ctx = Context()
-    with Session(ctx, listing=True) as session:
-        docs = envs_docs(session.users, ctx.user, session.processes, Times.of(session))
+    docs, now = listings.envs(ctx)
     if form == "json":
         print_json(docs)
     elif form == "csv":
         out(_csv(docs))
     else:
-        out(_table(docs, session.now))
+        out(_table(docs, now))
     return 0
