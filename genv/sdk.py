@@ -324,7 +324,7 @@ class environment:
         guard = self._guard = _Guard(self)
         # Held back in this thread too, so that SIGTERM and SIGHUP wait as
         # well; the caller's mask is in force only while waiting in line.
-        mask = signals.pthread_sigmask(signals.SIG_BLOCK, operations.HELD)
+        mask = signals.pthread_sigmask(signals.SIG_BLOCK, signals.HELD)
         try:
             with _OPEN_LOCK:
                 if any(owner != me for owner, _ in _OPEN):
@@ -378,12 +378,11 @@ class environment:
         meanwhile; then the caller's SIGINT handler back and, with
         ``deliver``, an interrupt held meanwhile delivered."""
         from . import signals
-        from .core import operations
 
         guard = self._guard
         if guard is not None:
             guard.busy = True
-        mask = signals.pthread_sigmask(signals.SIG_BLOCK, operations.HELD)
+        mask = signals.pthread_sigmask(signals.SIG_BLOCK, signals.HELD)
         try:
             self._close()
         finally:
