@@ -6,7 +6,7 @@ from .. import options
 from ..cli import FORMAT_OPTIONS, out, output_format, print_json
 from ..core import listings
 from ..core.context import Context
-from ..table import ago, csv, render
+from ..table import ago, csv, idle_text, render, until_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -47,25 +47,6 @@ def _csv(docs: List[Dict[str, Any]], hosts: Optional[List[str]] = None) -> str:
                    d["waiting"]["count"] if d["waiting"] else None,
                    (d["waiting"].get("stopped") is True) if d["waiting"] else None, d.get("idle_seconds"),
                    d.get("until")) for position, d in enumerate(docs)])
-
-
-def idle_text(seconds: Optional[float]) -> str:
-    """``3h``: idle for at least a minute (in its largest unit); empty while
-    in use, holding nothing, or just attached."""
-    from ..sizes import format_duration
-
-    if seconds is None or seconds < 60:
-        return ""
-    return format_duration(seconds).split(" ")[0]
-
-
-def until_text(until: Optional[float], now: float) -> str:
-    """``in 1h 59m``: when the reservation ends; empty without an end."""
-    from ..sizes import format_duration
-
-    if until is None:
-        return ""
-    return "in %s" % format_duration(until - now, up=True) if until > now else "now"
 
 
 def _table(docs: List[Dict[str, Any]], now: float, hosts: Optional[List[str]] = None) -> str:

@@ -7,7 +7,7 @@ from ..cli import FORMAT_OPTIONS, out, output_format, print_json
 from ..core import listings
 from ..core.context import Context
 from ..report import warn
-from ..table import ago, csv, size
+from ..table import ago, csv, idle_text, size, until_text
 from ..text import printable
 
 TYPE_CHECKING = False
@@ -27,7 +27,6 @@ def _lines(doc: Dict[str, Any], now: float) -> str:
     import time
 
     from ..sizes import format_size
-    from .envs import idle_text, until_text
 
     processes = doc["processes"]
     known = [p["memory"] for p in processes if p["memory"] is not None]
