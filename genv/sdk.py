@@ -324,7 +324,7 @@ class environment:
         guard = self._guard = _Guard(self)
         # Held back in this thread too, so that SIGTERM and SIGHUP wait as
         # well; the caller's mask is in force only while waiting in line.
-        mask = signals.pthread_sigmask(signals.SIG_BLOCK, operations.HELD)
+        mask = signals.pthread_sigmask(signals.SIG_BLOCK, signals.HELD)
         try:
             with _OPEN_LOCK:
                 if any(owner != me for owner, _ in _OPEN):
@@ -378,12 +378,11 @@ class environment:
         meanwhile; then the caller's SIGINT handler back and, with
         ``deliver``, an interrupt held meanwhile delivered."""
         from . import signals
-        from .core import operations
 
         guard = self._guard
         if guard is not None:
             guard.busy = True
-        mask = signals.pthread_sigmask(signals.SIG_BLOCK, operations.HELD)
+        mask = signals.pthread_sigmask(signals.SIG_BLOCK, signals.HELD)
         try:
             self._close()
         finally:
@@ -439,43 +438,36 @@ def lock(timeout: Optional[float] = None) -> Iterator[None]:
 
 def status() -> Dict[str, Any]:
     """The document of ``genv status --format json`` for this process."""
-    from .core.session import Session
-    from .listing import Times, status_doc
+    from .core import listings
 
     ctx = _context()
-    if ctx.eid is None:
-        return {"active": False}
-    with _quiet(), Session(ctx, listing=True, observe=True, details=True) as session:
-        owner, env = session.env(ctx.eid)
-        return status_doc(owner, env, session.attributed(), ctx.user, session.processes, Times.of(session))
+    with _quiet():
+        listed = listings.status(ctx, deliver=False)
+    return {"active": False} if listed is None else listed[0]
 
 
 def envs() -> List[Dict[str, Any]]:
     """The document of ``genv envs --format json``."""
-    from .core.session import Session
-    from .listing import Times, envs_docs
+    from .core import listings
 
     ctx = _context()
-    with _quiet(), Session(ctx, listing=True) as session:
-        return envs_docs(session.users, ctx.user, session.processes, Times.of(session))
+    with _quiet():
+        return listings.envs(ctx)[0]
 
 
 def devices() -> List[Dict[str, Any]]:
     """The document of ``genv devices --format json``."""
-    from .core.session import Session
-    from .listing import devices_docs
+    from .core import listings
 
     ctx = _context()
-    with _quiet(), Session(ctx, holders_only=True, listing=True, observe=True, usage=True, details=True) as session:
-        assert session.snapshot is not None
-        return devices_docs(session.holders, session.machine, session.snapshot.used, session.attributed(), ctx.user)
+    with _quiet():
+        return listings.devices(ctx)[0]
 
 
 def ps() -> List[Dict[str, Any]]:
     """The document of ``genv ps --format json``."""
-    from .core.session import Session
-    from .listing import ps_docs
+    from .core import listings
 
     ctx = _context()
-    with _quiet(), Session(ctx, holders_only=True, listing=True, observe=True, details=True) as session:
-        return ps_docs(session.attributed(), ctx.user)
+    with _quiet():
+        return listings.ps(ctx)[0]

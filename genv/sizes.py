@@ -17,14 +17,13 @@ most ``limits.MAX_SECONDS``. ``format_duration`` prints one back for people
 from __future__ import annotations
 
 from .errors import GenvError
-from .limits import MAX_SECONDS, MAX_SIZE
+from .limits import MAX_SECONDS, MAX_SIZE, MIN_SIZE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Dict, List
 
 MIB = 1 << 20
-MIN_SIZE = MIB  # nvidia-smi's unit (limits.MIN_SIZE)
 
 _UNITS: Dict[str, int] = {"": 0, "b": 0}
 for _power, _letter in enumerate("kmgt", start=1):
@@ -105,8 +104,6 @@ def parse_duration(text: str, what: str, error: type = GenvError) -> float:
     """Seconds, from ``90m``, ``2h``, ``1d``, ``1.5h``, ``30s`` or a bare
     number of seconds: above 0, at most ``limits.MAX_SECONDS``; otherwise
     ``error`` with one line saying what is wrong."""
-    from .limits import MAX_SECONDS
-
     word = text.strip().lower() if text.isascii() else ""
     number = word.rstrip("smhd")
     unit = word[len(number):]

@@ -1,4 +1,5 @@
-"""Tables and times for people to read (``genv envs``, ``genv devices``)."""
+"""Tables and times for people to read (``genv envs``, ``genv devices``,
+``genv status``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from .text import printable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Sequence
+    from typing import Any, Optional, Sequence
 
 
 def render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -62,3 +63,22 @@ def ago(seconds: float) -> str:
             count = seconds // size
             return "%d %s%s ago" % (count, unit, "" if count == 1 else "s")
     return "just now"
+
+
+def idle_text(seconds: Optional[float]) -> str:
+    """``3h``: idle for at least a minute (in its largest unit); empty while
+    in use, holding nothing, or just attached."""
+    from .sizes import format_duration
+
+    if seconds is None or seconds < 60:
+        return ""
+    return format_duration(seconds).split(" ")[0]
+
+
+def until_text(until: Optional[float], now: float) -> str:
+    """``in 1h 59m``: when the reservation ends; empty without an end."""
+    from .sizes import format_duration
+
+    if until is None:
+        return ""
+    return "in %s" % format_duration(until - now, up=True) if until > now else "now"

@@ -316,6 +316,25 @@ def test_kernels_that_genv_did_not_install_are_left_alone(genv, prefix):
     assert argv[argv.index("--gpus") + 1] == "3"
 
 
+@pytest.mark.parametrize("metadata", ["oops", ["genv"], None, {"genv": "oops"}])
+def test_a_foreign_kernel_with_odd_metadata_is_left_alone(genv, prefix, metadata):
+    """A kernel.json whose "metadata" is not an object (or has no genv
+    object in it) is someone else's kernel: remove refuses it in one line
+    (exit 1, not an internal error), and list does not show it."""
+    folder = spec_dir(prefix, "odd")
+    os.makedirs(folder)
+    theirs = json.dumps({"argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                         "display_name": "Odd", "language": "python", "metadata": metadata})
+    with open(os.path.join(folder, "kernel.json"), "w") as handle:
+        handle.write(theirs)
+    text = one_line(genv_kernel(genv, "remove", "odd", "--prefix", prefix))
+    assert "not installed by genv" in text, text
+    with open(os.path.join(folder, "kernel.json")) as handle:
+        assert handle.read() == theirs
+    listed = genv_kernel(genv, "list", "--prefix", prefix)
+    assert (listed.returncode, listed.stdout) == (0, b"No genv kernels installed\n"), listed
+
+
 def their_kernel(base, name):
     """A kernel that genv did not install, in ``base``/kernels/``name``."""
     folder = os.path.join(base, "kernels", name)

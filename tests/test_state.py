@@ -271,6 +271,33 @@ def test_devices_rediscovered_and_reservations_kept(genv, sleepers):
     assert sh_cli(genv, "sh-attach", pid=two, eid=str(two)).stderr == b""  # told once
 
 
+def test_status_tells_an_environment_its_warnings_once_and_the_sdk_leaves_them(genv, sleepers):
+    """A GPU that disappeared is told once by `genv status` (on stderr, and
+    taken from the state); genv.sdk.status() returns the same document and
+    leaves the warnings for the terminal."""
+    from conftest import system_python
+
+    path = gpu_file(genv, ["GPU-a", "GPU-b", "GPU-c"])
+    genv.extra.update(FAKE_NVIDIA_SMI_GPUS=path, GENV_DEVICES_TTL="0")
+    two = sleepers()
+    assert sh_cli(genv, "sh-activate", "--gpus", "2", pid=two).returncode == 0
+    gpu_file(genv, ["GPU-a", "GPU-c"])
+    assert genv.cli("devices", "--format", "json").returncode == 0  # the list is rediscovered
+    sdk = subprocess.run([system_python(), "-c", "import json, genv.sdk; print(json.dumps(genv.sdk.status()))"],
+                         env=genv.environ(PYTHONPATH=genv.root, GENV_ENVIRONMENT_ID=str(two)), capture_output=True,
+                         cwd=genv.work, timeout=60)
+    assert (sdk.returncode, sdk.stderr) == (0, b""), sdk
+    assert json.loads(sdk.stdout)["id"] == str(two)
+    [env] = genv.state()["envs"]
+    assert len(env["warnings"]) == 1 and "GPU 1 (GPU-b) is no longer on this machine" in env["warnings"][0]
+    told = sh_cli(genv, "status", "--format", "json", pid=two, eid=str(two))
+    assert told.returncode == 0 and json.loads(told.stdout)["id"] == str(two), told
+    assert told.stderr.decode().splitlines() == ["genv: " + env["warnings"][0]]
+    again = sh_cli(genv, "status", "--format", "json", pid=two, eid=str(two))
+    assert (again.returncode, again.stderr) == (0, b""), again
+    assert genv.state()["envs"][0]["warnings"] == []
+
+
 def test_device_list_is_cached(genv, sleepers):
     """The GPU list is asked once and cached; attach asks only for the
     processes (busy GPUs), devices for memory and processes, once each."""

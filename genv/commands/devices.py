@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from .. import options
 from ..cli import FORMAT_OPTIONS, out, output_format, print_json
+from ..core import listings
 from ..core.context import Context
-from ..core.session import Session
-from ..listing import devices_docs
 from ..table import ago, csv, render, size
 
 TYPE_CHECKING = False
@@ -87,15 +86,11 @@ def main(argv: List[str]) -> int:
     opts, _ = options.parse(argv, OPTIONS, 0)
     form = output_format(opts)
     ctx = Context()
-    # Only environments that hold a GPU matter here: checking the liveness
-    # of every other one would make the listing grow with their number.
-    with Session(ctx, holders_only=True, listing=True, observe=True, usage=True, details=True) as session:
-        assert session.snapshot is not None
-        docs = devices_docs(session.holders, session.machine, session.snapshot.used, session.attributed(), ctx.user)
+    docs, now = listings.devices(ctx)
     if form == "json":
         print_json(docs)
     elif form == "csv":
         out(_csv(docs))
     else:
-        out(_table(docs, session.now))
+        out(_table(docs, now))
     return 0

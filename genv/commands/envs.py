@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from .. import options
 from ..cli import FORMAT_OPTIONS, out, output_format, print_json
+from ..core import listings
 from ..core.context import Context
-from ..core.session import Session
-from ..listing import Times, envs_docs
-from ..table import ago, csv, render
+from ..table import ago, csv, idle_text, render, until_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -50,25 +49,6 @@ def _csv(docs: List[Dict[str, Any]], hosts: Optional[List[str]] = None) -> str:
                    d.get("until")) for position, d in enumerate(docs)])
 
 
-def idle_text(seconds: Optional[float]) -> str:
-    """``3h``: idle for at least a minute (in its largest unit); empty while
-    in use, holding nothing, or just attached."""
-    from ..sizes import format_duration
-
-    if seconds is None or seconds < 60:
-        return ""
-    return format_duration(seconds).split(" ")[0]
-
-
-def until_text(until: Optional[float], now: float) -> str:
-    """``in 1h 59m``: when the reservation ends; empty without an end."""
-    from ..sizes import format_duration
-
-    if until is None:
-        return ""
-    return "in %s" % format_duration(until - now, up=True) if until > now else "now"
-
-
 def _table(docs: List[Dict[str, Any]], now: float, hosts: Optional[List[str]] = None) -> str:
     """The table; with ``hosts`` (one per doc), a HOST column first. IDLE,
     UNTIL and WAITING only when some environment has one."""
@@ -97,12 +77,11 @@ def main(argv: List[str]) -> int:
     opts, _ = options.parse(argv, OPTIONS, 0)
     form = output_format(opts)
     ctx = Context()
-    with Session(ctx, listing=True) as session:
-        docs = envs_docs(session.users, ctx.user, session.processes, Times.of(session))
+    docs, now = listings.envs(ctx)
     if form == "json":
         print_json(docs)
     elif form == "csv":
         out(_csv(docs))
     else:
-        out(_table(docs, session.now))
+        out(_table(docs, now))
     return 0

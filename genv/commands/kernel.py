@@ -110,6 +110,8 @@ def _python(opts: Dict[str, Any]) -> Tuple[str, str]:
 
 
 def _is_genvs(spec: Optional[Dict[str, Any]]) -> bool:
+    """Whether a kernel's spec is one genv installed: its "metadata" an
+    object with a "genv" object in it (anything else is someone else's)."""
     meta = (spec or {}).get("metadata")
     return isinstance(meta, dict) and isinstance(meta.get("genv"), dict)
 
@@ -219,10 +221,9 @@ def _genv_kernels(opts: Dict[str, Any]) -> List[Tuple[str, str, Dict[str, Any]]]
             continue
         for name in names:
             spec = read_spec(os.path.join(kernels, name))
-            meta = (spec or {}).get("metadata", {})
-            if isinstance(meta, dict) and isinstance(meta.get("genv"), dict) and name not in seen:
+            if spec is not None and _is_genvs(spec) and name not in seen:
                 seen.add(name)
-                found.append((name, os.path.join(kernels, name), meta["genv"]))
+                found.append((name, os.path.join(kernels, name), spec["metadata"]["genv"]))
     return found
 
 
@@ -262,7 +263,7 @@ def remove(argv: List[str]) -> int:
     spec = read_spec(folder)
     if spec is None:
         raise GenvError("there is no kernel %s in %s" % (name, os.path.dirname(folder)))
-    if not isinstance(spec.get("metadata", {}).get("genv"), dict):
+    if not _is_genvs(spec):
         raise GenvError("the kernel %s in %s was not installed by genv; leaving it alone" % (name, folder))
     try:
         shutil.rmtree(folder)

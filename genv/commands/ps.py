@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from .. import options
 from ..cli import FORMAT_OPTIONS, out, output_format, print_json
+from ..core import listings
 from ..core.context import Context
-from ..core.session import Session
-from ..listing import ps_docs
 from ..table import csv, render, size
 
 TYPE_CHECKING = False
@@ -61,12 +60,11 @@ def main(argv: List[str]) -> int:
     opts, _ = options.parse(argv, OPTIONS, 0)
     form = output_format(opts)
     ctx = Context()
-    with Session(ctx, holders_only=True, listing=True, observe=True, details=True) as session:
-        docs = ps_docs(session.attributed(), ctx.user)
+    docs, now = listings.ps(ctx)
     if form == "json":
         print_json(docs)
     elif form == "csv":
         out(_csv(docs))
     else:
-        out(_table(docs, session.now))
+        out(_table(docs, now))
     return 0

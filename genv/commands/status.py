@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from .. import options
 from ..cli import FORMAT_OPTIONS, out, output_format, print_json
+from ..core import listings
 from ..core.context import Context
-from ..core.session import Session
 from ..report import warn
-from ..listing import Times, status_doc
-from ..table import ago, csv, size
+from ..table import ago, csv, idle_text, size, until_text
 from ..text import printable
 
 TYPE_CHECKING = False
@@ -28,7 +27,6 @@ def _lines(doc: Dict[str, Any], now: float) -> str:
     import time
 
     from ..sizes import format_size
-    from .envs import idle_text, until_text
 
     processes = doc["processes"]
     known = [p["memory"] for p in processes if p["memory"] is not None]
@@ -61,7 +59,8 @@ def main(argv: List[str]) -> int:
     opts, _ = options.parse(argv, OPTIONS, 0)
     form = output_format(opts)
     ctx = Context()
-    if ctx.eid is None:
+    listed = listings.status(ctx, deliver=True)
+    if listed is None:
         if form == "json":
             print_json({"active": False})
         elif form == "csv":
@@ -69,11 +68,8 @@ def main(argv: List[str]) -> int:
         else:
             out("not active\n")
         return 0
-    with Session(ctx, listing=True, observe=True, details=True) as session:
-        owner, env = session.env(ctx.eid)
-        session.deliver_warnings(owner, env)
-        doc = status_doc(owner, env, session.attributed(), ctx.user, session.processes, Times.of(session))
-    for message in session.messages:
+    doc, now, messages = listed
+    for message in messages:
         warn(message)
     if form == "json":
         print_json(doc)
@@ -83,5 +79,5 @@ def main(argv: List[str]) -> int:
                               " ".join(map(str, doc["devices"])), " ".join(map(str, doc["pids"])), doc["created"],
                               len(doc["processes"]), memory, doc["idle_seconds"], doc["until"])]))
     else:
-        out(_lines(doc, session.now))
+        out(_lines(doc, now))
     return 0

@@ -20,6 +20,9 @@ a command (``genv.commands``) or prints: messages go through
 - ``supervise``: start a user's command and wait for it, passing signals on
   exactly once (``genv run``, ``genv lock``).
 - ``turns``: the per-GPU locks of ``genv lock`` and ``genv.sdk.lock()``.
+- ``listings``: the listings (``envs``, ``devices``, ``ps``, ``status``):
+  each one's session and documents, which the commands render and the SDK
+  returns.
 
 Importing this package imports nothing else: each command imports only the
 modules it needs.

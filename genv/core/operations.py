@@ -33,7 +33,6 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from ..allocate import Request
     from .context import Context
 
-HELD = frozenset((signals.SIGINT, signals.SIGTERM, signals.SIGHUP))
 WARN_BEFORE = 600.0
 """Seconds before a reservation's end when its terminals are told, once."""
 
@@ -238,7 +237,7 @@ class AttachRequest:
 def attach(ctx: Context, eid: str, asked: AttachRequest, base: Mapping[str, str]) -> Outcome:
     """Attach GPUs to the shell's environment now or, with ``asked.wait``,
     in line. All or nothing: a refusal leaves the environment detached.
-    Once it waits, signals in ``HELD`` are held back from its last try on:
+    Once it waits, signals in ``signals.HELD`` are held back from its last try on:
     the caller prints the plan, then restores its signal mask."""
     from .waitname import Name
 
@@ -371,7 +370,7 @@ def enter(ctx: Context, settings: Settings, base: Mapping[str, str], also: Seque
     """Make this process (and the processes ``also``, started by it)
     terminals of a new environment (or of ``settings.join``) with its GPUs,
     waiting in line if asked. Raises GenvError (attach's message) when the
-    GPUs cannot be had; then nothing is held. Call it with ``HELD`` signals
+    GPUs cannot be had; then nothing is held. Call it with ``signals.HELD`` signals
     blocked; while it sleeps in line the signal mask is ``sleeping`` (the
     caller's own), and it returns with the mask it was called with.
     ``checkpoint`` is called between looks while it waits (it may raise
@@ -414,7 +413,7 @@ def enter(ctx: Context, settings: Settings, base: Mapping[str, str], also: Seque
 
         mask = signals.pthread_sigmask(signals.SIG_BLOCK, set())  # the caller's (HELD blocked)
         try:
-            signals.pthread_sigmask(signals.SIG_SETMASK, set(mask) - HELD if sleeping is None else sleeping)
+            signals.pthread_sigmask(signals.SIG_SETMASK, set(mask) - signals.HELD if sleeping is None else sleeping)
             attached, failure = waitline.wait(ctx, entered.id, settings.wait, request.count,
                                               lambda env: (copy(env), activation.open_plan(env, base, ctx.shims(),
                                                                                             prompt=False)),
@@ -424,7 +423,7 @@ def enter(ctx: Context, settings: Settings, base: Mapping[str, str], also: Seque
             assert attached is not None
             entered.env, entered.plan = attached
         except BaseException:
-            signals.pthread_sigmask(signals.SIG_BLOCK, HELD)
+            signals.pthread_sigmask(signals.SIG_BLOCK, signals.HELD)
             leave(ctx, entered)
             raise
         finally:
@@ -438,7 +437,7 @@ def leave(ctx: Context, entered: Entered) -> None:
     """Undo ``enter``: its processes stop being terminals (the environment
     goes with its last terminal, and its GPUs with it); a joined
     environment gets back its configuration and gives back the GPUs
-    attached for the join. Call it with ``HELD`` signals blocked."""
+    attached for the join. Call it with ``signals.HELD`` signals blocked."""
     eid = entered.id
     with Session(ctx) as session:
         found = session.mine(eid)

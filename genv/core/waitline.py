@@ -41,10 +41,6 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
 
     T = TypeVar("T")
 
-HELD = frozenset((signals.SIGINT, signals.SIGTERM, signals.SIGHUP))
-"""Held back while the state changes, so that an interrupt cannot leave the
-state and what the caller prints or sets disagreeing."""
-
 POLL = 0.25
 """Seconds between looks where the kernel cannot wake the waiter (no
 inotify, no pidfds: Python 3.8), and the longest sleep of a waiter given a
@@ -162,7 +158,7 @@ def _try(ctx: Context, eid: str, give_up: bool, done: Callable[[Dict[str, Any]],
             raise GenvError("environment %s lost its place in line (another command took it)" % eid)
         failure = session.attach(owner, env, waiting_request(waiting), detach=give_up and detach)
         if failure is None or give_up:
-            if signals.sigpending() & HELD:
+            if signals.sigpending() & signals.HELD:
                 # Interrupted just now: commit nothing (the state must not
                 # hold GPUs that the caller, about to stop, will not get).
                 raise KeyboardInterrupt
@@ -174,7 +170,7 @@ def _try(ctx: Context, eid: str, give_up: bool, done: Callable[[Dict[str, Any]],
 
 def leave(ctx: Context, eid: str) -> None:
     """Leave the line (Ctrl-C): nothing more is held than before. (The
-    caller holds back ``HELD`` signals meanwhile.)"""
+    caller holds back ``signals.HELD`` signals meanwhile.)"""
     with Session(ctx) as session:
         found = session.mine(eid)
         if found is not None and (found[1].get("waiting") or {}).get("pid") == os.getpid():
@@ -187,7 +183,7 @@ def wait(ctx: Context, eid: str, seconds: float, count: int, done: Callable[[Dic
     """Wait in line for at most ``seconds`` (``inf``: as long as it takes).
     Returns ``done(env)`` (computed under the lock, once attached or given
     up) and the failure (None once attached). From the last try on, SIGINT,
-    SIGTERM and SIGHUP are held back (``HELD``; the caller restores its own
+    SIGTERM and SIGHUP are held back (``signals.HELD``; the caller restores its own
     signal mask once what it prints or sets agrees with the state; between
     tries the caller's mask is in force). KeyboardInterrupt leaves the line.
     ``detach``: giving up detaches the environment, as a plain attach would
@@ -238,7 +234,7 @@ def wait(ctx: Context, eid: str, seconds: float, count: int, done: Callable[[Dic
                 # again every OBSERVE_EVERY seconds (those processes may have
                 # ended): no file changes when they do.
                 if give_up or (looked and could and not busy) or (busy and now - observed >= OBSERVE_EVERY):
-                    mask = signals.pthread_sigmask(signals.SIG_BLOCK, HELD)
+                    mask = signals.pthread_sigmask(signals.SIG_BLOCK, signals.HELD)
                     over, result, failure, busy = _try(ctx, eid, give_up, done, detach)
                     observed = time.monotonic()
                     if over:
@@ -253,6 +249,6 @@ def wait(ctx: Context, eid: str, seconds: float, count: int, done: Callable[[Dic
                 if checkpoint is not None:
                     checkpoint()
     except KeyboardInterrupt:
-        signals.pthread_sigmask(signals.SIG_BLOCK, HELD)
+        signals.pthread_sigmask(signals.SIG_BLOCK, signals.HELD)
         leave(ctx, eid)
         raise
