@@ -383,13 +383,22 @@ def gpu_words(env: Env) -> str:
     return "GPU%s %s" % ("" if len(held) == 1 else "s", ",".join(map(str, held)))
 
 
+def hold(env: Env, devices: List[Dict[str, Any]]) -> bool:
+    """Give the environment these reservations (with none, its end goes
+    too: no GPUs, nothing to end); whether that changed it."""
+    changed = devices != env["devices"] or (not devices and env.get("until") is not None)
+    env["devices"] = devices
+    if not devices:
+        env.pop("until", None)
+    return changed
+
+
 def release(env: Env, why: str) -> None:
     """Detach the environment, its terminals to be told ``GPUs 0,1 were
     released WHY`` (a reclaim, a reservation that ended)."""
     if env["devices"]:
         add_note(env, "%s %s released %s" % (gpu_words(env), "was" if len(env["devices"]) == 1 else "were", why))
-    env["devices"] = []
-    env.pop("until", None)
+    hold(env, [])
 
 
 def expire(users: Users, boot: float, ends: Dict[Tuple[int, str], Tuple[float, str]]) -> Set[int]:

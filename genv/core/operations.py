@@ -287,9 +287,7 @@ def detach(ctx: Context, eid: str, base: Mapping[str, str]) -> Outcome:
     """Release the shell's environment's GPUs."""
     with Session(ctx) as session:
         owner, env = session.owned_env(eid)
-        if env["devices"] or env.get("until") is not None:
-            env["devices"] = []
-            env.pop("until", None)
+        if environments.hold(env, []):
             session.tx.changed(owner)
         session.deliver_warnings(owner, env)
         plan = activation.sync(env, base)
@@ -451,9 +449,7 @@ def leave(ctx: Context, entered: Entered) -> None:
         if joined is not None:
             if all(env["config"].get(key) == value for key, value in joined.set.items()):
                 env["config"] = dict(joined.config)
-            env["devices"] = [d for d in env["devices"] if d["index"] in joined.indices]
-            if not env["devices"]:
-                env.pop("until", None)
+            environments.hold(env, [d for d in env["devices"] if d["index"] in joined.indices])
         for pid in entered.pids:
             if any(t["pid"] == pid for t in env["terminals"]):
                 environments.remove_terminal(session.tx.user(owner), env, pid)

@@ -324,14 +324,10 @@ class Session:
             self.final = refusal.final
             chosen = [] if detach else before
             failure = "%s%s" % (refusal, "; the environment is now detached" if detach else "")
-        if chosen != before:  # another terminal may just pick them up
-            env["devices"] = chosen
+        if environments.hold(env, chosen):  # another terminal may just pick them up
             self.tx.changed(owner)
         if failure is None:
             self._reserve(owner, env, reserve, capped)
-        elif not env["devices"] and env.get("until") is not None:
-            env.pop("until")
-            self.tx.changed(owner)
         return failure
 
     def judge(self, uid: int, env: Dict[str, Any]) -> Optional[str]:
@@ -348,9 +344,7 @@ class Session:
         from ..sizes import format_duration
 
         if not env["devices"]:
-            if env.pop("until", None) is not None:
-                self.tx.changed(owner)
-            return
+            return  # (its end went with its GPUs: environments.hold)
         if reserve is None:
             reserve = (env.get("waiting") or {}).get("for")
         limit = self.policy().cap(self.ctx.user(owner), "max_reservation") if capped else None
