@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 
 from .. import environments, options, project
-from ..core import activation, operations
+from ..core import operations
 from ..core.context import Context
-from ..core.session import Session
 from ..errors import GenvError, UsageError
 from ..gpus import parse_count
 from ..report import warn
@@ -135,25 +134,23 @@ def main(argv: List[str]) -> int:
         if loaded is None:
             raise GenvError("nothing saved yet in %s/%s; save with 'genv config --save'" % (home, project.CONFIG))
 
-    script = Script()
-    with Session(ctx) as session:
-        owner, env = session.owned_env(eid)
+    def change(config: Dict[str, Any]) -> bool:
         if loaded is not None:
-            env["config"] = dict(loaded)
-        action.apply(env["config"])
-        if action.changes:
-            session.tx.changed(owner)
-        elif not action.save:
-            _query(script, env["config"], action.field)
-        session.deliver_warnings(owner, env)
-        current = dict(env["config"])
-        plan = activation.sync(env, os.environ)
-        told = operations.tell(session, owner, env, os.environ, plan)
-        script.plan(plan)
+            config.clear()
+            config.update(loaded)
+        action.apply(config)
+        return bool(action.changes)
+
+    outcome = operations.configure(ctx, eid, os.environ, change)
+    assert outcome.env is not None
+    script = Script()
+    if not action.changes and not action.save:
+        _query(script, outcome.env["config"], action.field)
+    script.plan(outcome.plan)
     if action.save:
         assert home is not None
-        project.save(home, current)
+        project.save(home, outcome.env["config"])
     emit(script.encode())
-    for message in session.messages + told:
+    for message in outcome.messages:
         warn(message)
     return 0

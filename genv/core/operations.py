@@ -169,6 +169,27 @@ def sync(ctx: Context, eid: str, base: Mapping[str, str], wait: bool = True) -> 
         return Outcome(copy(env), plan, None, messages)
 
 
+def follow(session: Session, owner: int, env: Dict[str, Any], base: Mapping[str, str]
+           ) -> Tuple[activation.Plan, List[str]]:
+    """The end of every operation on a terminal's environment: its warnings
+    taken out of the state, the plan that points the terminal at what it
+    holds now, and what the terminal must be told (``tell``)."""
+    session.deliver_warnings(owner, env)
+    plan = activation.sync(env, base)
+    return plan, tell(session, owner, env, base, plan)
+
+
+def configure(ctx: Context, eid: str, base: Mapping[str, str], change: Callable[[Dict[str, Any]], bool]) -> Outcome:
+    """Change the configuration of the shell's environment: ``change``
+    edits it in place and says whether it changed it (``genv config``)."""
+    with Session(ctx) as session:
+        owner, env = session.owned_env(eid)
+        if change(env["config"]):
+            session.tx.changed(owner)
+        plan, told = follow(session, owner, env, base)
+        return Outcome(copy(env), plan, None, session.messages + told)
+
+
 # --- a shell ---------------------------------------------------------------------------
 
 
@@ -265,9 +286,7 @@ def attach(ctx: Context, eid: str, asked: AttachRequest, base: Mapping[str, str]
                 if asked.reserve is not None:
                     env["waiting"]["for"] = asked.reserve  # the end counts from the attach
                 session.tx.changed(owner)
-            session.deliver_warnings(owner, env)
-            plan = activation.sync(env, base)
-            told = tell(session, owner, env, base, plan)
+            plan, told = follow(session, owner, env, base)
             result = copy(env)
         if waits:
             from . import waitline
@@ -289,9 +308,7 @@ def detach(ctx: Context, eid: str, base: Mapping[str, str]) -> Outcome:
         owner, env = session.owned_env(eid)
         if environments.hold(env, []):
             session.tx.changed(owner)
-        session.deliver_warnings(owner, env)
-        plan = activation.sync(env, base)
-        told = tell(session, owner, env, base, plan)
+        plan, told = follow(session, owner, env, base)
         return Outcome(copy(env), plan, None, session.messages + told)
 
 
