@@ -488,6 +488,10 @@ class View:
         self.unsure: Set[int] = set()  # GPU processes that may be a job's (Slurm did not say)
         self.answered = False  # Slurm answered
         self._machine: Optional[List[Dict[str, Any]]] = None
+        # The environments this view made for jobs, by identity (kept, so
+        # that no id is reused): a key in an environment read from a state
+        # file is its user's claim, never a job's mark.
+        self._made: Dict[int, Tuple[Env, str]] = {}
         self.now = time.time()
 
     # -- in a job --
@@ -528,9 +532,15 @@ class View:
                 devices.append({"index": index, "uuid": by_index[index].get("uuid"),
                                 "attached": (job.start if job and job.start else self.now)})
         env = {"id": PREFIX + jid, "created": job.start if job and job.start else self.now, "config": {},
-               "terminals": [], "devices": sorted(devices, key=lambda d: d["index"]), "warnings": [],
-               "slurm": jid}
+               "terminals": [], "devices": sorted(devices, key=lambda d: d["index"]), "warnings": []}
+        self._made[id(env)] = (env, jid)
         return uid, env
+
+    def job_of(self, env: Optional[Env]) -> Optional[str]:
+        """The job whose environment ``env`` is, if this view made it for
+        the job (None for every other, whatever its keys say)."""
+        made = self._made.get(id(env)) if env is not None else None
+        return made[1] if made is not None and made[0] is env else None
 
     def attribute(self, processes: Sequence[Any]) -> None:
         """Beside jobs, a GPU process that is not in an environment and that
@@ -555,9 +565,9 @@ class View:
     def spare(self, process: Any) -> Optional[str]:
         """Why ``genv enforce`` must not stop this process (a Slurm job's, or
         one that may be a job's), or None."""
-        env = process.env
-        if env is not None and env.get("slurm"):
-            return "left to Slurm (job %s)" % env["slurm"]
+        jid = self.job_of(process.env)
+        if jid is not None:
+            return "left to Slurm (job %s)" % jid
         if process.env is None and process.pid in self.unsure:
             return "not stopped: it may be a Slurm job's"
         return None
@@ -578,10 +588,9 @@ class View:
                 who = describe(job.uid) if job is not None and job.uid >= 0 else "an unknown user"
                 found.setdefault(index, []).append("Slurm job %s of %s" % (jid, who))
         for process in processes:
-            env = process.env
-            if env is not None and env.get("slurm") and process.misplaced and process.gpu is not None \
-                    and process.memory != 0:
-                found.setdefault(process.gpu, []).append("pid %d of Slurm job %s" % (process.pid, env["slurm"]))
+            owner_job = self.job_of(process.env)
+            if owner_job is not None and process.misplaced and process.gpu is not None and process.memory != 0:
+                found.setdefault(process.gpu, []).append("pid %d of Slurm job %s" % (process.pid, owner_job))
         return found
 
     def holders(self, users: Users) -> Users:
