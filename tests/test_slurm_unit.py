@@ -343,6 +343,19 @@ def test_sweep_removes_ended_jobs_folders_only(monkeypatch, tmp_path):
     slurm.sweep(lambda jid: jid == "2", time.time())
     assert sorted(os.listdir(str(tmp_path))) == ["job-2", "job-3", "job-x"]
     assert os.listdir(str(tmp_path / "job-3")) == ["notes.txt"]  # not genv's: left alone
+    # Every name genv writes in a state folder goes (the shell's marker too),
+    # and only those: a name that merely looks like one is the user's.
+    ours = ("user-0.json", "user-0.sync", "user-1001.sync", ".tmp-0-4242-0123abcd")
+    theirs = ("user-foo.json", "user-01.json", "user-0.sync.old", ".tmp-notes", ".tmp-0-4242-XYZ", "notes.txt")
+    for jid, names in (("5", ours), ("6", ours + theirs)):
+        folder = tmp_path / ("job-" + jid)
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text("x")
+        os.utime(str(folder), (past, past))
+    slurm.sweep(lambda jid: jid == "2", time.time())
+    assert "job-5" not in os.listdir(str(tmp_path))
+    assert sorted(os.listdir(str(tmp_path / "job-6"))) == sorted(theirs)
     # A folder made after Slurm was asked (a job that just started) stays.
     (tmp_path / "job-4").mkdir()
     slurm.sweep(lambda jid: False, time.time() - 5)

@@ -422,6 +422,8 @@ def sweep(alive: Callable[[str], bool], since: float) -> None:
     import fcntl
     import stat
 
+    from ..state_names import is_own_name
+
     try:
         base = jobs_dir()
         entries = os.listdir(base)
@@ -443,7 +445,7 @@ def sweep(alive: Callable[[str], bool], since: float) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             for name in os.listdir(fd):
-                if (name.startswith("user-") and name.endswith(".json")) or name.startswith(".tmp-"):
+                if is_own_name(name):
                     os.unlink(name, dir_fd=fd)
             os.rmdir(path)
         except OSError:
