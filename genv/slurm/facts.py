@@ -71,19 +71,11 @@ def _timeout() -> float:
     return parse_seconds(text, "GENV_SLURM_TIMEOUT", 0.01) if text else DEFAULT_TIMEOUT
 
 
-def find(program: str) -> Optional[str]:
-    for entry in os.environ.get("PATH", "").split(os.pathsep):
-        candidate = os.path.join(entry or ".", program)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
 def ask(args: Sequence[str]) -> str:
     """Run ``scontrol ARGS``; its output, or SlurmError saying why not."""
     from .. import spawn
 
-    path = find("scontrol")
+    path = spawn.which("scontrol")
     if path is None:
         raise SlurmError("scontrol is not on PATH")
     timeout = _timeout()
