@@ -42,15 +42,7 @@ class UnknownJob(SlurmError):
 INVALID_JOB = "Invalid job id specified"  # Slurm's own message (ESLURM_INVALID_JOB_ID)
 
 
-# --- where we are ---------------------------------------------------------------
-
-
-
-
-
-
-
-
+# --- this node's names, and asking Slurm --------------------------------------------
 
 
 def node_names(in_a_job: bool) -> Set[str]:
@@ -118,14 +110,21 @@ def indices(text: str) -> Set[int]:
 
     found: Set[int] = set()
     for part in text.split(","):
-        low, sep, high = part.partition("-")
-        if not low.isascii() or not low.isdigit() or (sep and (not high.isascii() or not high.isdigit())):
+        bounds = _range(part)
+        if bounds is None or bounds[1] >= MAX_GPUS:
             raise ValueError("not an index list: %r" % text)
-        first, last = int(low), int(high) if sep else int(low)
-        if last < first or last >= MAX_GPUS:
-            raise ValueError("not an index list: %r" % text)
-        found.update(range(first, last + 1))
+        found.update(range(bounds[0], bounds[1] + 1))
     return found
+
+
+def _range(part: str) -> Optional[Tuple[int, int, int]]:
+    """``3`` or ``1-4`` (ASCII digits, not backwards) as first, last and the
+    width the first is written in (``01-03``: 2); None for anything else."""
+    low, sep, high = part.partition("-")
+    if not low.isascii() or not low.isdigit() or (sep and (not high.isascii() or not high.isdigit())):
+        return None
+    first, last = int(low), int(high) if sep else int(low)
+    return (first, last, len(low)) if last >= first else None
 
 
 def hostlist(expression: str) -> List[str]:
@@ -153,15 +152,13 @@ def _expand(item: str) -> List[str]:
     prefix, body, tails = item[:at], item[at + 1 : end], _expand(item[end + 1 :])
     names = []
     for part in body.split(","):
-        low, sep, high = part.partition("-")
-        if not low.isascii() or not low.isdigit() or (sep and (not high.isascii() or not high.isdigit())):
+        bounds = _range(part)
+        if bounds is None or (bounds[1] - bounds[0] + 1) * len(tails) > MAX_NAMES:
             raise ValueError("not a host range: %r" % part)
-        first, last = int(low), int(high) if sep else int(low)
-        if last < first or (last - first + 1) * len(tails) > MAX_NAMES:
-            raise ValueError("not a host range: %r" % part)
+        first, last, width = bounds
         for number in range(first, last + 1):
             for tail in tails:
-                names.append(prefix + str(number).zfill(len(low)) + tail)
+                names.append(prefix + str(number).zfill(width) + tail)
     return names
 
 
