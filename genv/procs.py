@@ -94,6 +94,10 @@ class ProcFS:
             self._proc_fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             pass
+        self._empty_caches()
+
+    def _empty_caches(self) -> None:
+        """The answers remembered (per PID, per folder): none yet."""
         self._stat: Dict[int, Optional[Tuple[str, int, float, str]]] = {}
         self._uid: Dict[int, Optional[int]] = {}
         self._system_folders: Dict[str, bool] = {}
@@ -343,9 +347,7 @@ class Psutil(ProcFS):
             self._boot = boot[:8]
         self.names = boot is not None  # elsewhere a process cannot name itself as genv does
         self._boot_time = self._psutil.boot_time()
-        self._stat = {}
-        self._uid = {}
-        self._system_folders = {}
+        self._empty_caches()
         self._proc_fd = -1
         self._processes: Dict[int, Any] = {}
 

@@ -240,16 +240,6 @@ def timeout() -> float:
     return parse_seconds(text, "GENV_SSH_TIMEOUT", least=0.1)
 
 
-def _which(program: str) -> Optional[str]:
-    if "/" in program:
-        return program if os.access(program, os.X_OK) and not os.path.isdir(program) else None
-    for folder in os.environ.get("PATH", "").split(os.pathsep):
-        candidate = os.path.join(folder or ".", program)
-        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
-            return candidate
-    return None
-
-
 def ssh_command() -> List[str]:
     """The ssh that genv runs: ``GENV_SSH_COMMAND`` split as a POSIX shell
     would (``ssh -F FILE``), else ``ssh``; its program found on PATH."""
@@ -262,7 +252,9 @@ def ssh_command() -> List[str]:
         raise GenvError("invalid GENV_SSH_COMMAND %r: %s" % (text, error)) from None
     if not words:
         raise GenvError("invalid GENV_SSH_COMMAND %r: no command in it" % text)
-    program = _which(words[0])
+    from .spawn import which
+
+    program = which(words[0])
     if program is None:
         raise GenvError("cannot run %s: command not found%s" % (
             words[0], " (GENV_SSH_COMMAND)" if os.environ.get("GENV_SSH_COMMAND") else "; install OpenSSH's client"))

@@ -26,6 +26,21 @@ class TooLong(OSError):
     """The program wrote more than it was allowed to (it was killed)."""
 
 
+def which(program: str) -> Optional[str]:
+    """The path a shell would run for ``program``: itself if it names a
+    path (has a ``/``), else the first ``PATH`` entry (an empty one is the
+    current folder) that holds it; None unless that is a regular file this
+    process may execute. ``run`` and ``start`` search nothing: pass them this."""
+    if "/" in program:
+        candidates = [program]
+    else:
+        candidates = [os.path.join(folder or ".", program) for folder in os.environ.get("PATH", "").split(os.pathsep)]
+    for candidate in candidates:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def _spawn(argv: Sequence[str], stdout: int, stderr: int, group: bool = False) -> int:
     actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                (os.POSIX_SPAWN_DUP2, stdout, 1)]
@@ -54,7 +69,7 @@ def status_of(wait_status: int) -> int:
 
 
 def run(argv: Sequence[str], timeout: float = 60.0, capture_stderr: bool = True) -> Tuple[int, bytes, bytes]:
-    """Run ``argv`` (a path, not searched on PATH) with stdin from /dev/null;
+    """Run ``argv`` (a path, not searched on PATH: see ``which``) with stdin from /dev/null;
     its return code and what it wrote on stdout and stderr. Raises OSError
     if it cannot be started, Timeout if it runs longer than ``timeout``."""
     result = run_all([argv], timeout, capture_stderr)[0]
@@ -316,7 +331,7 @@ def _drain(fd: int) -> List[bytes]:
 
 def start(argv: Sequence[str], stdin: int = -1, stdout: int = -1, stderr: int = -1, group: bool = False,
           default: Sequence[int] = ()) -> int:
-    """Start ``argv`` (a path) with these descriptors as its standard
+    """Start ``argv`` (a path: see ``which``) with these descriptors as its standard
     streams (-1: this process's own); ``group``: in a process group of its
     own; ``default``: signals it gets with their default action (those this
     process ignores would stay ignored). Its PID: wait for it with ``wait``."""

@@ -16,8 +16,9 @@ Layout of ``$GENV_TMPDIR`` (default ``/var/tmp/genv``), see docs/state.md:
 The lock is ``flock`` on the folder itself: there is no lock file that
 could be planted, linked or truncated. Every file is opened relative to the
 locked folder with ``O_NOFOLLOW`` and must be a regular file owned by the
-uid its name says. genv touches only names that are exactly its own, and a
-file under such a name that genv did not write is left alone.
+uid its name says. genv touches only names that are exactly its own (spelled
+and read back by genv/state_names.py alone), and a file under such a name
+that genv did not write is left alone.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from . import files, jsonio, locking
 from .errors import GenvError
 from .report import warn
 from .schema import FORMAT, NewerFormat, empty_user, upgrade, validate
+from .state_names import TMP, marker_name, state_name, state_uid, tmp_owner, tmp_prefix
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -38,10 +40,6 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     Identity = Tuple[int, ...]
 
 DEFAULT_DIR = "/var/tmp/genv"
-_PREFIX = "user-"
-_SUFFIX = ".json"
-_MARKER = ".sync"
-_TMP = ".tmp-"
 _MAX_BYTES = 64 << 20
 
 
@@ -51,24 +49,6 @@ def _signed(raw: bytes) -> bool:
     else's, and is never moved aside or replaced."""
     head = raw[:256].lstrip()
     return head[:1] == b"{" and head[1:].lstrip().startswith(b'"format"')
-
-
-
-def _number(text: str) -> Optional[int]:
-    """A number as genv writes it in a name (ASCII digits, no leading zero),
-    None for anything else: a name of another user's choosing (``user-².json``,
-    whose digit ``int`` refuses) is not genv's."""
-    if not text.isascii() or not text.isdigit() or len(text) > 20 or text != str(int(text)):
-        return None
-    return int(text)
-
-
-def state_uid(name: str) -> Optional[int]:
-    """The uid in a state file's name (``user-<uid>.json``), None if the name
-    is not exactly of that form."""
-    if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
-        return None
-    return _number(name[len(_PREFIX) : -len(_SUFFIX)])
 
 
 def state_dir() -> str:
@@ -158,10 +138,10 @@ class StateDir:
         self._seen: Dict[int, Found] = {}
 
     def file_name(self, uid: int) -> str:
-        return "%s%d%s" % (_PREFIX, uid, _SUFFIX)
+        return state_name(uid)
 
     def marker_name(self, uid: int) -> str:
-        return "%s%d%s" % (_PREFIX, uid, _MARKER)
+        return marker_name(uid)
 
     def display(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -261,17 +241,6 @@ def _changed(before: Dict[str, Any], now: Dict[str, Any]) -> bool:
     return any(eid in before and before[eid] != view for eid, view in now.items())
 
 
-def _tmp_owner(name: str) -> Optional[int]:
-    """The uid in a temporary name genv writes (``.tmp-<uid>-<pid>-<8 hex>``),
-    None if the name is not exactly of that form."""
-    parts = name[len(_TMP) :].split("-")
-    if len(parts) != 3 or _number(parts[1]) is None:
-        return None
-    if len(parts[2]) != 8 or not all(c in "0123456789abcdef" for c in parts[2]):
-        return None
-    return _number(parts[0])
-
-
 class Transaction:
     """Everything under one exclusive lock: read all users, change, write.
 
@@ -353,7 +322,7 @@ class Transaction:
     def _sweep_and_load(self) -> None:
         euid = self.folder.euid
         for name in os.listdir(self._dir_fd):
-            if name.startswith(_TMP):
+            if name.startswith(TMP):
                 self._sweep(name)
                 continue
             uid = state_uid(name)
@@ -400,7 +369,7 @@ class Transaction:
         """Writers create temporary files only while holding the lock: any
         we see now belongs to a writer that was killed. Only genv's own
         names, and (but for root) only the caller's own files."""
-        uid = _tmp_owner(name)
+        uid = tmp_owner(name)
         euid = self.folder.euid
         if uid is None or euid not in (0, uid) or self.unlocked is not None:  # (a live writer's, without the lock)
             return
@@ -519,7 +488,7 @@ class Transaction:
         name = self.folder.marker_name(uid)
         owner = uid if uid != self.folder.euid else None
         try:
-            files.write_atomic(self._dir_fd, name, token.encode("ascii") + b"\n", files.temp_name("%s%d-" % (_TMP, uid)),
+            files.write_atomic(self._dir_fd, name, token.encode("ascii") + b"\n", files.temp_name(tmp_prefix(uid)),
                                0o644, owner, durable=False)
         except OSError as error:
             warn("cannot write %s (%s): terminals of this user's environments follow changes at their next genv "
@@ -546,7 +515,7 @@ class Transaction:
         # The marker first: a writer killed in between leaves terminals a
         # look that finds nothing new, never a change they miss.
         self._write_marker(uid)
-        tmp = files.temp_name("%s%d-" % (_TMP, uid))
+        tmp = files.temp_name(tmp_prefix(uid))
         owner = uid if uid != self.folder.euid else None
         try:
             files.write_atomic(self._dir_fd, name, payload, tmp, 0o644, owner)

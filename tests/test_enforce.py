@@ -1056,6 +1056,44 @@ def test_root_stops_a_second_users_processes(genv, sh, world, other_user):
     assert alive(own)
 
 
+def test_a_slurm_key_in_a_users_own_file_is_no_slurm_job(genv, world, other_user):
+    """On a Slurm node (a configuration, and an scontrol that says no job
+    runs: no daemons), another user writes ``"slurm"`` into one of their
+    own environments. It stays theirs: root's enforce stops its misplaced
+    process instead of leaving it to Slurm."""
+    from test_sharing import rewrite_as
+
+    folder = os.path.join(genv.base, "slurm-bin")
+    os.makedirs(folder)
+    log = os.path.join(genv.base, "scontrol.log")
+    with open(os.path.join(folder, "scontrol"), "w") as handle:
+        handle.write('#!/bin/sh\necho "$*" >> %s\necho "No jobs in the system"\n' % log)
+    os.chmod(os.path.join(folder, "scontrol"), 0o755)
+    conf = os.path.join(genv.base, "slurm.conf")
+    with open(conf, "w") as handle:
+        handle.write("ClusterName=genvtest\n")
+    genv.extra.update({"SLURM_CONF": conf, "PATH": folder + ":" + genv.environ()["PATH"]})
+    theirs = genv.shell("bash", user=other_user)
+    theirs.ok("genv activate --gpus 1")
+    assert gpu_of(theirs) == "0"
+    eid = theirs.var("GENV_ENVIRONMENT_ID")
+
+    def claim(data):
+        for env in data["envs"]:
+            if env["id"] == eid:
+                env["slurm"] = "12"
+    rewrite_as(genv, other_user.pw_uid, claim)
+    assert [env.get("slurm") for env in genv.state(other_user.pw_uid)["envs"] if env["id"] == eid] == ["12"]
+    misplaced = world.in_shell(theirs, gpu=1, mib=100)
+    rc, docs, err = enforce_json(genv, "--kill", "--grace", "1")
+    assert (rc, err) == (0, "")
+    assert {pid: (doc["rule"], doc["env_id"], doc["outcome"]) for pid, doc in docs.items()} == {
+        misplaced: ("misplaced", eid, "terminated (SIGTERM)")}
+    assert gone(misplaced)
+    with open(log) as handle:
+        assert "show job" in handle.read()  # Slurm was asked: this is a Slurm node to genv
+
+
 def test_a_user_stops_only_their_own(genv, world, other_user):
     root = genv.shell("bash")
     root.ok("genv activate --gpus 1")

@@ -237,6 +237,27 @@ def test_view_unsure_processes_are_spared():
     assert view.spare(Process(51, 0)) is None
 
 
+def test_a_key_in_a_users_own_environment_makes_it_no_jobs():
+    """An environment outside jobs is a user's claim, whatever keys it has
+    (the state format keeps unknown ones): only the environments the view
+    made for jobs are left to Slurm."""
+    jobs = slurm.parse_jobs(record(12, user="alice(1001)", gres="gpu:2(IDX:1-2)"), {"vm"})
+    view = beside({1: ["12"], 2: ["12"]}, jobs, {40: "12"})
+    forged = {"id": "7", "created": 1.0, "config": {}, "terminals": [], "warnings": [], "slurm": "12",
+              "devices": [{"index": 0, "uuid": "GPU-0", "attached": 1.0}]}
+    mine, stray = Process(30, 3, 1001), Process(40, 3, 1001)
+    mine.env, mine.owner, mine.misplaced = forged, 1001, True  # on GPU 3, which its environment does not hold
+    view.attribute([mine, stray])
+    assert mine.env is forged and stray.env["id"] == "slurm:12" and stray.misplaced
+    assert view.spare(mine) is None
+    assert view.spare(stray) == "left to Slurm (job 12)"
+    assert view.busy([mine, stray], str)[3] == ["pid 40 of Slurm job 12"]
+    # A copy of the job's own environment (as a listing or a state file would hold it) is no job's either.
+    copy = Process(41, 3, 1001)
+    copy.env, copy.misplaced = dict(stray.env), True
+    assert view.spare(copy) is None and view.busy([copy], str).get(3) is None
+
+
 def test_view_in_a_job():
     view = slurm.View(machine())
     view.job, view.pool = "12", [1, 2]
@@ -322,6 +343,19 @@ def test_sweep_removes_ended_jobs_folders_only(monkeypatch, tmp_path):
     slurm.sweep(lambda jid: jid == "2", time.time())
     assert sorted(os.listdir(str(tmp_path))) == ["job-2", "job-3", "job-x"]
     assert os.listdir(str(tmp_path / "job-3")) == ["notes.txt"]  # not genv's: left alone
+    # Every name genv writes in a state folder goes (the shell's marker too),
+    # and only those: a name that merely looks like one is the user's.
+    ours = ("user-0.json", "user-0.sync", "user-1001.sync", ".tmp-0-4242-0123abcd")
+    theirs = ("user-foo.json", "user-01.json", "user-0.sync.old", ".tmp-notes", ".tmp-0-4242-XYZ", "notes.txt")
+    for jid, names in (("5", ours), ("6", ours + theirs)):
+        folder = tmp_path / ("job-" + jid)
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text("x")
+        os.utime(str(folder), (past, past))
+    slurm.sweep(lambda jid: jid == "2", time.time())
+    assert "job-5" not in os.listdir(str(tmp_path))
+    assert sorted(os.listdir(str(tmp_path / "job-6"))) == sorted(theirs)
     # A folder made after Slurm was asked (a job that just started) stays.
     (tmp_path / "job-4").mkdir()
     slurm.sweep(lambda jid: False, time.time() - 5)

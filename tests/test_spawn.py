@@ -19,6 +19,27 @@ def test_run_gives_status_stdout_and_stderr():
     assert (status, out, err) == (0, b"", b"")
 
 
+def test_which_finds_what_a_shell_would_run(tmp_path, monkeypatch):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second):
+        folder.mkdir()
+    (first / "tool").mkdir()  # a folder of that name: not it
+    (first / "plain").write_text("not executable")
+    for path in (second / "tool", second / "plain"):
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+    monkeypatch.setenv("PATH", "%s:%s" % (first, second))
+    assert spawn.which("tool") == str(second / "tool")
+    assert spawn.which("plain") == str(second / "plain")
+    assert spawn.which("none") is None
+    assert spawn.which(str(first / "plain")) is None and spawn.which(str(first / "tool")) is None
+    assert spawn.which(str(second / "tool")) == str(second / "tool")  # a path: itself, PATH not searched
+    monkeypatch.chdir(str(second))
+    monkeypatch.setenv("PATH", ":/nowhere")  # an empty entry is the current folder
+    assert spawn.which("tool") == "./tool"
+    assert spawn.which("sh") is None
+
+
 def test_run_all_runs_side_by_side(tmp_path):
     """The first program reads a FIFO that only the second writes: run one
     after the other, the first would wait until the time-out."""

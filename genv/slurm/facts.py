@@ -42,15 +42,7 @@ class UnknownJob(SlurmError):
 INVALID_JOB = "Invalid job id specified"  # Slurm's own message (ESLURM_INVALID_JOB_ID)
 
 
-# --- where we are ---------------------------------------------------------------
-
-
-
-
-
-
-
-
+# --- this node's names, and asking Slurm --------------------------------------------
 
 
 def node_names(in_a_job: bool) -> Set[str]:
@@ -71,19 +63,11 @@ def _timeout() -> float:
     return parse_seconds(text, "GENV_SLURM_TIMEOUT", 0.01) if text else DEFAULT_TIMEOUT
 
 
-def find(program: str) -> Optional[str]:
-    for entry in os.environ.get("PATH", "").split(os.pathsep):
-        candidate = os.path.join(entry or ".", program)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
 def ask(args: Sequence[str]) -> str:
     """Run ``scontrol ARGS``; its output, or SlurmError saying why not."""
     from .. import spawn
 
-    path = find("scontrol")
+    path = spawn.which("scontrol")
     if path is None:
         raise SlurmError("scontrol is not on PATH")
     timeout = _timeout()
@@ -126,14 +110,21 @@ def indices(text: str) -> Set[int]:
 
     found: Set[int] = set()
     for part in text.split(","):
-        low, sep, high = part.partition("-")
-        if not low.isascii() or not low.isdigit() or (sep and (not high.isascii() or not high.isdigit())):
+        bounds = _range(part)
+        if bounds is None or bounds[1] >= MAX_GPUS:
             raise ValueError("not an index list: %r" % text)
-        first, last = int(low), int(high) if sep else int(low)
-        if last < first or last >= MAX_GPUS:
-            raise ValueError("not an index list: %r" % text)
-        found.update(range(first, last + 1))
+        found.update(range(bounds[0], bounds[1] + 1))
     return found
+
+
+def _range(part: str) -> Optional[Tuple[int, int, int]]:
+    """``3`` or ``1-4`` (ASCII digits, not backwards) as first, last and the
+    width the first is written in (``01-03``: 2); None for anything else."""
+    low, sep, high = part.partition("-")
+    if not low.isascii() or not low.isdigit() or (sep and (not high.isascii() or not high.isdigit())):
+        return None
+    first, last = int(low), int(high) if sep else int(low)
+    return (first, last, len(low)) if last >= first else None
 
 
 def hostlist(expression: str) -> List[str]:
@@ -161,15 +152,13 @@ def _expand(item: str) -> List[str]:
     prefix, body, tails = item[:at], item[at + 1 : end], _expand(item[end + 1 :])
     names = []
     for part in body.split(","):
-        low, sep, high = part.partition("-")
-        if not low.isascii() or not low.isdigit() or (sep and (not high.isascii() or not high.isdigit())):
+        bounds = _range(part)
+        if bounds is None or (bounds[1] - bounds[0] + 1) * len(tails) > MAX_NAMES:
             raise ValueError("not a host range: %r" % part)
-        first, last = int(low), int(high) if sep else int(low)
-        if last < first or (last - first + 1) * len(tails) > MAX_NAMES:
-            raise ValueError("not a host range: %r" % part)
+        first, last, width = bounds
         for number in range(first, last + 1):
             for tail in tails:
-                names.append(prefix + str(number).zfill(len(low)) + tail)
+                names.append(prefix + str(number).zfill(width) + tail)
     return names
 
 
@@ -422,6 +411,8 @@ def sweep(alive: Callable[[str], bool], since: float) -> None:
     import fcntl
     import stat
 
+    from ..state_names import is_own_name
+
     try:
         base = jobs_dir()
         entries = os.listdir(base)
@@ -443,7 +434,7 @@ def sweep(alive: Callable[[str], bool], since: float) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             for name in os.listdir(fd):
-                if (name.startswith("user-") and name.endswith(".json")) or name.startswith(".tmp-"):
+                if is_own_name(name):
                     os.unlink(name, dir_fd=fd)
             os.rmdir(path)
         except OSError:
@@ -488,6 +479,10 @@ class View:
         self.unsure: Set[int] = set()  # GPU processes that may be a job's (Slurm did not say)
         self.answered = False  # Slurm answered
         self._machine: Optional[List[Dict[str, Any]]] = None
+        # The environments this view made for jobs, by identity (kept, so
+        # that no id is reused): a key in an environment read from a state
+        # file is its user's claim, never a job's mark.
+        self._made: Dict[int, Tuple[Env, str]] = {}
         self.now = time.time()
 
     # -- in a job --
@@ -528,9 +523,15 @@ class View:
                 devices.append({"index": index, "uuid": by_index[index].get("uuid"),
                                 "attached": (job.start if job and job.start else self.now)})
         env = {"id": PREFIX + jid, "created": job.start if job and job.start else self.now, "config": {},
-               "terminals": [], "devices": sorted(devices, key=lambda d: d["index"]), "warnings": [],
-               "slurm": jid}
+               "terminals": [], "devices": sorted(devices, key=lambda d: d["index"]), "warnings": []}
+        self._made[id(env)] = (env, jid)
         return uid, env
+
+    def job_of(self, env: Optional[Env]) -> Optional[str]:
+        """The job whose environment ``env`` is, if this view made it for
+        the job (None for every other, whatever its keys say)."""
+        made = self._made.get(id(env)) if env is not None else None
+        return made[1] if made is not None and made[0] is env else None
 
     def attribute(self, processes: Sequence[Any]) -> None:
         """Beside jobs, a GPU process that is not in an environment and that
@@ -555,9 +556,9 @@ class View:
     def spare(self, process: Any) -> Optional[str]:
         """Why ``genv enforce`` must not stop this process (a Slurm job's, or
         one that may be a job's), or None."""
-        env = process.env
-        if env is not None and env.get("slurm"):
-            return "left to Slurm (job %s)" % env["slurm"]
+        jid = self.job_of(process.env)
+        if jid is not None:
+            return "left to Slurm (job %s)" % jid
         if process.env is None and process.pid in self.unsure:
             return "not stopped: it may be a Slurm job's"
         return None
@@ -578,10 +579,9 @@ class View:
                 who = describe(job.uid) if job is not None and job.uid >= 0 else "an unknown user"
                 found.setdefault(index, []).append("Slurm job %s of %s" % (jid, who))
         for process in processes:
-            env = process.env
-            if env is not None and env.get("slurm") and process.misplaced and process.gpu is not None \
-                    and process.memory != 0:
-                found.setdefault(process.gpu, []).append("pid %d of Slurm job %s" % (process.pid, env["slurm"]))
+            owner_job = self.job_of(process.env)
+            if owner_job is not None and process.misplaced and process.gpu is not None and process.memory != 0:
+                found.setdefault(process.gpu, []).append("pid %d of Slurm job %s" % (process.pid, owner_job))
         return found
 
     def holders(self, users: Users) -> Users:
