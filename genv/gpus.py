@@ -49,10 +49,9 @@ def parse_count(text: str, what: str) -> int:
 
 
 def _ttl() -> float:
-    from .sizes import parse_seconds
+    from .sizes import env_seconds
 
-    text = os.environ.get("GENV_DEVICES_TTL")
-    return parse_seconds(text, "GENV_DEVICES_TTL") if text else DEFAULT_TTL
+    return env_seconds("GENV_DEVICES_TTL", DEFAULT_TTL)
 
 
 def find_nvidia_smi() -> Optional[str]:

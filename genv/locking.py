@@ -40,10 +40,9 @@ class _Tick(Exception):
 
 
 def timeout_from_env(default: float = DEFAULT_TIMEOUT) -> float:
-    from .sizes import parse_seconds
+    from .sizes import env_seconds
 
-    text = os.environ.get("GENV_LOCK_TIMEOUT")
-    return parse_seconds(text, "GENV_LOCK_TIMEOUT", hint="0 = do not wait") if text else default
+    return env_seconds("GENV_LOCK_TIMEOUT", default, hint="0 = do not wait")
 
 
 def holder(fd: int) -> Optional[Tuple[int, Optional[int]]]:

@@ -232,12 +232,9 @@ def wants_hosts(argv: Sequence[str]) -> bool:
 
 def timeout() -> float:
     """``GENV_SSH_TIMEOUT``: seconds for a host to connect and answer."""
-    from .sizes import parse_seconds
+    from .sizes import env_seconds
 
-    text = os.environ.get("GENV_SSH_TIMEOUT")
-    if not text:
-        return DEFAULT_TIMEOUT
-    return parse_seconds(text, "GENV_SSH_TIMEOUT", least=0.1)
+    return env_seconds("GENV_SSH_TIMEOUT", DEFAULT_TIMEOUT, least=0.1)
 
 
 def ssh_command() -> List[str]:

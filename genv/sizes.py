@@ -16,6 +16,8 @@ most ``limits.MAX_SECONDS``. ``format_duration`` prints one back for people
 
 from __future__ import annotations
 
+import os
+
 from .errors import GenvError
 from .limits import MAX_SECONDS, MAX_SIZE, MIN_SIZE
 
@@ -81,6 +83,13 @@ def format_size(value: int) -> str:
 def mib(value: int) -> int:
     """Bytes to whole MiB, rounded down (nvidia-smi's unit)."""
     return value // MIB
+
+
+def env_seconds(name: str, default: float, least: float = 0.0, hint: str = "") -> float:
+    """The seconds the variable ``name`` gives (``parse_seconds``), or
+    ``default`` when it is unset or empty."""
+    text = os.environ.get(name)
+    return parse_seconds(text, name, least, hint) if text else default
 
 
 def parse_seconds(text: str, what: str, least: float = 0.0, hint: str = "", error: type = GenvError) -> float:

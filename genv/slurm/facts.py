@@ -57,10 +57,9 @@ def node_names(in_a_job: bool) -> Set[str]:
 
 
 def _timeout() -> float:
-    from ..sizes import parse_seconds
+    from ..sizes import env_seconds
 
-    text = os.environ.get("GENV_SLURM_TIMEOUT")
-    return parse_seconds(text, "GENV_SLURM_TIMEOUT", 0.01) if text else DEFAULT_TIMEOUT
+    return env_seconds("GENV_SLURM_TIMEOUT", DEFAULT_TIMEOUT, 0.01)
 
 
 def ask(args: Sequence[str]) -> str:
