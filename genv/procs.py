@@ -101,6 +101,7 @@ class ProcFS:
         self._stat: Dict[int, Optional[Tuple[str, int, float, str]]] = {}
         self._uid: Dict[int, Optional[int]] = {}
         self._system_folders: Dict[str, bool] = {}
+        self._programs: Dict[int, Optional[Tuple[str, os.stat_result]]] = {}
 
     def close(self) -> None:
         """Let go of the open /proc (also when the object is dropped: a
@@ -237,6 +238,13 @@ class ProcFS:
         return path[: -len(" (deleted)")] if path.endswith(" (deleted)") else path
 
     def _program(self, pid: int) -> Optional[Tuple[str, os.stat_result]]:
+        """``_find_program``, once per process (``program`` and
+        ``system_program`` both ask)."""
+        if pid not in self._programs:
+            self._programs[pid] = self._find_program(pid)
+        return self._programs[pid]
+
+    def _find_program(self, pid: int) -> Optional[Tuple[str, os.stat_result]]:
         """The path of the file the process runs and that file's status,
         only when the path names that very file here: /proc gives the path
         as the process's own mount namespace has it, and a user may make
