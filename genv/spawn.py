@@ -61,6 +61,19 @@ def waitpid(pid: int, flags: int) -> Tuple[int, int]:
         return pid, 0
 
 
+def kill_group(pid: int) -> None:
+    """SIGKILL a started, not yet reaped child (its process group, which it
+    leads; else itself) and reap it."""
+    try:
+        os.killpg(pid, 9)  # SIGKILL
+    except OSError:
+        try:
+            os.kill(pid, 9)  # not reaped yet, so still this program
+        except OSError:
+            pass
+    waitpid(pid, 0)
+
+
 def status_of(wait_status: int) -> int:
     """A return code as subprocess gives it: negative for a signal."""
     if os.WIFSIGNALED(wait_status):
@@ -240,15 +253,7 @@ def run_each(argvs: Sequence[Sequence[str]], timeout: float,
                              b"".join(chunks[(position, 2)]))
 
     def stop(position: int, error: OSError) -> None:
-        pid = pids[position]
-        try:
-            os.killpg(pid, 9)  # SIGKILL
-        except OSError:
-            try:
-                os.kill(pid, 9)  # not reaped yet, so still this program
-            except OSError:
-                pass
-        waitpid(pid, 0)
+        kill_group(pids[position])
         forget(position)
         close_pipes(position)
         results[position] = error

@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import os
 
-import signal
 
-from .. import options, remote
+from .. import options, remote, spawn
 from ..errors import GenvError, UsageError
 from ..report import warn as err
 
@@ -117,7 +116,7 @@ class Held:
         for it to end, at most ``timeout`` seconds."""
         os.close(self.fds[0])
         if _reap(self.pid, timeout) is None:
-            _kill(self.pid)
+            spawn.kill_group(self.pid)
         for fd in self.fds[1:]:
             os.close(fd)
 
@@ -127,8 +126,6 @@ def _reap(pid: int, timeout: float) -> Optional[int]:
     running after ``timeout`` seconds."""
     import time
 
-    from .. import spawn
-
     deadline = time.monotonic() + timeout
     while True:
         done, wait_status = spawn.waitpid(pid, os.WNOHANG)
@@ -137,20 +134,6 @@ def _reap(pid: int, timeout: float) -> Optional[int]:
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.01)
-
-
-def _kill(pid: int) -> None:
-    """Kill a started, not yet reaped, ssh (its process group) and reap it."""
-    from .. import spawn
-
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    spawn.waitpid(pid, 0)
 
 
 def _words(count: int, memory: Optional[int], name: Optional[str]) -> List[str]:
@@ -167,8 +150,6 @@ def hold(transport: remote.Transport, host: remote.Host, words: List[str]) -> Tu
     not (its GPUs could not be had there, or the host failed)."""
     import select
     import time
-
-    from .. import spawn
 
     stdin_r, stdin_w = os.pipe()
     out_r, out_w = os.pipe()
@@ -222,7 +203,7 @@ def hold(transport: remote.Transport, host: remote.Host, words: List[str]) -> Tu
                     errors += data
         wait_status = _reap(pid, max(0.0, rest - time.monotonic()))
         if wait_status is None:
-            _kill(pid)
+            spawn.kill_group(pid)
         done = True
         status = spawn.status_of(wait_status) if wait_status is not None else 1
         return None, remote.reason(status, errors, transport.genv(host))
@@ -230,7 +211,7 @@ def hold(transport: remote.Transport, host: remote.Host, words: List[str]) -> Tu
         if not done:
             if stdin_w >= 0:
                 os.close(stdin_w)
-            _kill(pid)
+            spawn.kill_group(pid)
         if not done or stdin_w < 0:  # (a holder kept keeps its pipes)
             os.close(out_r)
             os.close(err_r)
