@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 
-
 from .. import options, remote, spawn
 from ..errors import GenvError, UsageError
 from ..report import warn as err
