@@ -630,6 +630,23 @@ def test_a_failing_nvidia_smi_is_genv_up_0_said_once(genv, monitors):
     assert lines[0].startswith("genv: nvidia-smi failed with exit status 9"), err
 
 
+def test_a_storm_of_signals_while_it_stops_says_nothing(genv, monitors):
+    # Signals that keep coming while it shuts down (a service manager and a
+    # user both stopping it) are not written to a wakeup socket already
+    # closed: once "Exception ignored ... Bad file descriptor" came out.
+    for _ in range(5):
+        mon = monitors(genv)
+        mon.scrape()
+        deadline = time.monotonic() + 30
+        while mon.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                mon.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                break
+        status, err = mon.stop()
+        assert (status, err) == (0, ""), (status, err)
+
+
 def test_sigterm_and_sigint_stop_it_cleanly(genv, monitors):
     import threading
 

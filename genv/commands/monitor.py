@@ -482,5 +482,13 @@ def main(argv: List[str]) -> int:
             wake.recv(256)
     except _Stop:
         pass
+    finally:
+        # Signals that come on while it shuts down change nothing, and none is
+        # written to the wakeup socket once it is closed.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.set_wakeup_fd(-1)
+        wake.close()
+        woken.close()
     server.server_close()
     return 0
