@@ -30,7 +30,7 @@ from ..report import warn as err
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import Any, Dict, List, Optional, Sequence, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 OPTIONS: options.Spec = {"--gpus": options.VALUE, "--gpu-memory": options.VALUE, "--name": options.VALUE,
                          "-t": options.FLAG}
@@ -135,6 +135,38 @@ def _reap(pid: int, timeout: float) -> Optional[int]:
         time.sleep(0.01)
 
 
+class _Pipes:
+    """Output pipes read as their data comes: what each gave so far, and
+    which are still open."""
+
+    def __init__(self, *fds: int) -> None:
+        import select
+
+        self.got: Dict[int, bytes] = {fd: b"" for fd in fds}
+        self.open = set(fds)
+        self.poller = select.poll()
+        for fd in fds:
+            self.poller.register(fd, select.POLLIN | select.POLLHUP)
+
+    def read_until(self, enough: Callable[[], bool], deadline: float) -> bool:
+        """Read until ``enough()`` (True) or ``deadline`` on the monotonic
+        clock (False)."""
+        import time
+
+        while not enough():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            for fd, _ in self.poller.poll(int(left * 1000) + 1):
+                data = os.read(fd, 65536)
+                if data:
+                    self.got[fd] += data
+                else:
+                    self.poller.unregister(fd)
+                    self.open.discard(fd)
+        return True
+
+
 def _words(count: int, memory: Optional[int], name: Optional[str]) -> List[str]:
     words = ["run", "--no-load", "--gpus", str(count)]
     if memory is not None:
@@ -147,7 +179,6 @@ def _words(count: int, memory: Optional[int], name: Optional[str]) -> List[str]:
 def hold(transport: remote.Transport, host: remote.Host, words: List[str]) -> Tuple[Optional[Held], str]:
     """Start the holder on ``host``: the held environment, or None and why
     not (its GPUs could not be had there, or the host failed)."""
-    import select
     import time
 
     stdin_r, stdin_w = os.pipe()
@@ -163,26 +194,11 @@ def hold(transport: remote.Transport, host: remote.Host, words: List[str]) -> Tu
         os.close(fd)
     done = False  # the holder is kept, or reaped: nothing to clean up
     try:
-        output = b""
-        errors = b""
-        deadline = time.monotonic() + transport.timeout
-        poller = select.poll()
-        open_fds = {out_r, err_r}
-        for fd in open_fds:
-            poller.register(fd, select.POLLIN | select.POLLHUP)
-        while b"\n" not in output and out_r in open_fds:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None, "no answer within %g s (GENV_SSH_TIMEOUT)" % transport.timeout
-            for fd, _ in poller.poll(int(left * 1000) + 1):
-                data = os.read(fd, 65536)
-                if not data:
-                    poller.unregister(fd)
-                    open_fds.discard(fd)
-                elif fd == out_r:
-                    output += data
-                else:
-                    errors += data
+        pipes = _Pipes(out_r, err_r)
+        if not pipes.read_until(lambda: b"\n" in pipes.got[out_r] or out_r not in pipes.open,
+                                time.monotonic() + transport.timeout):
+            return None, "no answer within %g s (GENV_SSH_TIMEOUT)" % transport.timeout
+        output = pipes.got[out_r]
         line = output.split(b"\n", 1)[0].decode("utf-8", "replace").split()
         # The id as genv made it there: a PID, or a PID and a suffix (4242-2).
         if b"\n" in output and len(line) in (1, 2) and line[0].isprintable():
@@ -192,20 +208,13 @@ def hold(transport: remote.Transport, host: remote.Host, words: List[str]) -> Tu
         os.close(stdin_w)
         stdin_w = -1
         rest = time.monotonic() + transport.timeout
-        while err_r in open_fds and time.monotonic() < rest:
-            for fd, _ in poller.poll(int(max(0.0, rest - time.monotonic()) * 1000) + 1):
-                data = os.read(fd, 65536)
-                if not data:
-                    poller.unregister(fd)
-                    open_fds.discard(fd)
-                elif fd == err_r:
-                    errors += data
+        pipes.read_until(lambda: err_r not in pipes.open, rest)
         wait_status = _reap(pid, max(0.0, rest - time.monotonic()))
         if wait_status is None:
             spawn.kill_group(pid)
         done = True
         status = spawn.status_of(wait_status) if wait_status is not None else 1
-        return None, remote.reason(status, errors, transport.genv(host))
+        return None, remote.reason(status, pipes.got[err_r], transport.genv(host))
     finally:
         if not done:
             if stdin_w >= 0:
