@@ -21,7 +21,7 @@ from .. import metrics
 from .. import options
 from ..cli import out
 from ..core.context import Context
-from ..report import warn
+from ..report import SINK, warn
 from ..errors import GenvError, UsageError
 
 TYPE_CHECKING = False
@@ -86,59 +86,11 @@ def prometheus_client() -> Any:
 # --- reading --------------------------------------------------------------------
 
 
-def _release(facts: Any) -> None:
-    """Close what a process-facts object holds open (ProcFS keeps /proc
-    open, and a long-running command makes one per reading)."""
-    close = getattr(facts, "close", None)
-    if callable(close):
-        close()
-        return
-    fd = getattr(facts, "_proc_fd", -1)
-    if isinstance(fd, int) and fd >= 0:
-        os.close(fd)
-        facts._proc_fd = -1
-
-
 def read_documents() -> Tuple[List[Doc], List[Doc], List[Doc]]:
-    """One reading: the documents of ``genv envs``, ``genv devices`` and
-    ``genv ps``, from one session (one nvidia-smi query of each kind)."""
-    from ..listing import Times, devices_docs, envs_docs, ps_docs
-    from ..core.session import Session
+    """One reading: ``genv.core.listings.reading`` for this monitor."""
+    from ..core.listings import reading
 
-    ctx = Context()
-    session = Session(ctx, listing=True, details=True)
-    try:
-        session.observe(usage=True)
-        with session:
-            snapshot = session.snapshot
-            assert snapshot is not None
-            processes = session.attributed()
-            envs = envs_docs(session.users, ctx.user, session.processes, Times.of(session))
-            devices = devices_docs(session.holders, session.machine, snapshot.used, processes, ctx.user)
-            procs = ps_docs(processes, ctx.user)
-    finally:
-        _release(session.processes)
-    return envs, devices, procs
-
-
-class _Captured:
-    """Stands in for sys.stderr during a reading, to collect its ``genv:``
-    lines (``cli.err`` writes to ``sys.stderr.buffer``)."""
-
-    def __init__(self) -> None:
-        import io
-
-        self.buffer = io.BytesIO()
-
-    def write(self, text: str) -> int:
-        self.buffer.write(text.encode("utf-8", "backslashreplace"))
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def lines(self) -> List[bytes]:
-        return [line for line in self.buffer.getvalue().splitlines() if line]
+    return reading(Context())
 
 
 class Reader:
@@ -175,9 +127,8 @@ class Reader:
     def _reading(self) -> None:
         started = time.monotonic()
         self.read_at = time.time()
-        captured: Any = _Captured()
-        stderr = sys.stderr
-        sys.stderr = captured
+        said: List[str] = []
+        sink = SINK.set(said.append)  # this thread's messages, not the server threads'
         try:
             self.families = metrics.collect(*self._read())
             self.up = True
@@ -192,11 +143,11 @@ class Reader:
             self.families, self.up = [], False
             warn("internal error: %s: %s (run with GENV_DEBUG=1 for details)" % (type(error).__name__, error))
         finally:
-            sys.stderr = stderr
+            SINK.reset(sink)
         self.duration = time.monotonic() - started
         self.reads += 1
         self.errors += 0 if self.up else 1
-        lines = captured.lines()
+        lines = [("genv: %s" % text).encode("utf-8", "backslashreplace") for text in said]
         news = [line for line in lines if line not in self._said]
         self._said = set(lines)
         if news:

@@ -1,5 +1,5 @@
 """The listings every front end shows: ``envs``, ``devices``, ``ps`` and
-``status``.
+``status``, and the monitor's reading of the first three.
 
 Each function is the one recipe of its listing: the session it needs (which
 environments are checked, whether nvidia-smi is asked for processes and
@@ -45,6 +45,18 @@ def ps(ctx: Context) -> Tuple[List[Doc], float]:
     with Session(ctx, holders_only=True, listing=True, observe=True, details=True) as session:
         docs = ps_docs(session.attributed(), ctx.user)
     return docs, session.now
+
+
+def reading(ctx: Context) -> Tuple[List[Doc], List[Doc], List[Doc]]:
+    """The documents of ``genv envs``, ``genv devices`` and ``genv ps`` from
+    one session (one nvidia-smi query of each kind): a monitor's reading."""
+    with Session(ctx, listing=True, observe=True, usage=True, details=True) as session:
+        assert session.snapshot is not None
+        processes = session.attributed()
+        envs = envs_docs(session.users, ctx.user, session.processes, Times.of(session))
+        devices = devices_docs(session.holders, session.machine, session.snapshot.used, processes, ctx.user)
+        procs = ps_docs(processes, ctx.user)
+    return envs, devices, procs
 
 
 def status(ctx: Context, deliver: bool) -> Optional[Tuple[Doc, float, List[str]]]:
