@@ -142,6 +142,14 @@ def find(users: Users, eid: str, caller: Optional[int] = None) -> Optional[Tuple
     return found[0] if found else None
 
 
+def mine(users: Users, eid: str, caller: int) -> Optional[Tuple[int, Env]]:
+    """The environment ``eid`` and its owner, if ``caller`` may act as one
+    of its terminals (its own; root: any). None otherwise: an id another
+    user wrote into their own file is never the caller's."""
+    found = find(users, eid, caller)
+    return found if found is not None and caller in (0, found[0]) else None
+
+
 def claimants(users: Users, eid: str) -> List[int]:
     """The users whose files hold an environment ``eid`` (more than one:
     somebody copied another's id into their own file)."""

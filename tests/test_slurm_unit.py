@@ -360,3 +360,33 @@ def test_sweep_removes_ended_jobs_folders_only(monkeypatch, tmp_path):
     (tmp_path / "job-4").mkdir()
     slurm.sweep(lambda jid: False, time.time() - 5)
     assert "job-4" in os.listdir(str(tmp_path))
+
+
+class NoCgroups:
+    """Process facts where no process is in a job's cgroup."""
+
+    def cgroup(self, pid):
+        return None
+
+
+def test_commands_beside_jobs_keep_the_folders_of_running_jobs(monkeypatch, tmp_path):
+    # A running job keeps its folder whichever name Slurm gives the node (a
+    # NodeName that is not the host name: the job does not look "here") and
+    # whether or not it holds GPUs here; only a job Slurm no longer lists as
+    # holding its resources loses it. Once, every running job of a node whose
+    # Slurm name differed from its host name lost its folder.
+    monkeypatch.setenv("GENV_SLURM_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    past = time.time() - 10
+    for jid in ("5", "6", "7", "8"):
+        folder = tmp_path / ("job-" + jid)
+        folder.mkdir()
+        (folder / "user-0.json").write_text("{}")
+        os.utime(str(folder), (past, past))
+    listed = record(5, nodes="node7") + record(6, gres="") + record(7, state="COMPLETED")  # 8: not listed
+    monkeypatch.setattr(slurm.facts, "ask", lambda args: listed if args[-1] == "job" else "")
+    monkeypatch.setattr(slurm.facts, "cgroup_jobs", lambda: None)
+    said = []
+    view = slurm.look_here([], [], NoCgroups(), said.append)
+    assert view.answered and said == []
+    assert sorted(os.listdir(str(tmp_path))) == ["job-5", "job-6"]

@@ -266,8 +266,7 @@ class Session:
         it (the caller's own; root: any). None otherwise: an id another user
         wrote into their own file is never this process's to leave or
         follow."""
-        found = environments.find(self.users, eid, self.ctx.euid)
-        return found if found is not None and self.ctx.euid in (0, found[0]) else None
+        return environments.mine(self.users, eid, self.ctx.euid)
 
     def owned_env(self, eid: str) -> Tuple[int, Dict[str, Any]]:
         owner, env = self.env(eid)

@@ -621,8 +621,9 @@ def look_here(machine: Sequence[Dict[str, Any]], apps: Sequence[App], facts: Any
         _in_job(view, jid, say)
         return view
     _beside_jobs(view, apps, facts, say)
-    if view.answered:  # the state folders of jobs that ended on this node go
-        sweep(lambda other: other in view.jobs and view.jobs[other].here and view.jobs[other].holding, started)
+    if view.answered:  # the state folders of jobs that ended go (a folder here is of a job that ran here:
+        # whether Slurm's answer names this node does not matter, its node name may not be the host name)
+        sweep(lambda other: other in view.jobs and view.jobs[other].holding, started)
     return view
 
 
