@@ -26,11 +26,11 @@ def mib(value: Optional[int]) -> Optional[int]:
 class Times:
     """What a listing needs to say how long an environment has been idle and
     when its reservation ends: the command's two clocks (``genv.clock``),
-    root's record (``genv.sightings``) and the ends the policy sets."""
+    root's record (``genv.sightings``)."""
 
     def __init__(self, wall: float, boot: float, seen: Optional[Dict[str, Any]] = None, boot_id: Optional[str] = None,
-                 ends: Optional[Dict[Any, Any]] = None, processes: Optional[Sequence[Process]] = None) -> None:
-        self.wall, self.boot, self.seen, self.boot_id, self.ends = wall, boot, seen, boot_id, ends or {}
+                 processes: Optional[Sequence[Process]] = None) -> None:
+        self.wall, self.boot, self.seen, self.boot_id = wall, boot, seen, boot_id
         self.in_use: Optional[Set[int]] = None
         self._book: Optional[Dict[Any, Any]] = None  # root's records by environment, made at the first look
         if processes is not None:
@@ -42,7 +42,7 @@ class Times:
     def of(cls, session: Any) -> "Times":
         """The times of a session (and the processes it saw, if it asked)."""
         processes = session.attributed() if session.snapshot is not None else None
-        return cls(session.now, session.boot, session.seen(), session.boot_id(), session.ends(), processes)
+        return cls(session.now, session.boot, session.seen(), session.boot_id(), processes)
 
     def idle(self, uid: int, env: Env) -> Optional[float]:
         """Whole seconds since a genv command last saw one of the
@@ -77,16 +77,15 @@ class Times:
         idle = self.boot - since
         return float(int(idle)) if idle >= RESOLUTION else None
 
-    def until(self, uid: int, env: Env) -> Optional[float]:
-        """When the reservation ends (Unix time), None: no end."""
-        if not env["devices"]:
+    def until(self, env: Env) -> Optional[float]:
+        """When the reservation ends (Unix time), None: no end. The session
+        moved an earlier end the policy sets into ``until`` when it began
+        (``environments.expire``)."""
+        if not env["devices"] or env.get("until") is None:
             return None
         from .clock import wall_from_boot
 
-        ends = [env["until"]] if env.get("until") is not None else []
-        if (uid, env["id"]) in self.ends:
-            ends.append(self.ends[(uid, env["id"])][0])
-        return wall_from_boot(min(ends), self.wall, self.boot) if ends else None
+        return wall_from_boot(env["until"], self.wall, self.boot)
 
 
 def env_doc(uid: int, env: Env, user: Callable[[int], str], facts: Any, times: Optional[Times] = None) -> Doc:
@@ -107,7 +106,7 @@ def env_doc(uid: int, env: Env, user: Callable[[int], str], facts: Any, times: O
         "devices": indices(env),
         "waiting": waiting_doc(env.get("waiting"), facts),
         "idle_seconds": times.idle(uid, env) if times is not None else None,
-        "until": times.until(uid, env) if times is not None else None,
+        "until": times.until(env) if times is not None else None,
     }
 
 
