@@ -97,9 +97,9 @@ def arrival(waiting: Dict[str, Any], processes: Any, now: Optional[float] = None
         now = processes.clock()
     arrived = waiting.get("arrived")
     if arrived is None:
-        import time
+        from .clock import boot_from_wall, wall
 
-        arrived = float(waiting["since"]) - time.time() + now
+        arrived = boot_from_wall(float(waiting["since"]), wall(), now)
     arrived = min(float(arrived), now)
     started = processes.started(waiting["pid"])
     return started if started is not None and arrived < started else arrived

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 
+from .state_names import state_uid
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Any, Dict, Iterable, Tuple
@@ -64,14 +66,13 @@ def _inotify(folder: str) -> int:
 
 class Wake:
     """The waiter's alarm clock: ``sleep`` returns when the state folder
-    ``folder`` changed (a file whose name starts with ``prefix``), when a
+    ``folder`` changed (a state file renamed into place or removed), when a
     process given to ``watch`` ended, or when the time is up. Use it in a
     ``with`` statement (or call ``close``)."""
 
-    def __init__(self, folder: str, prefix: str = "user-") -> None:
+    def __init__(self, folder: str) -> None:
         import select
 
-        self._prefix = os.fsencode(prefix)
         self._poll = select.poll()
         self._pidfds: Dict[Tuple[int, str], int] = {}
         self._by_fd: Dict[int, Tuple[int, str]] = {}
@@ -160,7 +161,7 @@ class Wake:
                 _, mask, _, size = struct.unpack_from("iIII", data, at)
                 name = data[at + 16 : at + 16 + size].rstrip(b"\0")
                 at += 16 + size
-                if mask & (GONE | IN_Q_OVERFLOW) or name.startswith(self._prefix):
+                if mask & (GONE | IN_Q_OVERFLOW) or state_uid(os.fsdecode(name)) is not None:
                     changed = True
                 if mask & GONE:
                     self._stop_inotify()

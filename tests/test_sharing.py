@@ -610,6 +610,22 @@ def test_first_come_first_served(genv, sh):
     assert all(not doc["waiting"] for doc in envs_by_id(genv).values())
 
 
+def test_waiting_since_is_on_the_clock_of_the_other_times(genv):
+    """``since`` (for people) is read on genv's wall clock, as ``created``
+    and ``attached`` are: with the test clock set back a day, a waiter that
+    joined just now showed as joined a day ahead of its environment."""
+    machine(genv, 1)
+    day = {"GENV_TEST_CLOCK": "0:-86400"}
+    holder = term(genv, "bash", "holder", 1, attach=True)
+    waiter = term(genv, "bash", "waiter", 1, **day)
+    pending = Pending(waiter, "genv attach --wait 60")
+    pending.expect("waiting for 1 GPU: no request ahead in line")
+    doc = envs_by_id(genv, **day)[eid(waiter)]
+    assert 0 <= doc["waiting"]["since"] - doc["created"] < 60, doc
+    holder.ok("genv deactivate")
+    assert pending.finish(30).rc == 0
+
+
 def test_arrival_is_when_the_line_is_joined(genv, sh):
     """A request whose nvidia-smi is slow to answer joins the line after one
     that started later but was quicker: it comes second, and is told so."""

@@ -282,9 +282,7 @@ def attach(ctx: Context, eid: str, asked: AttachRequest, base: Mapping[str, str]
             if waits:
                 from . import waitline
 
-                waitline.join(session, owner, env, request, name)
-                if asked.reserve is not None:
-                    env["waiting"]["for"] = asked.reserve  # the end counts from the attach
+                waitline.join(session, owner, env, request, name, asked.reserve)
                 session.tx.changed(owner)
             plan, told = follow(session, owner, env, base)
             result = copy(env)
@@ -415,9 +413,7 @@ def enter(ctx: Context, settings: Settings, base: Mapping[str, str], also: Seque
                     raise GenvError(failure)
                 from . import waitline
 
-                waitline.join(session, owner, env, request, name)
-                if settings.reserve is not None:
-                    env["waiting"]["for"] = settings.reserve  # the end counts from the attach
+                waitline.join(session, owner, env, request, name, settings.reserve)
             result = copy(env)
             plan = activation.open_plan(env, base, ctx.shims(), prompt=False)
         entered = Entered(result, plan, [pid for pid in pids if joined is None or pid not in joined.already], joined)

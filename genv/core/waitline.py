@@ -28,6 +28,7 @@ import time
 
 from .. import environments, signals
 from ..allocate import Refused, Request, Waiter, allocate
+from ..clock import wall
 from ..errors import GenvError
 from ..report import warn
 from .session import Session, waiting_request
@@ -55,8 +56,10 @@ changed, say)."""
 OBSERVE_EVERY = 2.0  # seconds between nvidia-smi process queries while waiting
 
 
-def join(session: Session, owner: int, env: Dict[str, Any], request: Request, name: "Name") -> None:
-    """Put ``env`` (``owner``'s) in line for ``request``, with this process
+def join(session: Session, owner: int, env: Dict[str, Any], request: Request, name: "Name",
+         reserve: Optional[float] = None) -> None:
+    """Put ``env`` (``owner``'s) in line for ``request`` (attached for
+    ``reserve`` seconds once it gets its GPUs), with this process
     as the waiter (the caller marks the owner's state changed, and calls
     ``name.restore()`` once it no longer waits). A place counts only with a
     process of the environment's owner (``environments.waiter_ok``): root
@@ -75,10 +78,12 @@ def join(session: Session, owner: int, env: Dict[str, Any], request: Request, na
     arrived = facts.clock()
     name.waiting()  # before the place is written: it counts from the start
     env["waiting"] = {
-        "pid": os.getpid(), "token": token, "since": time.time(), "arrived": arrived, "count": request.count,
+        "pid": os.getpid(), "token": token, "since": wall(), "arrived": arrived, "count": request.count,
         "memory": request.memory, "indices": list(request.indices) if request.indices else None,
         "over_subscribe": request.over_subscribe,
     }
+    if reserve is not None:
+        env["waiting"]["for"] = reserve  # the end counts from the attach
 
 
 def _kernel(facts: Any, pids: Iterable[int]) -> Dict[int, Tuple[bool, Optional[str]]]:
