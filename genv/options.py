@@ -137,6 +137,32 @@ def indices(text: str, option: str = "--index") -> List[int]:
     return found
 
 
+CONFIG = {"--gpus": "gpus", "--gpu-memory": "gpu_memory", "--name": "name"}
+"""The options that set an environment's configuration, and their fields."""
+
+
+def config_value(field: str, text: str) -> Any:
+    """A configuration field's value from its text (``gpus``,
+    ``gpu_memory``, ``name``)."""
+    if field == "gpus":
+        from .gpus import parse_count
+
+        return parse_count(text, "GPU count")
+    if field == "gpu_memory":
+        from .sizes import parse_size
+
+        return parse_size(text, "GPU memory")
+    from .environments import check_text
+
+    return check_text(text, "name")
+
+
+def configuration(opts: Mapping[str, Any]) -> Dict[str, Any]:
+    """The configuration that ``--gpus``, ``--gpu-memory`` and ``--name`` in
+    ``opts`` give."""
+    return {field: config_value(field, opts[option]) for option, field in CONFIG.items() if option in opts}
+
+
 def complete(words: List[str], spec: Spec, values: Dict[str, Any]) -> List[str]:
     """Candidates after ``words``: an option's values, or the unused options
     (an option given under one spelling is used under every other)."""

@@ -155,6 +155,12 @@ def check_config(data: Any, where: str) -> Dict[str, Any]:
     return config
 
 
+def saved() -> Dict[str, Any]:
+    """The configuration saved in the project that applies here ({}: none)."""
+    home = find_home()
+    return (load(home) or {}) if home is not None else {}
+
+
 def load(home: str) -> Optional[Dict[str, Any]]:
     """The saved configuration, None if nothing was saved."""
     path = os.path.join(home, CONFIG)

@@ -9,7 +9,6 @@ from ..cli import env_ids
 from ..core import operations
 from ..core.context import Context
 from ..errors import GenvError
-from ..gpus import parse_count
 from ..report import warn
 from ..shell import Script, emit
 
@@ -31,23 +30,10 @@ def complete(words: List[str]) -> List[str]:
     return options.complete(words, OPTIONS, {"--id": env_ids})
 
 
-def _settings(opts: Dict[str, Any]) -> Dict[str, Any]:
-    """The configuration given on the command line."""
-    settings: Dict[str, Any] = {}
-    if "--name" in opts:
-        settings["name"] = environments.check_text(opts["--name"], "name")
-    if "--gpus" in opts:
-        settings["gpus"] = parse_count(opts["--gpus"], "GPU count")
-    return settings
-
-
 def _saved() -> Dict[str, Any]:
     """The project's saved configuration, if any (only for a new environment)."""
-    home = project.find_home()
-    if home is None:
-        return {}
     try:
-        return project.load(home) or {}
+        return project.saved()
     except GenvError as error:
         raise GenvError("%s (activate with --no-load to skip it)" % error) from None
 
@@ -58,7 +44,7 @@ def main(argv: List[str]) -> int:
     if ctx.eid is not None:
         raise GenvError("this terminal is already in environment %s; run 'genv deactivate' first" % ctx.eid)
     eid: Optional[str] = environments.check_text(opts["--id"], "environment id") if "--id" in opts else None
-    settings = _settings(opts)
+    settings = options.configuration(opts)
     ctx.refuse_in_subshell("activate")
     config = settings if eid is not None or "--no-load" in opts else {**_saved(), **settings}
     # A new environment with a GPU count attaches; joining attaches if

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 
-from .. import environments, options, project
+from .. import options, project
 from ..core import operations
 from ..core.context import Context
 from ..errors import GenvError, UsageError
-from ..gpus import parse_count
 from ..report import warn
 from ..shell import Script, emit
 from ..text import printable
@@ -42,7 +41,7 @@ class Action:
         if args and args[0] not in FIELDS:
             raise UsageError("unknown field %r (fields: %s)" % (args[0], ", ".join(FIELDS)))
         self.field: Optional[str] = FIELDS[args[0]] if args else None
-        self.value: Optional[Any] = _value(self.field, args[1]) if self.field and len(args) > 1 else None
+        self.value: Optional[Any] = options.config_value(self.field, args[1]) if self.field and len(args) > 1 else None
         self.clear, self.save, self.load = "--clear" in opts, "--save" in opts, "--load" in opts
         if self.clear and self.value is not None:
             raise UsageError("--clear takes no value")
@@ -61,16 +60,6 @@ class Action:
                 config.pop(self.field, None)
         elif self.value is not None:
             config[self.field] = self.value  # type: ignore[index]
-
-
-def _value(field: str, text: str) -> Any:
-    if field == "gpus":
-        return parse_count(text, "GPU count")
-    if field == "gpu_memory":
-        from ..sizes import parse_size
-
-        return parse_size(text, "GPU memory")
-    return environments.check_text(text, "name")
 
 
 def _text(field: str, value: Any) -> str:

@@ -9,7 +9,6 @@ from .. import environments, options, project
 from ..core import activation, operations, supervise
 from ..core.context import Context
 from ..errors import UsageError
-from ..gpus import parse_count
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -42,23 +41,13 @@ def split(argv: List[str]) -> Tuple[Dict[str, Any], List[str]]:
 def settings(opts: Dict[str, Any]) -> operations.Settings:
     """The configuration from the options; with none of them (and not
     joining), the project's saved configuration, as on activate."""
-    from ..sizes import parse_size
-
-    config: Dict[str, Any] = {}
-    if "--gpus" in opts:
-        config["gpus"] = parse_count(opts["--gpus"], "GPU count")
-    if "--gpu-memory" in opts:
-        config["gpu_memory"] = parse_size(opts["--gpu-memory"], "GPU memory")
-    if "--name" in opts:
-        config["name"] = environments.check_text(opts["--name"], "name")
+    config = options.configuration(opts)
     indices = options.indices(opts["--index"]) if "--index" in opts else None
     if indices is not None and "gpus" in config and config["gpus"] != len(indices):
         raise UsageError("--gpus %d and --index %s disagree" % (config["gpus"], opts["--index"]))
     join = environments.check_text(opts["--id"], "environment id") if "--id" in opts else None
     if join is None and "--no-load" not in opts:
-        home = project.find_home()
-        saved = project.load(home) if home is not None else None
-        config = {**(saved or {}), **config}
+        config = {**project.saved(), **config}
     wait = options.wait_seconds(opts["--wait"]) if "--wait" in opts else None
     reserve = options.reserve_seconds(opts[options.FOR]) if options.FOR in opts else None
     return operations.Settings(config, indices, "--over-subscribe" in opts, wait, join, reserve)

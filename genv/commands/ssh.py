@@ -247,9 +247,6 @@ def login_shell(line: str) -> str:
 
 
 def main(argv: List[str]) -> int:
-    from ..environments import check_text
-    from ..gpus import parse_count
-    from ..sizes import parse_size
     from ._hosts import check
 
     hosts, rest = remote.split_options(argv)
@@ -261,9 +258,8 @@ def main(argv: List[str]) -> int:
         if not command:
             raise UsageError("no command given after --")
     opts, _ = options.parse(rest, OPTIONS, 0)
-    count = parse_count(opts.get("--gpus", "1"), "GPU count")
-    memory = parse_size(opts["--gpu-memory"], "GPU memory") if "--gpu-memory" in opts else None
-    name = check_text(opts["--name"], "name") if "--name" in opts else None
+    config = options.configuration(opts)
+    count, memory, name = config.get("gpus", 1), config.get("gpu_memory"), config.get("name")
     if hosts is None:
         hosts = remote.all_hosts("no --host given")
     transport = remote.Transport()
