@@ -19,7 +19,7 @@ from .core.activation import variable_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
-    from typing import List, Optional
+    from typing import Any, List, Optional
 
     from .core.activation import Plan
 
@@ -102,3 +102,13 @@ def emit(payload: bytes) -> None:
     out = sys.stdout.buffer
     out.write(payload)
     out.flush()
+
+
+def render(outcome: Any, script: Optional[Script] = None) -> None:
+    """How a command that changes the shell ends: the outcome's plan as
+    shell code (after what ``script`` holds), then its messages."""
+    from .report import warn
+
+    emit((script or Script()).plan(outcome.plan).encode())
+    for message in outcome.messages:
+        warn(message)

@@ -10,7 +10,7 @@ from ..core import operations
 from ..core.context import Context
 from ..errors import GenvError
 from ..report import warn
-from ..shell import Script, emit
+from ..shell import render
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -51,9 +51,7 @@ def main(argv: List[str]) -> int:
     # --gpus changes the count.
     attach = "--no-attach" not in opts and "gpus" in (settings if eid is not None else config)
     outcome = operations.activate(ctx, os.environ, config, eid, attach, "--no-prompt" not in opts)
-    emit(Script().plan(outcome.plan).encode())
-    for message in outcome.messages:
-        warn(message)
+    render(outcome)
     if outcome.failure is not None:
         assert outcome.env is not None
         warn("activated environment %s, but could not attach GPUs: %s" % (outcome.env["id"], outcome.failure))

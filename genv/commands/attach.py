@@ -11,7 +11,7 @@ from ..core.context import Context
 from ..errors import UsageError
 from ..gpus import parse_count
 from ..report import warn
-from ..shell import Script, emit
+from ..shell import render
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -56,9 +56,7 @@ def main(argv: List[str]) -> int:
     # Once it waited, interrupting signals stay held back until the script
     # is printed (then the process ends): the shell gets what the state says.
     outcome = operations.attach(ctx, eid, asked, os.environ)
-    emit(Script().plan(outcome.plan).encode())
-    for message in outcome.messages:
-        warn(message)
+    render(outcome)
     if outcome.failure is not None:
         warn(outcome.failure)
         return 1

@@ -14,8 +14,7 @@ from .. import options, project
 from ..core import operations
 from ..core.context import Context
 from ..errors import GenvError, UsageError
-from ..report import warn
-from ..shell import Script, emit
+from ..shell import Script, emit, render
 from ..text import printable
 
 TYPE_CHECKING = False
@@ -135,11 +134,8 @@ def main(argv: List[str]) -> int:
     script = Script()
     if not action.changes and not action.save:
         _query(script, outcome.env["config"], action.field)
-    script.plan(outcome.plan)
     if action.save:
         assert home is not None
         project.save(home, outcome.env["config"])
-    emit(script.encode())
-    for message in outcome.messages:
-        warn(message)
+    render(outcome, script)
     return 0

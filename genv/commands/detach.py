@@ -7,8 +7,7 @@ import os
 from .. import options
 from ..core import operations
 from ..core.context import Context
-from ..report import warn
-from ..shell import Script, emit
+from ..shell import render
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -25,7 +24,5 @@ def main(argv: List[str]) -> int:
     eid = ctx.require_active()
     ctx.refuse_in_subshell("detach")
     outcome = operations.detach(ctx, eid, os.environ)
-    emit(Script().plan(outcome.plan).encode())
-    for message in outcome.messages:
-        warn(message)
+    render(outcome)
     return 0

@@ -7,8 +7,7 @@ import os
 from .. import options
 from ..core import operations
 from ..core.context import Context
-from ..report import warn
-from ..shell import Script, emit
+from ..shell import render
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -29,7 +28,5 @@ def main(argv: List[str]) -> int:
         return 0  # not in an environment: nothing to follow
     ctx.refuse_in_subshell("sync")
     outcome = operations.sync(ctx, ctx.eid, os.environ, wait="--no-wait" not in opts)
-    emit(Script().plan(outcome.plan).encode())
-    for message in outcome.messages:
-        warn(message)
+    render(outcome)
     return 0
