@@ -26,13 +26,16 @@ MAX_SECONDS = 1e9
 MAX_NOTE = 1 << 62
 """Note numbers stay below this (``environments.add_note``)."""
 
+MAX_FILE = 64 << 20
+"""Bytes of a state file genv reads back: a larger one is damage."""
+
 MAX_RECORD = 512 << 10
 """Bytes of root's record (``genv.sightings``) one user's environments may
-take. Users write their own files freely (up to the reader's 64 MiB), and
+take. Users write their own files freely (up to ``MAX_FILE``, 64 MiB), and
 root records every environment holding GPUs: unbounded, a few users' forged
 files made root's own file too large to read back. Counted in bytes, not
 claims: an environment id or a GPU name a user wrote takes up to 12 bytes a
 character in the file (``\\ud83d\\ude00``). A user holding every GPU of the
 largest machine (``MAX_GPUS``), each in an environment of its own with a
 long id, takes about 300 KiB; so 512 KiB binds no real user, and it takes
-128 users' files, all at their limit, to fill the reader's 64 MiB."""
+128 users' files, all at their limit, to fill ``MAX_FILE``."""

@@ -48,6 +48,7 @@ import stat
 
 from . import files, jsonio
 from .errors import GenvError
+from .limits import MAX_SECONDS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -144,7 +145,7 @@ def _duration(value: Any) -> float:
         from .sizes import parse_duration
 
         return parse_duration(value, "duration", error=Invalid)
-    if type(value) in (int, float) and 0 < value <= 1e9:
+    if type(value) in (int, float) and 0 < value <= MAX_SECONDS:
         return float(value)
     raise Invalid("it must be a duration such as \"90m\", \"2h\", \"1d\" or a number of seconds above 0")
 

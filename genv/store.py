@@ -29,6 +29,7 @@ import time
 
 from . import files, jsonio, locking
 from .errors import GenvError
+from .limits import MAX_FILE
 from .report import warn
 from .schema import FORMAT, NewerFormat, empty_user, upgrade, validate
 from .state_names import TMP, marker_name, state_name, state_uid, tmp_owner, tmp_prefix
@@ -40,7 +41,6 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     Identity = Tuple[int, ...]
 
 DEFAULT_DIR = "/var/tmp/genv"
-_MAX_BYTES = 64 << 20
 
 
 def _signed(raw: bytes) -> bool:
@@ -96,13 +96,13 @@ def read_user(dir_fd: int, name: str, uid: int, known: Optional[Found] = None) -
     Foreign, ValueError (damage), NewerFormat or OSError. ``known`` is an
     earlier read: if the file is still that very file, it is returned as is."""
     try:
-        info, raw = files.read_regular(dir_fd, name, _MAX_BYTES)
+        info, raw = files.read_regular(dir_fd, name, MAX_FILE)
     except FileNotFoundError:
         return None
     except files.NotRegular:
         raise Untrusted("it is not a regular file") from None
     except files.TooLarge:
-        raise ValueError("it is larger than %d bytes" % _MAX_BYTES) from None
+        raise ValueError("it is larger than %d bytes" % MAX_FILE) from None
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise Untrusted("it is a symbolic link") from None

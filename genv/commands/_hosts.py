@@ -170,7 +170,7 @@ def known_hosts() -> List[str]:
         return []
 
 
-def complete(words: List[str], options: Dict[str, bool], values: Dict[str, Callable[[], List[str]]]) -> List[str]:
+def complete(words: List[str], options: spec.Spec, values: Dict[str, Callable[[], List[str]]]) -> List[str]:
     """Completion of a listing's options, the host options included."""
     return spec.complete(words, {**options, **remote.HOST_OPTIONS},
                             {**values, "--host": known_hosts, "-H": known_hosts})

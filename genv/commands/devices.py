@@ -29,7 +29,9 @@ def _share(mib: Optional[int]) -> str:
 
 def _holder_name(holder: Dict[str, Any]) -> str:
     """An environment's name; for a Slurm job (genv/slurm/), whose job it is."""
-    if holder["id"].startswith("slurm:"):
+    from ..slurm.node import PREFIX
+
+    if holder["id"].startswith(PREFIX):
         return "Slurm job of %s" % holder["user"]
     return holder["name"] or ""
 

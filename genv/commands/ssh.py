@@ -39,11 +39,9 @@ HOLDER = 'printf "%s %s\\n" "$GENV_ENVIRONMENT_ID" "${GENV_ATTACHED_GPUS-}" && e
 
 
 def complete(words: List[str]) -> List[str]:
-    if "--" in words:
-        return []
-    from ._hosts import known_hosts
+    from ._hosts import complete as complete_listing
 
-    return options.complete(words, {**OPTIONS, **remote.HOST_OPTIONS}, {"--host": known_hosts, "-H": known_hosts})
+    return [] if "--" in words else complete_listing(words, OPTIONS, {})
 
 
 # --- choosing a host (pure) -------------------------------------------------------

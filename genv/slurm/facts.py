@@ -7,7 +7,7 @@ import os
 import time
 
 from ..errors import GenvError
-from .node import configuration, enabled, job_id
+from .node import PREFIX, in_job, job_id
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
@@ -26,7 +26,6 @@ JOB_FOLDER = "job-"
 HOLDING = frozenset(("RUNNING", "SUSPENDED", "STOPPED", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT",
                      "RESIZING"))
 MAX_NAMES = 1 << 16  # the most host names one hostlist expression may expand to
-PREFIX = "slurm:"  # the id a job has where genv shows holders
 
 
 class SlurmError(GenvError):
@@ -366,7 +365,7 @@ def job_state_dir() -> Optional[str]:
     import stat
 
     jid = job_id()
-    if jid is None or not enabled() or configuration() is None:
+    if jid is None or not in_job():
         return None
     from ..folders import ensure_shared
 

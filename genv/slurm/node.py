@@ -11,6 +11,8 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Optional
 
 CONFIGS = ("/etc/slurm/slurm.conf", "/run/slurm/conf/slurm.conf")
+PREFIX = "slurm:"
+"""The id a job has where genv shows holders (``slurm:<jobid>``)."""
 
 
 def enabled() -> bool:
