@@ -152,8 +152,9 @@ def attribute(apps: Sequence[App], machine: Sequence[Dict[str, Any]], users: Use
                 # Exempt by path only where the path is that very file (a
                 # process may run in a mount namespace of its user's making);
                 # nvidia-smi's name only where /proc does not say.
-                readable = facts.executable(app.pid) is not None
-                process.program = facts.program(app.pid) if readable else app.name
+                program = facts.program(app.pid)  # (reads /proc/<pid>/exe once, and keeps it)
+                readable = program is not None or facts.executable(app.pid) is not None
+                process.program = program if readable else app.name
                 process.system = facts.system_program(app.pid)
             found = _environment(app.pid, facts, users, terms)
             if found is not None:
