@@ -197,11 +197,20 @@ def update(seen: Optional[Dict[str, Any]], users: Users, boot_id: str, wall: flo
             used = before["busy"] if before else False
             if processes is not None:
                 used = id(env) in in_use
-                if used and (active is None or boot - active >= RESOLUTION or not (before and before["busy"])):
-                    active = boot
+                active = active_after(active, bool(before and before["busy"]), used, boot)
             records.append({"uid": uid, "env": env["id"], "claims": claims, "since": since, "active": active,
                             "busy": used, "until": until})
     return {"boot": boot_id, "envs": records}
+
+
+def active_after(active: Optional[float], was_busy: bool, busy: bool, boot: float) -> Optional[float]:
+    """When an environment was last seen in use, after a look at ``boot``
+    that saw it ``busy``: a new time only where it was not in use before or
+    the last time is ``RESOLUTION`` old (so that a look does not rewrite a
+    file each time)."""
+    if busy and (active is None or boot - active >= RESOLUTION or not was_busy):
+        return boot
+    return active
 
 
 def index(seen: Optional[Dict[str, Any]], boot_id: Optional[str]) -> Dict[Tuple[int, str], Record]:

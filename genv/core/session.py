@@ -194,7 +194,7 @@ class Session:
         root's record only."""
         if self.snapshot is None or self.tx.missing:
             return
-        from ..sightings import RESOLUTION, busy as in_use
+        from ..sightings import active_after, busy as in_use
 
         euid = self.ctx.euid
         used = in_use(self.attributed())
@@ -202,9 +202,9 @@ class Session:
             if not env["devices"]:
                 continue
             busy = id(env) in used
-            active = env.get("active")
-            if busy and (active is None or self.boot - active >= RESOLUTION or not env.get("busy")):
-                env["active"] = self.boot
+            active = active_after(env.get("active"), bool(env.get("busy")), busy, self.boot)
+            if active != env.get("active"):
+                env["active"] = active
                 self.tx.changed(euid)
             if bool(env.get("busy")) != busy:
                 env["busy"] = busy
