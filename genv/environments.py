@@ -298,16 +298,17 @@ def places(users: Users, processes: Any,
     return result
 
 
-def line(users: Users, processes: Any,
-         judge: Optional[Callable[[int, Env], Optional[str]]] = None) -> List[Tuple[int, Env]]:
+def line(users: Users, processes: Any, judge: Optional[Callable[[int, Env], Optional[str]]] = None,
+         placed: Optional[List[Tuple[int, Env, str]]] = None) -> List[Tuple[int, Env]]:
     """The environments waiting for GPUs (``attach --wait``) whose places
     count now (``places``: stopped ones do not), first come first: by when
     they joined the line (``arrival``; joined under the lock, so in order),
     then by facts no user chooses: when the waiting process started, its
-    PID. ``users`` already pruned (every waiter checked)."""
+    PID. ``users`` already pruned (every waiter checked); ``placed``: what
+    ``places`` gave for them, if the caller has it."""
     now = processes.clock()
     waiting = []
-    for uid, env, why in places(users, processes, judge):
+    for uid, env, why in places(users, processes, judge) if placed is None else placed:
         if why == WAITING:
             pid = env["waiting"]["pid"]
             started = processes.started(pid)
@@ -317,11 +318,11 @@ def line(users: Users, processes: Any,
     return [(uid, env) for _, _, _, uid, env in waiting]
 
 
-def ahead_of(users: Users, env: Env, processes: Any,
-             judge: Optional[Callable[[int, Env], Optional[str]]] = None) -> List[Tuple[int, Env]]:
+def ahead_of(users: Users, env: Env, processes: Any, judge: Optional[Callable[[int, Env], Optional[str]]] = None,
+             placed: Optional[List[Tuple[int, Env, str]]] = None) -> List[Tuple[int, Env]]:
     """The requests in line before ``env``'s: all of them for a request that
     is not in line (it came later than every one that is)."""
-    queue = line(users, processes, judge)
+    queue = line(users, processes, judge, placed)
     for position, (_, other) in enumerate(queue):
         if other is env:
             return queue[:position]

@@ -134,12 +134,12 @@ def _estimate(folder: Any, eid: str, busy: Dict[int, List[str]],
         def judging(uid: int, other: Dict[str, Any]) -> Optional[str]:
             return judge(users, gpus, uid, other)
 
-        ahead = environments.ahead_of(users, env, facts, judging)
+        placed = environments.places(users, facts, judging)
+        ahead = environments.ahead_of(users, env, facts, placed=placed)
         # What may change behind the waiter's back: the places ahead (they
         # may stop), the ones that do not count now (they may count again).
         seen = _kernel(facts, [other["waiting"]["pid"] for _, other in ahead]
-                       + [other["waiting"]["pid"] for _, other, why in environments.places(users, facts, judging)
-                          if why != environments.WAITING])
+                       + [other["waiting"]["pid"] for _, other, why in placed if why != environments.WAITING])
         try:
             allocate(users, env, gpus, waiting_request(env["waiting"]), 0.0, str, busy,
                      [Waiter(uid, other, waiting_request(other["waiting"])) for uid, other in ahead])
