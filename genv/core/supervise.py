@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import os
 
-from .. import signals
+from .. import signals, spawn
 from ..errors import GenvError
 
 TYPE_CHECKING = False
@@ -219,11 +219,7 @@ class Child:
         if self.go >= 0:
             os.close(self.go)
             self.go = -1
-        try:
-            os.kill(self.pid, signals.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(self.pid, 0)
+        spawn.kill_group(self.pid)
         self.close()
 
     def close(self) -> None:
