@@ -82,10 +82,6 @@ class Membership:
         return self._memo[pid]
 
 
-def member_test() -> Membership:
-    return Membership()
-
-
 def _test(facts: Any, mark: float) -> Callable[[int], bool]:
     from . import attribution
     from .environments import mine
@@ -319,7 +315,7 @@ def main(argv: List[str]) -> int:
 def _main(mode: str, real: str, args: List[str], out: IO[bytes]) -> int:
     from . import spawn
 
-    member = member_test()
+    member = Membership()
     total = share()
     if mode == "gpu":
         if total is None:

@@ -7,7 +7,7 @@ import time
 
 from .. import enforce, sightings
 from .. import options
-from ..cli import out, output_format, print_json
+from ..cli import FORMAT_OPTIONS, out, output_format, print_json
 from ..core.context import Context
 from ..core.session import Session
 from ..errors import GenvError, UsageError
@@ -18,8 +18,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import Any, Dict, List, Optional, Set, Tuple
 
-OPTIONS = {"--kill": False, "--grace": True, "--reclaim": False, "--interval": True, "--format": True,
-           "--json": False}
+OPTIONS: options.Spec = {"--kill": options.FLAG, "--grace": options.VALUE, "--reclaim": options.FLAG,
+                         "--interval": options.VALUE, **FORMAT_OPTIONS}
 HEADER = ("RULE", "GPU", "PID", "USER", "ENV ID", "MEMORY", "COMMAND", "OUTCOME")
 MIN_INTERVAL = 0.1
 ERROR = 2  # exit status when enforce cannot look (1: the rules are broken)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # typing costs ~7 ms to import: annotations only
     from typing import List
 
 
-OPTIONS = {"--no-wait": False}
+OPTIONS: options.Spec = {"--no-wait": options.FLAG}
 
 
 def complete(words: List[str]) -> List[str]:
