@@ -128,6 +128,26 @@ def document(listing: str, answers: Sequence[remote.Answer]) -> Doc:
     return {"format": FORMAT, "listing": listing, "hosts": hosts}
 
 
+def ask(name: str, hosts: Sequence[remote.Host], messages: bool = True
+        ) -> Tuple[remote.Transport, List[remote.Answer]]:
+    """Ask every host at once for its listing ``name`` (JSON): the transport
+    and the answers, each checked. On stderr, one line each: the transport's
+    warning, what a host's genv said (with ``messages``), why a host failed."""
+    transport = remote.Transport()
+    warning = transport.warning()
+    if warning:
+        err(warning)
+    answers = remote.ask(transport, hosts, [name, "--format", "json"])
+    for answer in answers:
+        if answer.error is None:
+            answer.error = check(name, answer.value)
+        for message in answer.messages if messages else ():
+            err("%s: %s" % (answer.host.dest, message))
+        if answer.error is not None:
+            err("%s: %s" % (answer.host.dest, answer.error))
+    return transport, answers
+
+
 def listing(name: str, argv: List[str], options: Dict[str, bool], table: Table, csv: Csv) -> int:
     """``genv NAME`` across the hosts that ``argv`` names."""
     import time
@@ -137,20 +157,8 @@ def listing(name: str, argv: List[str], options: Dict[str, bool], table: Table, 
         raise UsageError("no host given")
     opts, _ = spec.parse(rest, options, 0)
     form = output_format(opts)
-    transport = remote.Transport()
-    warning = transport.warning()
-    if warning:
-        err(warning)
-    answers = remote.ask(transport, hosts, [name, "--format", "json"])
-    for answer in answers:
-        if answer.error is None:
-            answer.error = check(name, answer.value)
+    _, answers = ask(name, hosts)
     now = time.time()
-    for answer in answers:
-        for message in answer.messages:
-            err("%s: %s" % (answer.host.dest, message))
-        if answer.error is not None:
-            err("%s: %s" % (answer.host.dest, answer.error))
     rows = merge(answers)
     if form == "json":
         print_json(document(name, answers))

@@ -245,7 +245,7 @@ def login_shell(line: str) -> str:
 
 
 def main(argv: List[str]) -> int:
-    from ._hosts import check
+    from ._hosts import ask
 
     hosts, rest = remote.split_options(argv)
     command: Optional[List[str]] = None
@@ -260,16 +260,7 @@ def main(argv: List[str]) -> int:
     count, memory, name = config.get("gpus", 1), config.get("gpu_memory"), config.get("name")
     if hosts is None:
         hosts = remote.all_hosts("no --host given")
-    transport = remote.Transport()
-    warning = transport.warning()
-    if warning:
-        err(warning)
-    answers = remote.ask(transport, hosts, ["devices", "--format", "json"])
-    for answer in answers:
-        if answer.error is None:
-            answer.error = check("devices", answer.value)
-        if answer.error is not None:
-            err("%s: %s" % (answer.host.dest, answer.error))
+    transport, answers = ask("devices", hosts, messages=False)
     words = _words(count, memory, name)
     lost: Dict[str, str] = {}
     held: Optional[Held] = None
