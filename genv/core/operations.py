@@ -243,16 +243,13 @@ class AttachRequest:
 
     def request(self, env: Dict[str, Any]) -> Request:
         """The request, after storing the count it implies in the config."""
-        from ..allocate import Request
-
         config = env["config"]
         if self.count is not None:
             config["gpus"] = self.count
         if "gpus" not in config:
             raise GenvError("environment %s has no GPU count; run 'genv config gpus <count>' or use --count"
                             % env["id"])
-        base = request_of(config)
-        return Request(base.count, base.memory, self.indices, self.over_subscribe)
+        return request_of(config, self.indices, self.over_subscribe)
 
 
 def attach(ctx: Context, eid: str, asked: AttachRequest, base: Mapping[str, str]) -> Outcome:
@@ -357,10 +354,7 @@ class Settings:
             self.config["gpus"] = len(self.indices)
 
     def request(self, config: Dict[str, Any]) -> Request:
-        from ..allocate import Request
-
-        base = request_of(config)
-        return Request(base.count, base.memory, self.indices, self.over_subscribe)
+        return request_of(config, self.indices, self.over_subscribe)
 
 
 class Entered:

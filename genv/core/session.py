@@ -366,11 +366,12 @@ class Session:
             self.tx.changed(owner)
 
 
-def request_of(config: Dict[str, Any]) -> Request:
-    """What an environment's configuration asks ``attach`` for."""
+def request_of(config: Dict[str, Any], indices: Optional[List[int]] = None, over_subscribe: bool = False) -> Request:
+    """What an environment's configuration asks ``attach`` for (on these
+    GPUs, if given; shared beyond their memory, if asked)."""
     from ..allocate import Request
 
-    return Request(config.get("gpus", 0), config.get("gpu_memory"))
+    return Request(config.get("gpus", 0), config.get("gpu_memory"), indices, over_subscribe)
 
 
 def waiting_request(waiting: Dict[str, Any]) -> Request:
